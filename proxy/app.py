@@ -1,0 +1,227 @@
+"""The aiohttp application: one handler that runs the pipeline top to bottom.
+
+canonical request -> the one credential -> granted scopes -> endpoint -> decision ->
+forward or refuse. The ``observe`` middleware wraps it with the cross-cutting work: rendering
+refusals in Pipedrive's envelope, the one log event and the metrics of every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from proxy import __version__
+from proxy.canonical import CanonicalRequest, canonicalize
+from proxy.catalog import Catalogue
+from proxy.config import Config
+from proxy.credentials import extract_credential
+from proxy.decision import Grant, decide, resolve_grant
+from proxy.errors import (
+    MethodNotAllowed,
+    NotFound,
+    OutOfScope,
+    ProxyError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from proxy.forward import StreamAborted, Upstream
+from proxy.logs import RequestRecord, get_logger
+from proxy.metrics import CONTENT_TYPE, Metrics
+from proxy.responses import DECISION_HEADER, error_response, json_response
+from proxy.stores import TokenStore, open_store
+
+API_PREFIXES = (("/v1/", "v1"), ("/api/v1/", "v1"), ("/api/v2/", "v2"))
+OAUTH_PATHS = frozenset({"/oauth/token", "/oauth/token/", "/oauth/revoke"})
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything a request reads that a config reload may replace, swapped as one value."""
+
+    config: Config
+    catalogue: Catalogue
+    grants: dict[str, Grant]
+
+    @classmethod
+    def build(cls, config: Config, catalogue: Catalogue) -> Runtime:
+        return cls(config, catalogue, config.static_grants())
+
+
+class RuntimeHolder:
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime
+
+
+RUNTIME = web.AppKey("runtime", RuntimeHolder)
+METRICS = web.AppKey("metrics", Metrics)
+UPSTREAM = web.AppKey("upstream", Upstream)
+STORE = web.AppKey("store", TokenStore)
+RECORD = web.RequestKey("record", RequestRecord)
+
+
+def api_route(path: str) -> tuple[str, tuple[str, ...]] | None:
+    """(version, segments after the prefix) for an API path, else None."""
+    for prefix, version in API_PREFIXES:
+        if path.startswith(prefix):
+            return version, tuple(path[len(prefix) :].split("/"))
+    return None
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME].current
+    record = request[RECORD]
+    canonical = canonicalize(request.method, request.raw_path, request.raw_headers)
+    route = api_route(canonical.path)
+    if route is not None:
+        return await handle_api(request, runtime, canonical, *route)
+    if canonical.path in OAUTH_PATHS:
+        if canonical.method != "POST":
+            raise MethodNotAllowed("the OAuth token endpoints take POST")
+        record.decision, record.reason = "allow", "oauth_passthrough"
+        origin = runtime.config.upstream.oauth_url
+        return await request.app[UPSTREAM].forward(request, origin, canonical.target, record)
+    if canonical.path.startswith("/_proxy/"):
+        return await handle_internal(request, canonical.path)
+    raise NotFound(f"{canonical.path[:100]} is not a Pipedrive API path")
+
+
+async def handle_api(
+    request: web.Request,
+    runtime: Runtime,
+    canonical: CanonicalRequest,
+    version: str,
+    segments: tuple[str, ...],
+) -> web.StreamResponse:
+    record = request[RECORD]
+    record.version = version
+    policy = runtime.config.policy
+    endpoint = runtime.catalogue.match(version, canonical.method, segments)
+    if endpoint is not None:
+        record.endpoint = endpoint.name
+        record.accepted_scopes = sorted(endpoint.scopes)
+        record.token_cost = endpoint.token_cost
+    credential = extract_credential(request.raw_headers, canonical.query_pairs)
+    record.token_fp = credential.fingerprint
+    static = runtime.grants.get(credential.digest)
+    stored = None
+    if static is None and credential.kind == "oauth":
+        stored = await request.app[STORE].get(credential.digest)
+    grant = resolve_grant(credential.kind, static, stored, policy)
+    record.granted_scopes = sorted(grant.scopes)
+    decision = decide(policy, endpoint, grant.scopes)
+    record.decision, record.reason = decision.verdict, decision.reason
+    if not decision.forwards:
+        raise OutOfScope(
+            decision.reason,
+            record.endpoint,
+            decision.accepted_scopes,
+            grant.scopes,
+            detail=None if endpoint else "no catalogue entry matches this path",
+        )
+    origin = runtime.config.upstream.api_url
+    return await request.app[UPSTREAM].forward(request, origin, canonical.target, record)
+
+
+async def handle_internal(request: web.Request, path: str) -> web.StreamResponse:
+    record = request[RECORD]
+    record.decision, record.reason = "allow", "internal"
+    if request.method not in ("GET", "HEAD"):
+        raise MethodNotAllowed("the /_proxy/ endpoints take GET")
+    if path == "/_proxy/health":
+        return json_response({"status": "ok", "version": __version__})
+    if path == "/_proxy/ready":
+        runtime = request.app[RUNTIME].current
+        store_ok = await request.app[STORE].ping()
+        body = {"catalogue": len(runtime.catalogue), "store": "ok" if store_ok else "unavailable"}
+        return json_response(body, status=200 if store_ok else 503)
+    if path == "/_proxy/metrics":
+        response = web.Response(body=request.app[METRICS].render())
+        response.headers["Content-Type"] = CONTENT_TYPE
+        response.headers[DECISION_HEADER] = "allow"
+        return response
+    raise NotFound(f"{path} is not one of the proxy's endpoints")
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render refusals, then log one event and update the metrics, for every request."""
+    started = time.perf_counter()
+    record = RequestRecord(method=request.method)
+    request[RECORD] = record
+    try:
+        response = await handler(request)
+    except ProxyError as error:
+        if not isinstance(error, (UpstreamUnavailable, UpstreamTimeout)):
+            record.decision = "deny"
+            record.reason = error.reason
+        response = error_response(error, record.decision)
+    except web.HTTPException as error:  # raised by aiohttp itself, e.g. a target it cannot route
+        record.reason = "not_found" if error.status == 404 else "bad_request"
+        response = error_response(_from_http(error))
+    except StreamAborted as aborted:
+        response = aborted.response  # cut off mid-body: the client sees a truncated answer
+    except asyncio.CancelledError:
+        record.status, record.reason = 499, "client_gone"
+        _finish(request, record, started)
+        raise
+    except Exception as error:  # the safety net: any surprise is a refusal, never a forward
+        get_logger().error("unhandled_error", error_type=type(error).__name__)
+        record.decision, record.reason = "deny", "internal_error"
+        response = error_response(ProxyError())
+    record.status = response.status
+    _finish(request, record, started)
+    return response
+
+
+def _from_http(error: web.HTTPException) -> ProxyError:
+    proxy_error = NotFound() if error.status == 404 else ProxyError()
+    if error.status != 404:
+        proxy_error.status, proxy_error.error = error.status, error.reason or "Bad request"
+    return proxy_error
+
+
+def _finish(request: web.Request, record: RequestRecord, started: float) -> None:
+    if record.reason == "internal":
+        return  # health checks and scrapes are not traffic
+    seconds = time.perf_counter() - started
+    get_logger().info("request", **record.fields(seconds * 1000))
+    request.app[METRICS].observe(record, seconds)
+
+
+async def _no_early_continue(request: web.Request) -> None:
+    """Do not answer ``100 Continue`` before the call is authorized (see Upstream.forward)."""
+
+
+def create_app(
+    config: Config, catalogue: Catalogue, store: TokenStore | None = None
+) -> web.Application:
+    """The proxy as an aiohttp application; tests and ``serve`` both start here."""
+    app = web.Application(middlewares=[observe])
+    metrics = Metrics()
+    app[RUNTIME] = RuntimeHolder(Runtime.build(config, catalogue))
+    app[METRICS] = metrics
+    app[UPSTREAM] = Upstream(config.upstream, metrics)
+    app[STORE] = store if store is not None else open_store(config.store)
+    app.cleanup_ctx.append(_resources)
+    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_early_continue)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    await app[UPSTREAM].start()
+    get_logger().info(
+        "startup",
+        version=__version__,
+        mode=app[RUNTIME].current.config.policy.mode,
+        app_scopes=sorted(app[RUNTIME].current.config.policy.app_scopes or ()),
+        catalogue_size=len(app[RUNTIME].current.catalogue),
+        store=app[RUNTIME].current.config.store.split("://", 1)[0],
+    )
+    yield
+    await app[UPSTREAM].close()
+    await app[STORE].close()

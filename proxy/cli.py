@@ -1,0 +1,263 @@
+"""Command line: ``serve`` (the default), ``check`` and ``explain``.
+
+Every user error (a bad config key, an unknown scope, malformed YAML) is one line on stderr
+naming what is wrong, and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+from aiohttp import web
+
+from proxy import __version__
+from proxy.app import RUNTIME, Runtime, api_route, create_app
+from proxy.canonical import canonicalize
+from proxy.catalog import Catalogue, CatalogueError, Endpoint
+from proxy.config import Config, ConfigError, Listen, load_config
+from proxy.decision import decide
+from proxy.errors import ProxyError
+from proxy.logs import configure_logging, get_logger
+from proxy.stores import StoreError, open_store
+
+SHUTDOWN_SECONDS = 30.0
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: printed as one line, exit 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipedrive-scope-proxy",
+        description="Enforce Pipedrive OAuth scopes in front of the Pipedrive API.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="run the proxy (the default)")
+    _add_config(serve)
+    serve.add_argument("--host", help="listen address (overrides listen.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+
+    check = commands.add_parser("check", help="validate the config and the catalogue")
+    _add_config(check)
+
+    explain = commands.add_parser("explain", help="which scopes accept a call, and why")
+    _add_config(explain)
+    explain.add_argument("method", help="HTTP method, e.g. GET")
+    explain.add_argument("path", help="request path, e.g. /v1/deals/42 or /api/v2/deals")
+    explain.add_argument("--scopes", help="comma-separated granted scopes to decide for")
+    return parser
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", help="YAML config file (default: $PIPEDRIVE_SCOPE_PROXY_CONFIG)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or words[0] not in {"serve", "check", "explain", "-h", "--help", "--version"}:
+        words.insert(0, "serve")  # serve is the default command
+    args = build_parser().parse_args(words)
+    command = args.command
+    try:
+        if command == "check":
+            return check(args.config)
+        if command == "explain":
+            return explain(args.config, args.method, args.path, args.scopes)
+        return serve(args.config, args.host, args.port, args.workers)
+    except (ConfigError, UsageError, StoreError) as error:
+        print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
+        return 2
+
+
+def check(config_path: str | None) -> int:
+    config, catalogue = load_config(config_path)
+    open_store(config.store)
+    print(
+        f"{config.source}: ok: mode {config.policy.mode}, store {config.store.split('://')[0]}, "
+        f"{len(catalogue)} endpoints (v1 {catalogue.count('v1')}, v2 {catalogue.count('v2')}), "
+        f"{len(config.tokens)} static grants"
+    )
+    return 0
+
+
+def explain(config_path: str | None, method: str, path: str, scopes: str | None) -> int:
+    """Print the endpoint a call matches, its scopes, and the decision for ``--scopes``."""
+    config, catalogue = load_config(config_path)
+    method = method.upper()
+    try:
+        canonical = canonicalize(method, path, ())
+    except ProxyError as error:
+        print(f"{method} {path}\n  refused with {error.status}: {error.message}")
+        return 1
+    route = api_route(canonical.path)
+    if route is None:
+        raise UsageError(f"path {path!r} is not under /v1/, /api/v1/ or /api/v2/")
+    granted = _parse_scopes(scopes, catalogue) if scopes is not None else None
+    try:
+        endpoint = catalogue.match(route[0], method, route[1])
+    except ProxyError as error:
+        print(f"{method} {path}\n  refused with {error.status}: {error.message}")
+        return 1
+    lines = [f"{method} {path}"]
+    if endpoint is None:
+        lines.append("  endpoint:        none in the catalogue")
+    else:
+        cost = endpoint.token_cost
+        lines += [
+            f"  endpoint:        {endpoint.name}",
+            f"  accepted scopes: {', '.join(sorted(endpoint.scopes))}",
+            f"  token cost:      {cost if cost is not None else 'unknown'}",
+            f"  sources:         {', '.join(endpoint.sources)}",
+            f"  deprecated:      {'yes' if endpoint.deprecated else 'no'}",
+            *(f"  note:            {note}" for note in endpoint.notes),
+        ]
+    app_scopes = config.policy.app_scopes
+    if app_scopes is not None:
+        lines.append(f"  app scopes:      {', '.join(sorted(app_scopes))}")
+    if granted is None:
+        print("\n".join(lines))
+        return 0
+    decision = decide(config.policy, endpoint, granted)
+    lines.append(f"  granted scopes:  {', '.join(sorted(granted)) or '(none)'} (base is implied)")
+    lines.append(f"  decision:        {decision.verdict} ({decision.reason})")
+    lines.append(f"  why:             {_why(decision.reason, endpoint, granted, app_scopes)}")
+    print("\n".join(lines))
+    return 0 if decision.verdict == "allow" else 1
+
+
+def _why(
+    reason: str, endpoint: Endpoint | None, granted: frozenset[str], app: frozenset[str] | None
+) -> str:
+    if endpoint is None:
+        return "no catalogue entry matches; unknown endpoints are " + (
+            "forwarded (unknown_endpoints: allow)" if reason.endswith("allowed") else "refused"
+        )
+    accepted = ", ".join(sorted(endpoint.scopes))
+    if reason == "out_of_scope":
+        return f"none of the granted scopes accepts {endpoint.name}; it needs one of: {accepted}"
+    if reason == "outside_app_scopes":
+        return f"the app declares none of the scopes that accept it ({accepted})"
+    held = sorted(endpoint.scopes & (granted | {"base"}))
+    return f"{' and '.join(held)} accepts {endpoint.name}"
+
+
+def _parse_scopes(text: str, catalogue: Catalogue) -> frozenset[str]:
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    unknown = sorted(names - catalogue.scopes.keys())
+    if unknown:
+        raise UsageError(f"--scopes: unknown scope {unknown[0]!r}")
+    return names
+
+
+def serve(config_path: str | None, host: str | None, port: int | None, workers: int) -> int:
+    config, catalogue = load_config(config_path)
+    listen = Listen(host or config.listen.host, config.listen.port if port is None else port)
+    config = replace(config, listen=listen)
+    if workers < 1:
+        raise UsageError("--workers: expected at least 1")
+    if workers > 1 and config.store == "memory":
+        raise UsageError(
+            "--workers: store 'memory' lives inside one process; with several workers use "
+            "store: sqlite:///path/tokens.db or store: redis://host:6379/0"
+        )
+    open_store(config.store)  # fail now, with a clear line, rather than in every worker
+    if workers == 1:
+        asyncio.run(run_worker(config_path, config, catalogue, reuse_port=False))
+        return 0
+    return supervise(config_path, listen, workers)
+
+
+async def run_worker(
+    config_path: str | None, config: Config, catalogue: Catalogue, reuse_port: bool
+) -> None:
+    """Serve until SIGTERM or SIGINT; finish in-flight requests (bounded); SIGHUP reloads."""
+    configure_logging(config.logging.format, config.logging.level)
+    app = create_app(config, catalogue)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner, config.listen.host, config.listen.port, reuse_port=reuse_port or None
+    )
+    await site.start()
+    for address in runner.addresses:
+        get_logger().info("listening", host=address[0], port=address[1])
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload, app, config_path, config)
+    try:
+        await stop.wait()
+        get_logger().info("shutting_down", grace_seconds=SHUTDOWN_SECONDS)
+    finally:
+        await runner.cleanup()
+
+
+def reload(app: web.Application, config_path: str | None, running: Config) -> None:
+    """Swap in a new config and catalogue; keep the old ones if the new ones are invalid."""
+    try:
+        config, catalogue = load_config(config_path)
+    except (ConfigError, CatalogueError) as error:
+        get_logger().error("reload_failed", problem=str(error))
+        return
+    config = replace(config, listen=running.listen)
+    app[RUNTIME].current = Runtime.build(config, catalogue)
+    restart_only = [
+        key
+        for key in ("upstream", "store", "logging")
+        if getattr(config, key) != getattr(running, key)
+    ]
+    get_logger().info(
+        "reloaded",
+        mode=config.policy.mode,
+        catalogue_size=len(catalogue),
+        needs_restart=restart_only,
+    )
+
+
+def _worker_main(config_path: str | None, listen: Listen) -> None:
+    config, catalogue = load_config(config_path)
+    config = replace(config, listen=listen)
+    asyncio.run(run_worker(config_path, config, catalogue, reuse_port=True))
+
+
+def supervise(config_path: str | None, listen: Listen, workers: int) -> int:
+    """Run ``workers`` processes on one port (SO_REUSEPORT); stop them all together."""
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker_main, args=(config_path, listen), name=f"worker-{i}")
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    status = 0
+    while any(process.is_alive() for process in processes):
+        for process in processes:
+            process.join(timeout=0.5)
+            if process.exitcode not in (None, 0):
+                status = 1
+                forward(signal.SIGTERM, None)  # one worker failed: stop the rest
+    return status

@@ -1,0 +1,151 @@
+"""Forwarding: send an authorized request upstream unchanged and stream the answer back.
+
+One ``ClientSession`` per process. The URL is the configured upstream origin followed by the
+request target exactly as received, passed pre-encoded so the client cannot re-normalize it.
+Bodies stream in both directions and are never decompressed. Upstream failures are mapped to
+the proxy's errors in ONE ``try``.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from proxy.config import Upstream as UpstreamSettings
+from proxy.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.logs import RequestRecord
+from proxy.metrics import Metrics
+from proxy.responses import DECISION_HEADER
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "host",
+    }
+)
+# Headers aiohttp's client would add on its own; the app's request goes up without them.
+_NO_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """Headers minus hop-by-hop ones and those the ``Connection`` header names."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+    }
+    kept: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and lower not in named:
+            kept.add(name, value)
+    return kept
+
+
+class Upstream:
+    """The pooled upstream client, owned by the app's ``cleanup_ctx``."""
+
+    def __init__(self, settings: UpstreamSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.settings.connect_timeout,
+            sock_connect=self.settings.connect_timeout,
+            sock_read=self.settings.read_timeout,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1024, ttl_dns_cache=60),
+            timeout=timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # never carry one app's cookies to another
+            skip_auto_headers=_NO_AUTO_HEADERS,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def forward(
+        self, request: web.Request, origin: str, target: str, record: RequestRecord
+    ) -> web.StreamResponse:
+        """Send ``origin + target`` upstream, byte for byte, and stream its answer back."""
+        assert self._session is not None, "Upstream.start() was not awaited"
+        url = URL(origin + target, encoded=True)
+        body = request.content if request.body_exists else None
+        if body is not None and request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(_CONTINUE)  # only now that the call is authorized
+        response: web.StreamResponse | None = None
+        try:
+            async with self._session.request(
+                request.method,
+                url,
+                headers=end_to_end(request.headers),
+                data=body,
+                allow_redirects=False,
+            ) as upstream:
+                record.upstream_status = upstream.status
+                response = web.StreamResponse(
+                    status=upstream.status,
+                    reason=upstream.reason,
+                    headers=end_to_end(upstream.headers),
+                )
+                response.headers[DECISION_HEADER] = record.decision
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+            self._fail(record, "connect")
+            raise UpstreamUnavailable(f"cannot connect to {url.host}") from error
+        except (TimeoutError, aiohttp.SocketTimeoutError) as error:
+            if response is not None and response.prepared:
+                self._abort(request, record, "timeout")
+                raise StreamAborted(response) from error
+            self._fail(record, "timeout")
+            raise UpstreamTimeout(
+                f"no bytes from upstream for {self.settings.read_timeout:g} s"
+            ) from error
+        except (aiohttp.ClientError, ConnectionError) as error:
+            if response is not None and response.prepared:
+                transport = request.transport
+                gone = transport is None or transport.is_closing()
+                self._abort(request, record, "client_gone" if gone else "disconnect")
+                raise StreamAborted(response) from error
+            self._fail(record, "disconnect")
+            raise UpstreamUnavailable("upstream closed the connection") from error
+
+    def _fail(self, record: RequestRecord, kind: str) -> None:
+        self.metrics.upstream_errors.labels(kind).inc()
+        record.reason = f"upstream_{kind}"
+
+    def _abort(self, request: web.Request, record: RequestRecord, kind: str) -> None:
+        """Headers are already sent: cut the connection so the client sees a truncated body."""
+        self._fail(record, kind)
+        record.status = record.upstream_status or 502
+        if request.transport is not None:
+            request.transport.abort()
+
+
+class StreamAborted(Exception):
+    """The response was cut off mid-stream; there is nothing left to send."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("response cut off mid-stream")
+        self.response = response

@@ -1,0 +1,72 @@
+"""Structured logging: one JSON event per request, with stable field names.
+
+Tokens never reach a log: requests are identified by ``token_fp``, the first 12 hex characters
+of the token's SHA-256, and the query string (which can hold ``api_token``) is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+
+
+def configure_logging(format: str = "json", level: str = "info") -> None:
+    """Send structlog events to stdout as JSON lines (or readable lines for ``console``)."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.ERROR)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger() -> Any:
+    return structlog.get_logger("pipedrive-scope-proxy")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What one request came to, filled in as the pipeline runs, logged once at the end."""
+
+    method: str
+    decision: str = "deny"
+    reason: str = "internal_error"
+    endpoint: str | None = None
+    version: str | None = None
+    status: int = 500
+    upstream_status: int | None = None
+    token_fp: str | None = None
+    accepted_scopes: list[str] = field(default_factory=list)
+    granted_scopes: list[str] = field(default_factory=list)
+    token_cost: int | None = None
+
+    def fields(self, duration_ms: float) -> dict[str, Any]:
+        return {
+            "decision": self.decision,
+            "reason": self.reason,
+            "method": self.method,
+            "endpoint": self.endpoint,
+            "version": self.version,
+            "status": self.status,
+            "upstream_status": self.upstream_status,
+            "duration_ms": round(duration_ms, 3),
+            "token_fp": self.token_fp,
+            "accepted_scopes": self.accepted_scopes,
+            "granted_scopes": self.granted_scopes,
+            "token_cost": self.token_cost,
+        }

@@ -1,0 +1,50 @@
+"""Prometheus metrics, one registry per app. Labels are bounded sets, never raw paths."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+from proxy.logs import RequestRecord
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "scope_proxy_requests",
+            "Requests by decision, reason and API version.",
+            ["decision", "reason", "version"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "scope_proxy_request_duration_seconds",
+            "Time from request to the last byte of the response.",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.upstream_errors = Counter(
+            "scope_proxy_upstream_errors",
+            "Upstream failures by kind (connect, timeout, disconnect, client_gone).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.tokens_learned = Counter(
+            "scope_proxy_tokens_learned",
+            "Access tokens whose scopes were learned from an OAuth token response.",
+            registry=self.registry,
+        )
+        self._children: dict[tuple[str, str, str], MetricWrapperBase] = {}
+
+    def observe(self, record: RequestRecord, seconds: float) -> None:
+        key = (record.decision, record.reason, record.version or "none")
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(*key)
+        child.inc()  # type: ignore[attr-defined]
+        self.duration.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
