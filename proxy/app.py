@@ -161,8 +161,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             record.reason = error.reason
         response = error_response(error, record.decision)
     except web.HTTPException as error:  # raised by aiohttp itself, e.g. a target it cannot route
-        record.reason = "not_found" if error.status == 404 else "bad_request"
-        response = error_response(_from_http(error))
+        refusal = _from_http(request, error)
+        record.decision, record.reason = "deny", refusal.reason
+        response = error_response(refusal)
     except StreamAborted as aborted:
         response = aborted.response  # cut off mid-body: the client sees a truncated answer
     except asyncio.CancelledError:
@@ -178,11 +179,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-def _from_http(error: web.HTTPException) -> ProxyError:
-    proxy_error = NotFound() if error.status == 404 else ProxyError()
-    if error.status != 404:
-        proxy_error.status, proxy_error.error = error.status, error.reason or "Bad request"
-    return proxy_error
+def _from_http(request: web.Request, error: web.HTTPException) -> ProxyError:
+    """The proxy's own refusal for a request aiohttp's router turned away."""
+    try:
+        canonicalize(request.method, request.raw_path, request.raw_headers)
+    except ProxyError as refusal:
+        return refusal
+    return NotFound() if error.status == 404 else ProxyError(error.reason)
 
 
 def _finish(request: web.Request, record: RequestRecord, started: float) -> None:

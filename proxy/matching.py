@@ -134,21 +134,22 @@ class Router(Generic[T]):
 
     def __init__(self, routes: Iterable[tuple[str, T]]) -> None:
         self._root: _Node[T] = _Node()
-        compiled: list[tuple[str, tuple[Segment, ...]]] = []
+        by_length: dict[int, list[tuple[str, tuple[Segment, ...]]]] = {}
         for template, value in routes:
             segments = split_template(template)
-            for other, other_segments in compiled:
+            same_length = by_length.setdefault(len(segments), [])
+            for other, other_segments in same_length:
                 if _unsettled(segments, other_segments):
                     raise AmbiguousTemplates(
                         f"{other!r} and {template!r} can match the same path and no literal "
                         "segment decides between them"
                     )
-            compiled.append((template, segments))
+            same_length.append((template, segments))
             node = self._root
             for segment in segments:
                 node = node.child(segment)
             node.value = value
-        self.size = len(compiled)
+        self.size = sum(map(len, by_length.values()))
 
     def match(self, segments: tuple[str, ...]) -> T | None:
         """The value of the best template matching these path segments, or None."""
@@ -157,7 +158,7 @@ class Router(Generic[T]):
 
 def _unsettled(a: tuple[Segment, ...], b: tuple[Segment, ...]) -> bool:
     """True when a path can match both templates and no literal decides between them."""
-    if len(a) != len(b) or not all(x.overlaps(y) for x, y in zip(a, b, strict=True)):
+    if not all(x.overlaps(y) for x, y in zip(a, b, strict=True)):
         return False
     for x, y in zip(a, b, strict=True):
         if x != y:

@@ -1,0 +1,144 @@
+"""Shared fixtures: a fake Pipedrive that records what it receives, and the proxy in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from proxy.app import create_app
+from proxy.catalog import Catalogue
+from proxy.config import Config, parse_config
+
+AiohttpServer = Callable[..., Awaitable[TestServer]]
+AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+def sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class Received:
+    """One request as the fake upstream saw it."""
+
+    method: str
+    raw_path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key.lower() == name.lower()]
+
+
+@dataclass
+class FakePipedrive:
+    """Records every request; answers with ``respond`` (replaceable per test)."""
+
+    received: list[Received] = field(default_factory=list)
+    respond: Callable[[web.Request, Received], Awaitable[web.StreamResponse]] | None = None
+    url: str = ""
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.read()
+            seen = Received(
+                request.method,
+                request.raw_path,
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
+                body,
+            )
+            self.received.append(seen)
+            if self.respond is not None:
+                return await self.respond(request, seen)
+            return web.json_response(
+                {"success": True, "data": {"path": request.raw_path}},
+                headers={"x-correlation-id": "abc-123", "x-ratelimit-remaining": "39"},
+            )
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: AiohttpServer) -> FakePipedrive:
+    fake = FakePipedrive()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    server = await aiohttp_server(app)  # test servers cancel handlers on disconnect
+    fake.url = str(server.make_url("")).rstrip("/")
+    return fake
+
+
+def config_document(upstream_url: str, **overrides: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "upstream": {
+            "api_url": upstream_url,
+            "oauth_url": upstream_url,
+            "connect_timeout": 2,
+            "read_timeout": 2,
+        },
+        "logging": {"format": "json", "level": "info"},
+    }
+    document.update(overrides)
+    return document
+
+
+def build_config(upstream_url: str, **overrides: Any) -> tuple[Config, Catalogue]:
+    return parse_config(config_document(upstream_url, **overrides), env={})
+
+
+def grants(**scopes_by_token: list[str]) -> list[dict[str, Any]]:
+    """Static grants for plain test tokens: ``grants(reader=["deals:read"])``."""
+    return [
+        {"name": token, "sha256": sha(token), "scopes": scopes}
+        for token, scopes in scopes_by_token.items()
+    ]
+
+
+ProxyFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+def make_proxy(upstream: FakePipedrive, aiohttp_client: AiohttpClient) -> ProxyFactory:
+    """Start the proxy in front of the fake upstream with config overrides."""
+
+    async def start(**overrides: Any) -> TestClient[web.Request, web.Application]:
+        config, catalogue = build_config(upstream.url, **overrides)
+        app = create_app(config, catalogue)
+        return await aiohttp_client(app)
+
+    return start
+
+
+async def raw_request(
+    client: TestClient[Any, Any], data: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes exactly as given; return status, headers and body of the answer."""
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(data)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def envelope(body: bytes) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(body)
+    return document

@@ -1,0 +1,141 @@
+"""Refusals of ambiguous requests, sent as raw bytes over a socket.
+
+HTTP client libraries rewrite paths before sending (dot segments, encodings), so every request
+here is written byte for byte. Each carries a token that holds every scope, so the refusal can
+only come from the request's shape; and the fake upstream must receive nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.catalog import load_catalogue
+from tests.conftest import FakePipedrive, ProxyFactory, envelope, grants, raw_request
+
+ALL = sorted(load_catalogue().scopes)
+AUTH = b"Authorization: Bearer everything\r\n"
+
+
+def get(target: bytes, extra: bytes = b"", method: bytes = b"GET") -> bytes:
+    return (
+        method + b" " + target + b" HTTP/1.1\r\nHost: proxy.test\r\n" + AUTH + extra
+        + b"Connection: close\r\n\r\n"
+    )  # fmt: skip
+
+
+REFUSED = [
+    ("absolute-form target", get(b"http://evil.example:8443/v1/deals"), 400),
+    (
+        "authority-form target",
+        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        405,
+    ),
+    ("path without leading slash", get(b"v1/deals"), 400),
+    ("empty segment", get(b"/v1//deals"), 400),
+    ("leading double slash", get(b"//evil.example/v1/deals"), 400),
+    ("trailing slash", get(b"/v1/deals/"), 400),
+    ("dot segment", get(b"/v1/./deals"), 400),
+    ("dot-dot segment", get(b"/v1/deals/../users"), 400),
+    ("dot-dot escaping the prefix", get(b"/v1/../admin"), 400),
+    ("encoded slash", get(b"/v1/deals%2F1"), 400),
+    ("encoded lower-case slash", get(b"/v1/deals%2f1"), 400),
+    ("encoded backslash", get(b"/v1/deals%5C1"), 400),
+    ("encoded dot-dot", get(b"/v1/deals/%2e%2e/users"), 400),
+    ("encoded single dot", get(b"/v1/%2E/deals"), 400),
+    ("encoded percent", get(b"/v1/deals/%251"), 400),
+    ("encoded semicolon", get(b"/v1/deals/1%3Bx"), 400),
+    ("encoded hash", get(b"/v1/deals/1%23x"), 400),
+    ("encoded question mark", get(b"/v1/deals/1%3Fx"), 400),
+    ("encoded NUL", get(b"/v1/deals/1%00"), 400),
+    ("encoded newline", get(b"/v1/deals/1%0A"), 400),
+    ("encoded NUL in the query", get(b"/v1/deals?term=a%00b"), 400),
+    ("encoded letter spelling a literal", get(b"/v1/de%61ls"), 400),
+    ("malformed percent-encoding", get(b"/v1/deals/%zz"), 400),
+    ("truncated percent-encoding", get(b"/v1/deals/1%2"), 400),
+    ("raw backslash", get(b"/v1/deals\\1"), 400),
+    ("raw semicolon path parameter", get(b"/v1/deals;x=1/1"), 400),
+    ("raw semicolon in the query", get(b"/v1/deals?a=1;api_token=x"), 400),
+    ("raw hash", get(b"/v1/deals#frag"), 400),
+    ("non-ASCII byte in the path", get(b"/v1/deals/\xc3\xa9"), 400),
+    ("over-long target", get(b"/v1/deals?term=" + b"a" * 8000), 400),
+    ("case variant of a literal", get(b"/v1/users/ME"), 400),
+    ("X-HTTP-Method-Override", get(b"/v1/deals", b"X-HTTP-Method-Override: DELETE\r\n"), 400),
+    ("X-HTTP-Method", get(b"/v1/deals", b"X-HTTP-Method: DELETE\r\n"), 400),
+    ("X-Method-Override", get(b"/v1/deals", b"X-Method-Override: DELETE\r\n"), 400),
+    ("_method query parameter", get(b"/v1/deals?_method=DELETE"), 400),
+    ("encoded _method query parameter", get(b"/v1/deals?%5Fmethod=DELETE"), 400),
+    ("Upgrade header", get(b"/v1/deals", b"Upgrade: websocket\r\n"), 400),
+    ("X_Api_Token header", get(b"/v1/deals", b"X_Api_Token: abc\r\n"), 400),
+    (
+        "X_HTTP_Method_Override header",
+        get(b"/v1/deals", b"X_HTTP_Method_Override: DELETE\r\n"),
+        400,
+    ),
+    ("second Authorization header", get(b"/v1/deals", AUTH), 400),
+    ("Bearer plus x-api-token", get(b"/v1/deals", b"x-api-token: abc\r\n"), 400),
+    ("Bearer plus api_token parameter", get(b"/v1/deals?api_token=abc"), 400),
+    ("upper-case API_TOKEN parameter", get(b"/v1/deals?API_TOKEN=abc"), 400),
+    ("bracketed api_token parameter", get(b"/v1/deals?api_token[]=abc"), 400),
+    ("non-ASCII header value", get(b"/v1/deals", b"X-Note: caf\xc3\xa9\r\n"), 400),
+    ("PROPFIND method", get(b"/v1/deals", method=b"PROPFIND"), 405),
+    ("OPTIONS method", get(b"/v1/deals", method=b"OPTIONS"), 405),
+    ("TRACE method", get(b"/v1/deals", method=b"TRACE"), 405),
+]
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [(r, s) for _, r, s in REFUSED],
+                         ids=[name for name, _, _ in REFUSED])  # fmt: skip
+async def test_ambiguous_request_is_refused_before_any_upstream_contact(
+    request_bytes: bytes, status: int, make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy(tokens=grants(everything=ALL))
+    answer_status, headers, body = await raw_request(client, request_bytes)
+    assert upstream.received == []
+    if answer_status == 400 and not body.startswith(b"{"):
+        # aiohttp's own parser refused it before the proxy saw it: also a refusal, never a forward
+        return
+    assert answer_status == status, body
+    assert headers["x-scope-proxy-decision"] == "deny"
+    assert headers["content-type"].startswith("application/json")
+    answer = envelope(body)
+    assert answer["success"] is False
+    assert answer["errorCode"] == status
+
+
+ACCEPTED = [
+    ("plain path", b"/v1/deals/42"),
+    ("api prefix", b"/api/v1/deals/42"),
+    ("query kept as sent", b"/v1/deals?start=0&limit=5&sort=title%20ASC"),
+    ("encoded UTF-8 in the query", b"/api/v2/deals/search?term=caf%C3%A9"),
+    ("encoded slash in the query", b"/v1/itemSearch?term=a%2Fb"),
+    ("brackets in the query", b"/api/v2/deals?ids[]=1&ids[]=2"),
+    ("encoded space in a segment", b"/v1/deals/4%201"),
+]
+
+
+@pytest.mark.parametrize("target", [t for _, t in ACCEPTED], ids=[n for n, _ in ACCEPTED])
+async def test_unambiguous_target_goes_upstream_byte_for_byte(
+    target: bytes, make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy(tokens=grants(everything=ALL))
+    status, headers, _ = await raw_request(client, get(target))
+    assert status == 200
+    assert headers["x-scope-proxy-decision"] == "allow"
+    assert [r.raw_path.encode() for r in upstream.received] == [target]
+
+
+async def test_oauth_token_path_keeps_its_documented_trailing_slash(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy()
+    form = b"grant_type=refresh_token&refresh_token=r"
+    status, _, _ = await raw_request(
+        client,
+        b"POST /oauth/token/ HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: Basic Y2k6Y3M=\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: "
+        + str(len(form)).encode() + b"\r\nConnection: close\r\n\r\n" + form,
+    )  # fmt: skip
+    assert status == 200
+    assert [(r.method, r.raw_path, r.body) for r in upstream.received] == [
+        ("POST", "/oauth/token/", form)
+    ]
