@@ -95,7 +95,7 @@ def check_path(path: str) -> None:
     for byte in raw:
         if byte not in _PATH_CHARS:
             raise AmbiguousRequest(f"character {chr(byte)!r} is not accepted in the path")
-    segments = path.split("/")[1:]
+    segments = path.split("/")[1:] if path != "/" else []
     if path in TRAILING_SLASH_PATHS:
         segments.pop()
     for segment in segments:

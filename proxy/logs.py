@@ -12,12 +12,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 
+class _DropMalformedRequests(logging.Filter):
+    """aiohttp logs each request its HTTP parser rejects, request line (and query) included.
+
+    Those requests are answered 400 and are the client's fault; their text may hold an
+    ``api_token``, so they are kept out of the logs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, HttpProcessingError)
+
+
 def configure_logging(format: str = "json", level: str = "info") -> None:
     """Send structlog events to stdout as JSON lines (or readable lines for ``console``)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _DropMalformedRequests) for f in server_log.filters):
+        server_log.addFilter(_DropMalformedRequests())
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if format == "json"

@@ -1,0 +1,196 @@
+"""The proxy as an app would use it: routes, policies, responses, log events and metrics."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.conftest import FakePipedrive, ProxyFactory, envelope, grants, raw_request, sha
+
+TOKEN = "v1u:AQIBAHj+LzTNK2yuuuaLqifzhWb9crUNKTpk4FlQ9rjnXqp/6AAAAAA=:secret-part-1234"
+CONTRACT_FIELDS = {
+    "decision", "reason", "method", "endpoint", "version", "status", "upstream_status",
+    "duration_ms", "token_fp", "accepted_scopes", "granted_scopes", "token_cost",
+}  # fmt: skip
+
+
+async def test_v1_and_v2_decide_differently_where_pipedrive_does(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy(tokens=grants(activities=["activities:read"]))
+    auth = {"Authorization": "Bearer activities"}
+    v1 = await client.get("/v1/activityFields", headers=auth)
+    api_v1 = await client.get("/api/v1/activityFields", headers=auth)
+    v2 = await client.get("/api/v2/activityFields", headers=auth)
+    assert (v1.status, api_v1.status, v2.status) == (200, 200, 403)
+    assert envelope(await v2.read())["scope_proxy"]["accepted_scopes"] == ["admin"]
+    assert [r.raw_path for r in upstream.received] == [
+        "/v1/activityFields",
+        "/api/v1/activityFields",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "reason"),
+    [
+        ("GET", "/v2/deals", 404, "not_found"),
+        ("GET", "/", 404, "not_found"),
+        ("GET", "/_proxy/nothing", 404, "not_found"),
+        ("GET", "/oauth/token", 405, "method_not_allowed"),
+        ("OPTIONS", "/v1/deals", 405, "method_not_allowed"),
+        ("GET", "/v1/noSuchThing", 403, "unknown_endpoint"),
+        ("GET", "/api/v2/deals/1/noSuchThing", 403, "unknown_endpoint"),
+    ],
+)
+async def test_paths_outside_the_api_are_never_forwarded(
+    method: str, path: str, status: int, reason: str, make_proxy: ProxyFactory,
+    upstream: FakePipedrive,
+) -> None:  # fmt: skip
+    client = await make_proxy(tokens=grants(ops=["admin"]))
+    response = await client.request(method, path, headers={"Authorization": "Bearer ops"})
+    assert response.status == status
+    body = envelope(await response.read())
+    assert (body["success"], body["errorCode"], body["scope_proxy"]["reason"]) == (
+        False, status, reason,
+    )  # fmt: skip
+    assert response.headers["X-Scope-Proxy-Decision"] == "deny"
+    assert response.headers["Content-Type"] == "application/json"
+    assert upstream.received == []
+
+
+async def test_401_is_pipedrives_unauthorized_envelope(make_proxy: ProxyFactory) -> None:
+    client = await make_proxy()
+    for headers in ({}, {"Authorization": "Bearer nobody-knows-me"}):
+        response = await client.get("/v1/deals", headers=headers)
+        assert response.status == 401
+        body = envelope(await response.read())
+        assert (body["success"], body["error"], body["errorCode"]) == (
+            False, "unauthorized access", 401,
+        )  # fmt: skip
+        assert response.headers["X-Scope-Proxy-Decision"] == "deny"
+
+
+async def test_personal_api_tokens_are_refused_by_default_and_say_why(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy()
+    response = await client.get("/v1/deals", headers={"x-api-token": "a" * 40})
+    assert response.status == 403
+    body = envelope(await response.read())
+    assert "not scoped" in body["error"]
+    assert body["scope_proxy"]["reason"] == "api_token_not_scoped"
+    assert upstream.received == []
+
+
+async def test_staging_setup_treats_api_tokens_and_unknown_tokens_as_the_app(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy(
+        app_scopes=["deals:read"], api_tokens="app_scopes", unknown_tokens="app_scopes"
+    )
+    assert (await client.get("/v1/deals?api_token=" + "b" * 40)).status == 200
+    assert (await client.get("/v1/deals", headers={"Authorization": "Bearer new"})).status == 200
+    refused = await client.get("/v1/persons", headers={"x-api-token": "c" * 40})
+    assert refused.status == 403
+    assert envelope(await refused.read())["scope_proxy"]["granted_scopes"] == ["deals:read"]
+    assert len(upstream.received) == 2
+
+
+async def test_app_scopes_are_a_ceiling_over_what_a_token_holds(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy(app_scopes=["deals:read"], tokens=grants(full=["deals:full"]))
+    auth = {"Authorization": "Bearer full"}
+    assert (await client.get("/v1/deals/1", headers=auth)).status == 200
+    refused = await client.delete("/v1/deals/1", headers=auth)
+    assert refused.status == 403
+    assert envelope(await refused.read())["scope_proxy"]["reason"] == "outside_app_scopes"
+    assert [r.method for r in upstream.received] == ["GET"]
+
+
+async def test_report_mode_forwards_and_marks_what_enforce_would_refuse(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy(mode="report", tokens=grants(reader=["deals:read"]))
+    auth = {"Authorization": "Bearer reader"}
+    marked = await client.delete("/v1/deals/1", headers=auth)
+    assert (marked.status, marked.headers["X-Scope-Proxy-Decision"]) == (200, "report")
+    ok = await client.get("/v1/deals/1", headers=auth)
+    assert ok.headers["X-Scope-Proxy-Decision"] == "allow"
+    unknown = await client.get("/v1/deals", headers={"Authorization": "Bearer stranger"})
+    assert unknown.status == 401  # report mode relaxes scopes only
+    status, _, _ = await raw_request(
+        client, b"GET /v1/deals/%2e%2e/users HTTP/1.1\r\nAuthorization: Bearer reader\r\n"
+        b"Connection: close\r\n\r\n",
+    )  # fmt: skip
+    assert status == 400
+    assert [r.method for r in upstream.received] == ["DELETE", "GET"]
+
+
+async def test_unknown_endpoints_allow_forwards_paths_the_catalogue_lacks(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy(unknown_endpoints="allow", tokens=grants(x=[]))
+    response = await client.get("/v1/brandNewThing", headers={"Authorization": "Bearer x"})
+    assert response.status == 200
+    assert [r.raw_path for r in upstream.received] == ["/v1/brandNewThing"]
+
+
+async def test_one_log_event_per_request_with_contract_fields_and_no_raw_token(
+    make_proxy: ProxyFactory, upstream: FakePipedrive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = await make_proxy(
+        tokens=[{"name": "t", "sha256": sha(TOKEN), "scopes": ["deals:read"]}]
+    )
+    with capture_logs() as events:
+        await client.get(
+            "/v1/deals/5?api_token_hint=1", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        await client.delete("/v1/deals/5", headers={"Authorization": f"Bearer {TOKEN}"})
+        await client.get("/_proxy/health")
+    requests = [e for e in events if e["event"] == "request"]
+    assert len(requests) == 2, "one event per API request; health checks are not traffic"
+    allowed, denied = requests
+    assert set(allowed) >= CONTRACT_FIELDS
+    assert {k: allowed[k] for k in ("decision", "reason", "endpoint", "version", "status",
+                                    "upstream_status", "token_fp", "token_cost")} == {
+        "decision": "allow", "reason": "in_scope", "endpoint": "GET /v1/deals/{id}",
+        "version": "v1", "status": 200, "upstream_status": 200, "token_fp": sha(TOKEN)[:12],
+        "token_cost": 2,
+    }  # fmt: skip
+    assert allowed["granted_scopes"] == ["deals:read"]
+    assert (denied["decision"], denied["status"], denied["upstream_status"]) == ("deny", 403, None)
+    output = repr(events) + capsys.readouterr().out
+    assert TOKEN not in output
+    assert "secret-part" not in output
+    assert "api_token_hint" not in output, "the query string is never logged"
+
+
+async def test_health_ready_and_metrics(make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(tokens=grants(reader=["deals:read"]))
+    await client.get("/v1/deals", headers={"Authorization": "Bearer reader"})
+    await client.get("/v1/persons", headers={"Authorization": "Bearer reader"})
+    health = await client.get("/_proxy/health")
+    ready = await client.get("/_proxy/ready")
+    assert (health.status, ready.status) == (200, 200)
+    assert (await ready.json())["store"] == "ok"
+    metrics = await (await client.get("/_proxy/metrics")).text()
+
+    def value(pattern: str) -> float:
+        found = re.search(pattern + r" (\S+)", metrics)
+        assert found, pattern
+        return float(found.group(1))
+
+    assert (
+        value(r'scope_proxy_requests_total\{decision="allow",reason="in_scope",version="v1"\}') == 1
+    )
+    assert (
+        value(r'scope_proxy_requests_total\{decision="deny",reason="out_of_scope",version="v1"\}')
+        == 1
+    )
+    assert value(r"scope_proxy_request_duration_seconds_count") == 2
+    assert "scope_proxy_upstream_errors_total" in metrics
+    assert "scope_proxy_tokens_learned_total" in metrics
+    assert "/v1/deals" not in metrics, "raw paths are never labels"

@@ -1,0 +1,244 @@
+"""The command line as users run it: a real process, its exit status and what it prints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.conftest import FakePipedrive, grants
+from tests.test_refusals_raw import REFUSED
+
+ROOT = Path(__file__).parent.parent
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def write_config(tmp_path: Path, **document: Any) -> str:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return str(path)
+
+
+def test_check_accepts_the_default_config() -> None:
+    result = run("check", "--config", "config/proxy.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "ok: mode enforce, store memory, 459 endpoints" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("colour: blue\n", "colour: unknown key"),
+        ("app_scopes: [deals:write]\n", "app_scopes[0]: unknown scope 'deals:write'"),
+        ("upstream: {api_url: not-a-url}\n", "upstream.api_url: not an absolute http(s) URL"),
+        ("listen: {port: [8080\n", "malformed YAML: line"),
+    ],
+    ids=["unknown key", "unknown scope", "bad URL", "malformed YAML"],
+)
+def test_check_refuses_bad_config_with_one_line_and_status_2(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = run("check", "--config", str(path))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_is_a_clear_error() -> None:
+    result = run("check", "--config", "/nonexistent/proxy.yaml")
+    assert result.returncode == 2
+    assert "/nonexistent/proxy.yaml: cannot read config file" in result.stderr
+
+
+def test_explain_names_the_endpoint_its_scopes_and_the_decision() -> None:
+    allowed = run("explain", "GET", "/v1/deals/42", "--scopes", "deals:read")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "endpoint:        GET /v1/deals/{id}" in allowed.stdout
+    assert "accepted scopes: deals:full, deals:read" in allowed.stdout
+    assert "decision:        allow (in_scope)" in allowed.stdout
+    denied = run("explain", "DELETE", "/api/v2/deals/42", "--scopes", "deals:read")
+    assert denied.returncode == 1
+    assert "decision:        deny (out_of_scope)" in denied.stdout
+    assert "it needs one of: deals:full" in denied.stdout
+    info = run("explain", "GET", "/api/v2/activityFields")
+    assert info.returncode == 0
+    assert "accepted scopes: admin" in info.stdout
+
+
+def test_explain_refuses_what_the_proxy_refuses_and_unknown_scopes() -> None:
+    ambiguous = run("explain", "GET", "/v1/deals/../users")
+    assert ambiguous.returncode == 1
+    assert "refused with 400" in ambiguous.stdout
+    unknown = run("explain", "GET", "/v1/deals", "--scopes", "deals:write")
+    assert unknown.returncode == 2
+    assert "--scopes: unknown scope 'deals:write'" in unknown.stderr
+
+
+def test_several_workers_with_the_memory_store_exit_2() -> None:
+    result = run("serve", "--config", "config/proxy.yaml", "--workers", "2")
+    assert result.returncode == 2
+    assert "sqlite://" in result.stderr
+    assert "redis://" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serving(
+    config_path: str, port: int, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--config", config_path, "--port", str(port),
+         "--host", "127.0.0.1", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+async def wait_ready(port: int) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/_proxy/health") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("the proxy did not start")
+
+
+@asynccontextmanager
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+async def test_serve_forwards_reloads_on_sighup_and_drains_on_sigterm(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(request: Any, seen: Any) -> Any:
+        from aiohttp import web
+
+        if seen.raw_path == "/v1/deals/slow":
+            await asyncio.wait_for(release.wait(), timeout=10)
+        return web.json_response({"success": True})
+
+    upstream.respond = slow
+    document = {
+        "upstream": {"api_url": upstream.url, "oauth_url": upstream.url},
+        "tokens": grants(reader=["deals:read"]),
+    }
+    config_path = write_config(tmp_path, **document)
+    port = free_port()
+    auth = {"Authorization": "Bearer reader"}
+    with serving(config_path, port) as process:
+        await wait_ready(port)
+        async with session() as client:
+            async with client.delete(f"http://127.0.0.1:{port}/v1/deals/1", headers=auth) as r:
+                assert r.status == 403
+            # SIGHUP: switch to report mode without a restart.
+            Path(config_path).write_text(yaml.safe_dump({**document, "mode": "report"}))
+            process.send_signal(signal.SIGHUP)
+            for _ in range(100):
+                async with client.delete(f"http://127.0.0.1:{port}/v1/deals/1", headers=auth) as r:
+                    if r.headers["X-Scope-Proxy-Decision"] == "report":
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("SIGHUP did not reload the config")
+            # An invalid config on SIGHUP keeps the running one.
+            Path(config_path).write_text("mode: sideways\n")
+            process.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.3)
+            async with client.get(f"http://127.0.0.1:{port}/v1/deals/2", headers=auth) as r:
+                assert r.status == 200
+            # SIGTERM while a request is in flight: it completes, then the process exits 0.
+            in_flight = asyncio.ensure_future(
+                client.get(f"http://127.0.0.1:{port}/v1/deals/slow", headers=auth)
+            )
+            for _ in range(100):
+                if any(r.raw_path == "/v1/deals/slow" for r in upstream.received):
+                    break
+                await asyncio.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            release.set()
+            response = await in_flight
+            assert response.status == 200
+            response.release()
+        code = await asyncio.get_running_loop().run_in_executor(None, process.wait, 20)
+        out, _ = process.communicate()
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    kinds = [event["event"] for event in events]
+    assert "reload_failed" in kinds
+    assert "reloaded" in kinds
+    assert "shutting_down" in kinds
+    assert "reader" not in out
+
+
+async def test_pure_python_http_parser_gets_the_same_refusals(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    """aiohttp's two HTTP parsers accept different things; the proxy must refuse under both."""
+    all_scopes = ["admin", "deals:full", "deals:read", "users:read"]
+    config_path = write_config(
+        tmp_path,
+        upstream={"api_url": upstream.url, "oauth_url": upstream.url},
+        tokens=grants(everything=all_scopes),
+    )
+    port = free_port()
+    with serving(config_path, port, env={"AIOHTTP_NO_EXTENSIONS": "1"}):
+        await wait_ready(port)
+        for name, request, _ in REFUSED:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+            writer.close()
+            status = int(status_line.split(b" ", 2)[1])
+            assert 400 <= status < 500, name
+    assert upstream.received == []

@@ -1,0 +1,89 @@
+"""Config parsing: every shipped file loads, every bad value is named by its key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import ConfigError, load_config, parse_config
+from tests.conftest import sha
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_file_loads(path: Path) -> None:
+    config, catalogue = load_config(str(path), env={})
+    assert len(catalogue) > 400
+    assert config.source == str(path)
+
+
+def test_default_config_is_what_the_spec_describes() -> None:
+    config, _ = load_config(str(ROOT / "config" / "proxy.yaml"), env={})
+    assert (config.listen.host, config.listen.port) == ("0.0.0.0", 8080)
+    assert config.upstream.api_url == "https://api.pipedrive.com"
+    assert config.upstream.oauth_url == "https://oauth.pipedrive.com"
+    assert (config.policy.mode, config.store) == ("enforce", "memory")
+
+
+def test_static_grants_by_sha256_and_by_environment_variable() -> None:
+    config, _ = parse_config(
+        {
+            "tokens": [
+                {"name": "bot", "sha256": sha("one").upper(), "scopes": ["deals:full"]},
+                {"name": "dev", "token_env": "DEV_TOKEN", "scopes": ["deals:read"]},
+            ]
+        },
+        env={"DEV_TOKEN": "two"},
+    )
+    grants = config.static_grants()
+    assert grants[sha("one")].scopes == {"deals:full"}
+    assert grants[sha("two")].source == "static:dev"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"colour": "blue"}, "colour: unknown key"),
+        ({"upstream": {"api_url": "api.pipedrive.com"}}, "upstream.api_url: not an absolute http"),
+        ({"upstream": {"api_url": "ftp://x"}}, "upstream.api_url: not an absolute http"),
+        ({"upstream": {"apiurl": "https://x"}}, "upstream.apiurl: unknown key"),
+        ({"upstream": {"read_timeout": 0}}, "upstream.read_timeout: expected seconds"),
+        ({"listen": {"port": "eighty"}}, "listen.port: expected a port number"),
+        ({"listen": {"port": 70000}}, "listen.port: expected a port number"),
+        ({"mode": "audit"}, "mode: expected one of enforce | report"),
+        ({"app_scopes": ["deals:read", "deals:write"]}, r"app_scopes\[1\]: unknown scope 'deals:write'"),
+        ({"unknown_tokens": "app_scopes"}, "unknown_tokens: app_scopes needs"),
+        ({"tokens": [{"name": "x", "sha256": "abc", "scopes": []}]}, r"tokens\[0\]\.sha256"),
+        ({"tokens": [{"name": "x", "token_env": "MISSING", "scopes": []}]},
+         r"tokens\[0\]\.token_env: environment variable MISSING is not set"),
+        ({"tokens": [{"name": "x", "sha256": "a" * 64}]}, r"tokens\[0\]\.scopes: missing"),
+        ({"tokens": [{"name": "x", "sha256": "a" * 64, "scopes": ["nope"]}]},
+         r"tokens\[0\]\.scopes\[0\]: unknown scope 'nope'"),
+        ({"store": "postgres://x"}, "store: expected memory"),
+        ({"logging": {"format": "xml"}}, "logging.format: expected one of json | console"),
+        ({"rewrite_api_domain": "yes"}, "rewrite_api_domain: expected true or false"),
+        ({"catalog_extra": ["/nonexistent/extra.yaml"]}, "catalog_extra: .*cannot read"),
+        (["a", "list"], "config: expected a mapping"),
+    ],
+    ids=lambda value: str(value)[:60] if isinstance(value, dict | list) else None,
+)  # fmt: skip
+def test_bad_values_are_refused_naming_the_key(document: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(document, env={})
+
+
+def test_malformed_yaml_names_the_file_and_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("listen:\n  port: [8080\nmode: enforce\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: malformed YAML: line \d+, column \d+"):
+        load_config(str(path), env={})
+
+
+def test_config_path_comes_from_the_environment_when_not_given(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("mode: report\n")
+    config, _ = load_config(None, env={"PIPEDRIVE_SCOPE_PROXY_CONFIG": str(path)})
+    assert config.policy.mode == "report"
