@@ -20,6 +20,7 @@ import multiprocessing
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,7 @@ import httpx
 from aiohttp import web
 from yarl import URL
 
+httpx2: Any
 try:
     import httpx2
 except ImportError:  # optional: the comparison runs without it
@@ -156,7 +158,9 @@ async def sequential_cost(
     return costs
 
 
-async def concurrent_rate(names: list[str], port: int, in_flight: int, seconds: float) -> dict[str, float]:
+async def concurrent_rate(
+    names: list[str], port: int, in_flight: int, seconds: float
+) -> dict[str, float]:
     """Requests per second with ``in_flight`` requests always outstanding to a 100 ms upstream."""
     url = f"http://127.0.0.1:{port}/v1/deals"
     rates = {}
@@ -165,7 +169,7 @@ async def concurrent_rate(names: list[str], port: int, in_flight: int, seconds: 
             done = 0
             deadline = time.perf_counter() + seconds
 
-            async def worker(client: Client = client) -> None:
+            async def worker(client: Client = client, deadline: float = deadline) -> None:
                 nonlocal done
                 while time.perf_counter() < deadline:
                     await client.get(url)
@@ -177,7 +181,7 @@ async def concurrent_rate(names: list[str], port: int, in_flight: int, seconds: 
     return rates
 
 
-def start_upstream(delay: float) -> tuple[int, multiprocessing.Process]:
+def start_upstream(delay: float) -> tuple[int, BaseProcess]:
     port = free_port()
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
@@ -212,16 +216,24 @@ def main() -> None:
         print(f"\n2. cost: {args.requests} sequential requests, instant upstream (best of 3)")
         costs = asyncio.run(sequential_cost(names, fast_port, args.requests))
         base_wall, base_cpu = costs["aiohttp"]
-        print(f"    {'client':8} {'wall us/req':>12} {'ratio':>6} {'client CPU us/req':>18} {'ratio':>6}")
+        print(
+            f"    {'client':8} {'wall us/req':>12} {'ratio':>6} {'client CPU us/req':>18} {'ratio':>6}"
+        )
         for name in names:
             wall, cpu = costs[name]
-            print(f"    {name:8} {wall:12.0f} {wall / base_wall:5.1f}x {cpu:18.0f} {cpu / base_cpu:5.1f}x")
+            print(
+                f"    {name:8} {wall:12.0f} {wall / base_wall:5.1f}x {cpu:18.0f} {cpu / base_cpu:5.1f}x"
+            )
 
-        print(f"\n3. concurrency: {args.in_flight} in flight, 100 ms upstream, {args.seconds:g} s each")
+        print(
+            f"\n3. concurrency: {args.in_flight} in flight, 100 ms upstream, {args.seconds:g} s each"
+        )
         ideal = args.in_flight / 0.1
         rates = asyncio.run(concurrent_rate(names, slow_port, args.in_flight, args.seconds))
         for name in names:
-            print(f"    {name:8} {rates[name]:8.0f} req/s   ({rates[name] / ideal:5.0%} of the {ideal:.0f} possible)")
+            print(
+                f"    {name:8} {rates[name]:8.0f} req/s   ({rates[name] / ideal:5.0%} of the {ideal:.0f} possible)"
+            )
     finally:
         fast.terminate()
         slow.terminate()

@@ -157,8 +157,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
     except ProxyError as error:
         if not isinstance(error, (UpstreamUnavailable, UpstreamTimeout)):
-            record.decision = "deny"
-            record.reason = error.reason
+            record.decision = "deny"  # upstream failures keep the decision that let them through
+        record.reason = error.reason
         response = error_response(error, record.decision)
     except web.HTTPException as error:  # raised by aiohttp itself, e.g. a target it cannot route
         refusal = _from_http(request, error)

@@ -133,12 +133,11 @@ class Upstream:
 
     def _fail(self, record: RequestRecord, kind: str) -> None:
         self.metrics.upstream_errors.labels(kind).inc()
-        record.reason = f"upstream_{kind}"
 
     def _abort(self, request: web.Request, record: RequestRecord, kind: str) -> None:
         """Headers are already sent: cut the connection so the client sees a truncated body."""
         self._fail(record, kind)
-        record.status = record.upstream_status or 502
+        record.reason = kind if kind == "client_gone" else f"upstream_{kind}_mid_body"
         if request.transport is not None:
             request.transport.abort()
 
