@@ -9,13 +9,14 @@ its own process (so the client being measured has a core to itself):
 2. cost: sequential requests to an instant upstream, time per request, as a ratio to aiohttp;
 3. concurrency: requests per second with many requests in flight to a slow (100 ms) upstream.
 
-Run: ``pip install -e '.[bench]' && python bench/upstream_clients.py`` (about a minute).
+Run: ``pip install -e '.[dev]' && python bench/upstream_clients.py`` (about a minute).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import multiprocessing
 import socket
 import time
@@ -30,7 +31,7 @@ from yarl import URL
 
 httpx2: Any
 try:
-    import httpx2
+    httpx2 = importlib.import_module("httpx2")
 except ImportError:  # optional: the comparison runs without it
     httpx2 = None
 

@@ -14,18 +14,21 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from multidict import CIMultiDict
 
-from proxy import __version__
+from proxy import __version__, oauth
 from proxy.canonical import CanonicalRequest, canonicalize
 from proxy.catalog import Catalogue
 from proxy.config import Config
-from proxy.credentials import extract_credential
+from proxy.credentials import extract_credential, fingerprint
 from proxy.decision import Grant, decide, resolve_grant
 from proxy.errors import (
     MethodNotAllowed,
     NotFound,
     OutOfScope,
     ProxyError,
+    RequestTooLarge,
+    StoreUnavailable,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -33,10 +36,10 @@ from proxy.forward import StreamAborted, Upstream
 from proxy.logs import RequestRecord, get_logger
 from proxy.metrics import CONTENT_TYPE, Metrics
 from proxy.responses import DECISION_HEADER, error_response, json_response
-from proxy.stores import TokenStore, open_store
+from proxy.stores import StoreError, TokenStore, open_store
 
 API_PREFIXES = (("/v1/", "v1"), ("/api/v1/", "v1"), ("/api/v2/", "v2"))
-OAUTH_PATHS = frozenset({"/oauth/token", "/oauth/token/", "/oauth/revoke"})
+OAUTH_PATHS = oauth.TOKEN_PATHS | {oauth.REVOKE_PATH}
 
 
 @dataclass(frozen=True)
@@ -74,17 +77,12 @@ def api_route(path: str) -> tuple[str, tuple[str, ...]] | None:
 
 async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME].current
-    record = request[RECORD]
     canonical = canonicalize(request.method, request.raw_path, request.raw_headers)
     route = api_route(canonical.path)
     if route is not None:
         return await handle_api(request, runtime, canonical, *route)
     if canonical.path in OAUTH_PATHS:
-        if canonical.method != "POST":
-            raise MethodNotAllowed("the OAuth token endpoints take POST")
-        record.decision, record.reason = "allow", "oauth_passthrough"
-        origin = runtime.config.upstream.oauth_url
-        return await request.app[UPSTREAM].forward(request, origin, canonical.target, record)
+        return await handle_oauth(request, runtime, canonical)
     if canonical.path.startswith("/_proxy/"):
         return await handle_internal(request, canonical.path)
     raise NotFound(f"{canonical.path[:100]} is not a Pipedrive API path")
@@ -108,9 +106,14 @@ async def handle_api(
     credential = extract_credential(request.raw_headers, canonical.query_pairs)
     record.token_fp = credential.fingerprint
     static = runtime.grants.get(credential.digest)
-    stored = None
+    learned = None
     if static is None and credential.kind == "oauth":
-        stored = await request.app[STORE].get(credential.digest)
+        try:
+            learned = await request.app[STORE].get(credential.digest)
+        except StoreError as error:
+            request.app[METRICS].store_errors.labels("get").inc()
+            raise StoreUnavailable("cannot resolve this token's scopes now") from error
+    stored = learned.scopes if learned is not None else None
     grant = resolve_grant(credential.kind, static, stored, policy)
     record.granted_scopes = sorted(grant.scopes)
     decision = decide(policy, endpoint, grant.scopes)
@@ -125,6 +128,80 @@ async def handle_api(
         )
     origin = runtime.config.upstream.api_url
     return await request.app[UPSTREAM].forward(request, origin, canonical.target, record)
+
+
+async def handle_oauth(
+    request: web.Request, runtime: Runtime, canonical: CanonicalRequest
+) -> web.StreamResponse:
+    """Pass a token exchange or revocation through, learning the scopes it grants."""
+    record = request[RECORD]
+    if canonical.method != "POST":
+        raise MethodNotAllowed("the OAuth token endpoints take POST")
+    record.decision, record.reason = "allow", "oauth_passthrough"
+    form = await read_bounded(request, oauth.MAX_BODY)
+    config = runtime.config
+    store, metrics = request.app[STORE], request.app[METRICS]
+    log = get_logger()
+
+    async def learn(
+        status: int, headers: CIMultiDict[str], body: bytes
+    ) -> tuple[CIMultiDict[str], bytes]:
+        if not 200 <= status < 300:
+            return headers, body  # a failed exchange teaches nothing
+        if canonical.path == oauth.REVOKE_PATH:
+            digest = oauth.revoked_token_digest(form)
+            if digest is not None:
+                try:
+                    await store.forget(digest)
+                except StoreError as error:
+                    metrics.store_errors.labels("forget").inc()
+                    log.error(
+                        "token_not_forgotten", token_fp=fingerprint(digest), problem=str(error)
+                    )
+            return headers, body
+        plain = oauth.decode_body(body, headers.get("Content-Encoding", ""))
+        if plain is None:
+            log.warning("oauth_response_unreadable", encoding=headers.get("Content-Encoding"))
+            return headers, body
+        learned = oauth.read_token_response(plain)
+        if learned is not None:
+            record.token_fp = fingerprint(learned.digest)
+            record.granted_scopes = sorted(learned.scopes)
+            try:
+                await store.put(learned.digest, learned.scopes, learned.expires_at)
+            except StoreError as error:
+                metrics.store_errors.labels("put").inc()
+                log.error("token_not_learned", token_fp=record.token_fp, problem=str(error))
+            else:
+                metrics.tokens_learned.inc()
+                log.info(
+                    "token_learned",
+                    token_fp=record.token_fp,
+                    granted_scopes=record.granted_scopes,
+                    expires_in=round(learned.expires_at - time.time()),
+                )
+        if config.rewrite_api_domain and b'"api_domain"' in plain:
+            public_url = config.public_url or f"{request.scheme}://{request.host}"
+            headers.popall("Content-Encoding", None)
+            return headers, oauth.rewrite_api_domain(plain, public_url)
+        return headers, body
+
+    return await request.app[UPSTREAM].forward(
+        request, config.upstream.oauth_url, canonical.target, record, body=form, transform=learn
+    )
+
+
+async def read_bounded(request: web.Request, limit: int) -> bytes:
+    """A small request body, read whole; larger ones are refused."""
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"an OAuth request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def handle_internal(request: web.Request, path: str) -> web.StreamResponse:

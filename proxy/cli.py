@@ -25,7 +25,7 @@ from proxy.config import Config, ConfigError, Listen, load_config
 from proxy.decision import decide
 from proxy.errors import ProxyError
 from proxy.logs import configure_logging, get_logger
-from proxy.stores import StoreError, open_store
+from proxy.stores import StoreError
 
 SHUTDOWN_SECONDS = 30.0
 
@@ -84,7 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def check(config_path: str | None) -> int:
     config, catalogue = load_config(config_path)
-    open_store(config.store)
     print(
         f"{config.source}: ok: mode {config.policy.mode}, store {config.store.split('://')[0]}, "
         f"{len(catalogue)} endpoints (v1 {catalogue.count('v1')}, v2 {catalogue.count('v2')}), "
@@ -173,7 +172,6 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
             "--workers: store 'memory' lives inside one process; with several workers use "
             "store: sqlite:///path/tokens.db or store: redis://host:6379/0"
         )
-    open_store(config.store)  # fail now, with a clear line, rather than in every worker
     if workers == 1:
         asyncio.run(run_worker(config_path, config, catalogue, reuse_port=False))
         return 0

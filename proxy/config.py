@@ -131,7 +131,7 @@ def _store(value: Any) -> str:
     if text == "memory":
         return text
     scheme = text.split("://", 1)[0] if "://" in text else ""
-    if scheme == "sqlite" and text.startswith("sqlite:///") and len(text) > len("sqlite:///"):
+    if scheme == "sqlite" and len(text) > len("sqlite://"):
         return text
     if scheme in ("redis", "rediss") and urlsplit(text).hostname:
         return text

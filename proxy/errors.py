@@ -105,6 +105,12 @@ class ApiTokenNotScoped(ProxyError):
     )
 
 
+class RequestTooLarge(ProxyError):
+    status = 413
+    reason = "request_too_large"
+    error = "Request entity too large"
+
+
 class StoreUnavailable(ProxyError):
     status = 503
     reason = "store_unavailable"

@@ -8,8 +8,11 @@ the proxy's errors in ONE ``try``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias
+
 import aiohttp
-from aiohttp import web
+from aiohttp import StreamReader, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -37,6 +40,11 @@ HOP_BY_HOP = frozenset(
 # Headers aiohttp's client would add on its own; the app's request goes up without them.
 _NO_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+MAX_BUFFERED = 256 * 1024
+# Sees a buffered upstream answer (status, headers, body) and returns the headers and body to send.
+Transform: TypeAlias = Callable[
+    [int, CIMultiDict[str], bytes], Awaitable[tuple[CIMultiDict[str], bytes]]
+]
 
 
 def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
@@ -82,24 +90,39 @@ class Upstream:
             await self._session.close()
 
     async def forward(
-        self, request: web.Request, origin: str, target: str, record: RequestRecord
+        self,
+        request: web.Request,
+        origin: str,
+        target: str,
+        record: RequestRecord,
+        *,
+        body: bytes | None = None,
+        transform: Transform | None = None,
     ) -> web.StreamResponse:
-        """Send ``origin + target`` upstream, byte for byte, and stream its answer back."""
+        """Send ``origin + target`` upstream, byte for byte, and stream its answer back.
+
+        ``body``: the request body already read (else it streams from the client).
+        ``transform``: read the (small) answer whole and let it see or change the body first.
+        """
         assert self._session is not None, "Upstream.start() was not awaited"
         url = URL(origin + target, encoded=True)
-        body = request.content if request.body_exists else None
-        if body is not None and request.headers.get("Expect", "").lower() == "100-continue":
-            await request.writer.write(_CONTINUE)  # only now that the call is authorized
+        data: bytes | StreamReader | None = body
+        if body is None and request.body_exists:
+            data = request.content
+            if request.headers.get("Expect", "").lower() == "100-continue":
+                await request.writer.write(_CONTINUE)  # only now that the call is authorized
         response: web.StreamResponse | None = None
         try:
             async with self._session.request(
                 request.method,
                 url,
                 headers=end_to_end(request.headers),
-                data=body,
+                data=data,
                 allow_redirects=False,
             ) as upstream:
                 record.upstream_status = upstream.status
+                if transform is not None:
+                    return await self._buffered(upstream, record, transform)
                 response = web.StreamResponse(
                     status=upstream.status,
                     reason=upstream.reason,
@@ -130,6 +153,23 @@ class Upstream:
                 raise StreamAborted(response) from error
             self._fail(record, "disconnect")
             raise UpstreamUnavailable("upstream closed the connection") from error
+
+    async def _buffered(
+        self, upstream: aiohttp.ClientResponse, record: RequestRecord, transform: Transform
+    ) -> web.Response:
+        chunks, size = [], 0
+        async for chunk in upstream.content.iter_any():
+            size += len(chunk)
+            if size > MAX_BUFFERED:
+                raise UpstreamUnavailable(f"upstream answer over {MAX_BUFFERED} bytes")
+            chunks.append(chunk)
+        headers = end_to_end(upstream.headers)
+        headers, body = await transform(upstream.status, headers, b"".join(chunks))
+        headers.popall("Content-Length", None)
+        headers[DECISION_HEADER] = record.decision
+        return web.Response(
+            status=upstream.status, reason=upstream.reason, headers=headers, body=body
+        )
 
     def _fail(self, record: RequestRecord, kind: str) -> None:
         self.metrics.upstream_errors.labels(kind).inc()

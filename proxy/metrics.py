@@ -36,6 +36,12 @@ class Metrics:
             "Access tokens whose scopes were learned from an OAuth token response.",
             registry=self.registry,
         )
+        self.store_errors = Counter(
+            "scope_proxy_store_errors",
+            "Token store failures by operation (get, put, forget).",
+            ["operation"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, str, str], MetricWrapperBase] = {}
 
     def observe(self, record: RequestRecord, seconds: float) -> None:

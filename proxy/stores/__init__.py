@@ -1,40 +1,36 @@
 """Token stores: where learned tokens' scopes live, keyed by the token's SHA-256 digest.
 
-Interchangeable backends behind one small protocol. Raw tokens never reach a store.
+``memory`` (one process), ``sqlite://`` (one machine, survives restarts) and ``redis://``
+(shared by replicas) behind one small protocol. Raw tokens never reach a store.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
+from proxy.stores.base import Learned, TokenStore
+from proxy.stores.cached import CachedStore
+from proxy.stores.errors import StoreError
 from proxy.stores.memory import MemoryStore
+from proxy.stores.redis import RedisStore
+from proxy.stores.sqlite import SqliteStore
 
 
-class StoreError(Exception):
-    """The store cannot be reached or answered nonsense: callers fail closed."""
-
-
-class TokenStore(Protocol):
-    async def get(self, digest: str) -> frozenset[str] | None:
-        """The scopes learned for this token digest, or None if unknown or expired."""
-
-    async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
-        """Remember a token's scopes until ``expires_at`` (a UNIX timestamp)."""
-
-    async def forget(self, digest: str) -> None:
-        """Drop a token (revoked)."""
-
-    async def ping(self) -> bool:
-        """Whether the store is usable now."""
-
-    async def close(self) -> None: ...
+def sqlite_path(url: str) -> str:
+    """``sqlite:///var/lib/tokens.db`` -> ``/var/lib/tokens.db``; ``sqlite://t.db`` -> ``t.db``."""
+    return url.removeprefix("sqlite://")
 
 
 def open_store(url: str) -> TokenStore:
-    """The store a config's ``store`` value names."""
+    """The store a config's ``store`` value names, with a per-process cache where it is remote."""
     if url == "memory":
         return MemoryStore()
-    raise StoreError(f"store {url.split('://', 1)[0]!r} is not available in this version")
+    if url.startswith("sqlite://"):
+        return CachedStore(SqliteStore(sqlite_path(url)))
+    if url.startswith(("redis://", "rediss://")):
+        return CachedStore(RedisStore(url))
+    raise StoreError(f"unknown store {url!r}")
 
 
-__all__ = ["MemoryStore", "StoreError", "TokenStore", "open_store"]
+__all__ = [
+    "CachedStore", "Learned", "MemoryStore", "RedisStore", "SqliteStore", "StoreError",
+    "TokenStore", "open_store",
+]  # fmt: skip

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import time
 
+from proxy.stores.base import Learned
+
 
 class MemoryStore:
     def __init__(self) -> None:
-        self._tokens: dict[str, tuple[frozenset[str], float]] = {}
+        self._tokens: dict[str, Learned] = {}
 
-    async def get(self, digest: str) -> frozenset[str] | None:
-        found = self._tokens.get(digest)
-        if found is None:
-            return None
-        scopes, expires_at = found
-        if expires_at <= time.time():
+    async def get(self, digest: str) -> Learned | None:
+        learned = self._tokens.get(digest)
+        if learned is not None and learned.expires_at <= time.time():
             del self._tokens[digest]
             return None
-        return scopes
+        return learned
 
     async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
-        self._tokens[digest] = (scopes, expires_at)
+        now = time.time()
+        if len(self._tokens) > 10_000:  # drop what has expired before growing further
+            self._tokens = {d: t for d, t in self._tokens.items() if t.expires_at > now}
+        self._tokens[digest] = Learned(scopes, expires_at)
 
     async def forget(self, digest: str) -> None:
         self._tokens.pop(digest, None)

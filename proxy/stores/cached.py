@@ -1,0 +1,55 @@
+"""A short per-process cache in front of a shared store, so the hot path rarely leaves the process.
+
+Only known tokens are cached, each for at most ``ttl`` seconds and never past its own expiry: a
+token learned by another replica is seen at once, and a revocation elsewhere within ``ttl``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from proxy.stores.base import Learned, TokenStore
+
+
+class CachedStore:
+    def __init__(self, inner: TokenStore, ttl: float = 5.0, size: int = 10_000) -> None:
+        self.inner = inner
+        self.ttl = ttl
+        self.size = size
+        self._entries: OrderedDict[str, tuple[Learned, float]] = OrderedDict()
+
+    async def get(self, digest: str) -> Learned | None:
+        now = time.time()
+        entry = self._entries.get(digest)
+        if entry is not None:
+            learned, valid_until = entry
+            if valid_until > now:
+                return learned
+            del self._entries[digest]
+        learned_now = await self.inner.get(digest)
+        if learned_now is not None:
+            self._remember(digest, learned_now)
+        return learned_now
+
+    async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
+        await self.inner.put(digest, scopes, expires_at)
+        self._remember(digest, Learned(scopes, expires_at))
+
+    async def forget(self, digest: str) -> None:
+        self._entries.pop(digest, None)
+        await self.inner.forget(digest)
+
+    async def ping(self) -> bool:
+        return await self.inner.ping()
+
+    async def close(self) -> None:
+        self._entries.clear()
+        await self.inner.close()
+
+    def _remember(self, digest: str, learned: Learned) -> None:
+        valid_until = min(time.time() + self.ttl, learned.expires_at)
+        self._entries[digest] = (learned, valid_until)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)

@@ -1,0 +1,67 @@
+"""The shared store: Redis, for several replicas. A key's TTL is the token's remaining lifetime."""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from proxy.stores.base import Learned
+from proxy.stores.errors import StoreError
+
+PREFIX = "pipedrive-scope-proxy:token:"  # value: "<expires_at> <scope>,<scope>,..."
+
+
+class RedisStore:
+    def __init__(self, url: str, timeout: float = 1.0) -> None:
+        self.url = url
+        # Fail fast when Redis is down (callers answer 503), and retry once so that a pooled
+        # connection broken by a Redis restart is replaced without failing a request.
+        self._client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=True,
+        )
+
+    def _where(self) -> str:
+        return self.url.split("@")[-1]  # never a password in a message
+
+    async def get(self, digest: str) -> Learned | None:
+        try:
+            value = await self._client.get(PREFIX + digest)
+        except (RedisError, OSError) as error:
+            raise StoreError(f"redis {self._where()}: {error}") from None
+        if value is None:
+            return None
+        expires_at, _, scopes = str(value).partition(" ")
+        return Learned(frozenset(filter(None, scopes.split(","))), float(expires_at))
+
+    async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
+        milliseconds = int((expires_at - time.time()) * 1000)
+        if milliseconds <= 0:
+            return
+        try:
+            value = f"{expires_at:.3f} {','.join(sorted(scopes))}"
+            await self._client.set(PREFIX + digest, value, px=milliseconds)
+        except (RedisError, OSError) as error:
+            raise StoreError(f"redis {self._where()}: {error}") from None
+
+    async def forget(self, digest: str) -> None:
+        try:
+            await self._client.delete(PREFIX + digest)
+        except (RedisError, OSError) as error:
+            raise StoreError(f"redis {self._where()}: {error}") from None
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose()

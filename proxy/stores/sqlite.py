@@ -1,0 +1,99 @@
+"""An embedded store that survives restarts: one SQLite file, used from a worker thread.
+
+sqlite3 blocks, so every call runs on one dedicated thread and the event loop only awaits it.
+Several processes on one machine may share the file (WAL mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from proxy.stores.base import Learned
+from proxy.stores.errors import StoreError
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    digest TEXT PRIMARY KEY,      -- SHA-256 of the access token; the token itself is never stored
+    scopes TEXT NOT NULL,         -- comma-separated
+    expires_at REAL NOT NULL      -- UNIX time
+)
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._connection: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=2, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(_SCHEMA)
+            connection.commit()
+            self._connection = connection
+        return self._connection
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            try:
+                return work(self._connect())
+            except (sqlite3.Error, OSError) as error:
+                self._drop_connection()
+                raise StoreError(f"sqlite {self.path}: {error}") from None
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def get(self, digest: str) -> Learned | None:
+        def select(db: sqlite3.Connection) -> Learned | None:
+            row = db.execute(
+                "SELECT scopes, expires_at FROM tokens WHERE digest = ? AND expires_at > ?",
+                (digest, time.time()),
+            ).fetchone()
+            return Learned(frozenset(filter(None, row[0].split(","))), row[1]) if row else None
+
+        return await self._run(select)
+
+    async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
+        def upsert(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("DELETE FROM tokens WHERE expires_at <= ?", (time.time(),))
+                db.execute(
+                    "INSERT OR REPLACE INTO tokens (digest, scopes, expires_at) VALUES (?, ?, ?)",
+                    (digest, ",".join(sorted(scopes)), expires_at),
+                )
+
+        await self._run(upsert)
+
+    async def forget(self, digest: str) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("DELETE FROM tokens WHERE digest = ?", (digest,))
+
+        await self._run(delete)
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(lambda db: db.execute("SELECT 1").fetchone())
+        except StoreError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._drop_connection)
+        self._executor.shutdown(wait=True)
