@@ -149,8 +149,7 @@ async def handle_oauth(
         if not 200 <= status < 300:
             return headers, body  # a failed exchange teaches nothing
         if canonical.path == oauth.REVOKE_PATH:
-            digest = oauth.revoked_token_digest(form)
-            if digest is not None:
+            for digest in oauth.revoked_token_digests(form):
                 try:
                     await store.forget(digest)
                 except StoreError as error:

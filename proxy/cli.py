@@ -193,7 +193,7 @@ async def run_worker(
     )
     await site.start()
     for address in runner.addresses:
-        get_logger().info("listening", host=address[0], port=address[1])
+        get_logger().info("listening", host=address[0], port=address[1], pid=os.getpid())
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

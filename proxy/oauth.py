@@ -14,7 +14,7 @@ import re
 import time
 import zlib
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from proxy.credentials import token_digest
 
@@ -70,14 +70,20 @@ def read_token_response(body: bytes, now: float | None = None) -> LearnedToken |
     return LearnedToken(token_digest(token), scopes, started + float(lifetime))
 
 
-def revoked_token_digest(form: bytes) -> str | None:
-    """The digest of the token a revoke request names (form field ``token``)."""
+def revoked_token_digests(form: bytes) -> set[str]:
+    """Digests of the token a revoke request names (form field ``token``).
+
+    The official Node client percent-encodes the access token twice, so the once-decoded value
+    may still be encoded: both readings are forgotten. Forgetting one too many is harmless.
+    """
     try:
         fields = parse_qsl(form.decode("ascii"), keep_blank_values=True)
     except UnicodeDecodeError:
-        return None
+        return set()
     tokens = [value for name, value in fields if name == "token" and value]
-    return token_digest(tokens[0]) if len(tokens) == 1 else None
+    if len(tokens) != 1:
+        return set()
+    return {token_digest(tokens[0]), token_digest(unquote(tokens[0]))}
 
 
 def rewrite_api_domain(body: bytes, public_url: str) -> bytes:

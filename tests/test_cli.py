@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import FakePipedrive, grants
+from tests.conftest import FakePipedrive, free_port, grants
 from tests.test_refusals_raw import REFUSED
 
 ROOT = Path(__file__).parent.parent
@@ -105,13 +104,6 @@ def test_several_workers_with_the_memory_store_exit_2() -> None:
     assert result.returncode == 2
     assert "sqlite://" in result.stderr
     assert "redis://" in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -242,3 +234,73 @@ async def test_pure_python_http_parser_gets_the_same_refusals(
             status = int(status_line.split(b" ", 2)[1])
             assert 400 <= status < 500, name
     assert upstream.received == []
+
+
+async def learn_token(port: int) -> str:
+    async with session() as client, client.post(
+        f"http://127.0.0.1:{port}/oauth/token",
+        data="grant_type=authorization_code&code=abc",
+        headers={
+            "Authorization": "Basic Y2k6Y3M=",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    ) as response:
+        assert response.status == 200
+        token: str = (await response.json())["access_token"]
+        return token
+
+
+async def statuses(port: int, token: str, count: int) -> list[int]:
+    """One new connection per request, so that the kernel spreads them over the workers."""
+    found = []
+    for _ in range(count):
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as client, client.get(
+            f"http://127.0.0.1:{port}/v1/deals", headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            found.append(response.status)
+    return found
+
+
+async def test_workers_share_one_port_and_the_sqlite_store(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    from tests.test_stores import FakeOAuth
+
+    upstream.respond = FakeOAuth(scope="deals:read").respond
+    config_path = write_config(
+        tmp_path,
+        upstream={"api_url": upstream.url, "oauth_url": upstream.url},
+        store=f"sqlite://{tmp_path}/tokens.db",
+    )
+    port = free_port()
+    with serving(config_path, port, "--workers", "2") as process:
+        await wait_ready(port)
+        token = await learn_token(port)
+        # A token learned by one worker is known to both: every request is allowed.
+        assert await statuses(port, token, 30) == [200] * 30
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.get_running_loop().run_in_executor(None, process.wait, 30)
+        out, _ = process.communicate()
+    assert code == 0
+    pids = {json.loads(line)["pid"] for line in out.splitlines() if '"listening"' in line}
+    assert len(pids) == 2, "two worker processes listened on the one port"
+
+
+async def test_a_token_learned_through_one_process_works_through_another_via_redis(
+    tmp_path: Path, upstream: FakePipedrive, redis_server: Any
+) -> None:
+    from tests.test_stores import FakeOAuth
+
+    upstream.respond = FakeOAuth(scope="deals:read").respond
+    config_path = write_config(
+        tmp_path,
+        upstream={"api_url": upstream.url, "oauth_url": upstream.url},
+        store=redis_server.url,
+    )
+    first, second = free_port(), free_port()
+    with serving(config_path, first), serving(config_path, second):
+        await wait_ready(first)
+        await wait_ready(second)
+        token = await learn_token(first)
+        assert await statuses(second, token, 3) == [200] * 3

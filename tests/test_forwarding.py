@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import socket
 
 from aiohttp import web
 
-from tests.conftest import FakePipedrive, ProxyFactory, Received, envelope, grants, raw_request
+from tests.conftest import (
+    FakePipedrive,
+    ProxyFactory,
+    Received,
+    envelope,
+    free_port,
+    grants,
+    raw_request,
+)
 
 READER = grants(reader=["deals:read", "deals:full"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_request_goes_upstream_unchanged_except_hop_by_hop_headers_and_host(

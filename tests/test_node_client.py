@@ -1,0 +1,105 @@
+"""The official Pipedrive Node client, pointed at the proxy for OAuth and API alike.
+
+It authorizes (the proxy learns the token's scopes from the exchange), calls v1 and v2, is
+refused out of scope exactly as Pipedrive would refuse it, and keeps calling through the proxy
+after the exchange because ``api_domain`` now names the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FakePipedrive, ProxyFactory
+from tests.test_stores import FakeOAuth
+
+CLIENT_VERSION = "33"
+SCRIPT = r"""
+const { v1, v2 } = require("pipedrive");
+const proxy = process.argv[2];
+const results = {};
+
+async function attempt(name, call) {
+  try {
+    await call();
+    results[name] = 200;
+  } catch (error) {
+    results[name] = error.errorCode || error.status || String(error);
+  }
+}
+
+(async () => {
+  const params = { clientId: "ci", clientSecret: "cs", redirectUri: "https://app.example/cb", host: proxy };
+  const oauth1 = new v1.OAuth2Configuration(params);
+  await oauth1.authorize("code-for-v1");
+  const oauth2 = new v2.OAuth2Configuration(params);
+  await oauth2.authorize("code-for-v2");
+  results.basePaths = [oauth1.basePath, oauth2.basePath];
+  const config1 = new v1.Configuration({ accessToken: oauth1.getAccessToken, basePath: oauth1.basePath });
+  const config2 = new v2.Configuration({ accessToken: oauth2.getAccessToken, basePath: oauth2.basePath });
+  await attempt("v1 GET /users/me", () => new v1.UsersApi(config1).getCurrentUser());
+  await attempt("v1 GET /activityFields", () => new v1.ActivityFieldsApi(config1).getActivityFields());
+  await attempt("v2 GET /deals", () => new v2.DealsApi(config2).getDeals());
+  await attempt("v2 GET /activityFields", () => new v2.ActivityFieldsApi(config2).getActivityFields());
+  await attempt("v2 DELETE /deals/{id}", () => new v2.DealsApi(config2).deleteDeal({ id: 7 }));
+  await oauth1.revokeToken("access_token");
+  await attempt("v1 GET /users/me after revoke", () => new v1.UsersApi(config1).getCurrentUser());
+  console.log(JSON.stringify(results));
+})().catch((error) => { console.error(String(error)); process.exit(1); });
+"""
+
+
+@pytest.fixture(scope="module")
+def node_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node and npm are not installed: the official Node client cannot be driven")
+    folder = tmp_path_factory.mktemp("node-client")
+    subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--silent", f"pipedrive@{CLIENT_VERSION}"],
+        cwd=folder, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (folder / "drive.js").write_text(SCRIPT)
+    return folder
+
+
+async def test_official_node_client_authorizes_and_calls_through_the_proxy(
+    node_client: Path, make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    upstream.respond = FakeOAuth(scope="base,deals:read,activities:read").respond
+    client = await make_proxy()
+    proxy_url = f"http://{client.host}:{client.port}"
+    node = shutil.which("node")
+    assert node is not None
+    process = await asyncio.create_subprocess_exec(
+        node, "drive.js", proxy_url, cwd=node_client,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, err.decode()
+    results = json.loads(out)
+    assert results.pop("basePaths") == [f"{proxy_url}/api/v1", f"{proxy_url}/api/v2"]
+    assert results == {
+        "v1 GET /users/me": 200,
+        "v1 GET /activityFields": 200,
+        "v2 GET /deals": 200,
+        "v2 GET /activityFields": 403,  # v2 accepts only admin
+        "v2 DELETE /deals/{id}": 403,
+        "v1 GET /users/me after revoke": 401,
+    }
+    assert [(r.method, r.raw_path.split("?")[0]) for r in upstream.received] == [
+        ("POST", "/oauth/token"),
+        ("POST", "/oauth/token"),
+        ("GET", "/api/v1/users/me"),
+        ("GET", "/api/v1/activityFields"),
+        ("GET", "/api/v2/deals"),
+        ("POST", "/oauth/revoke"),
+    ]
+    assert all(
+        r.header("Authorization")[0].startswith("Bearer v1u:") for r in upstream.received[2:5]
+    )

@@ -1,0 +1,300 @@
+"""Learning tokens from the OAuth exchange, against every store: memory, SQLite and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from proxy.app import create_app
+from proxy.stores import CachedStore, MemoryStore, RedisStore, SqliteStore, StoreError, open_store
+from proxy.stores.base import TokenStore
+from tests.conftest import (
+    FakePipedrive,
+    ProxyFactory,
+    Received,
+    RedisServer,
+    build_config,
+    envelope,
+    grants,
+    sha,
+)
+
+BASIC = {"Authorization": "Basic Y2xpZW50OnNlY3JldA=="}  # client:secret, as the Node client sends
+
+
+class FakeOAuth:
+    """Pipedrive's token endpoint: hands out a fresh token with the scopes a test chooses."""
+
+    def __init__(self, scope: str = "base,deals:read", expires_in: int = 3599) -> None:
+        self.scope = scope
+        self.expires_in = expires_in
+        self.issued: list[str] = []
+        self.compress = False
+
+    async def respond(self, request: web.Request, seen: Received) -> web.StreamResponse:
+        if not seen.raw_path.startswith("/oauth/"):
+            return web.json_response({"success": True, "data": []})  # an ordinary API call
+        if seen.raw_path == "/oauth/revoke":
+            return web.json_response({})
+        form = dict(pair.split("=", 1) for pair in seen.body.decode().split("&"))
+        if form.get("code") == "spent" or form.get("refresh_token") == "spent":
+            return web.json_response({"success": False, "message": "Invalid grant"}, status=400)
+        token = f"v1u:{secrets.token_urlsafe(48)}:{secrets.token_urlsafe(24)}"
+        self.issued.append(token)
+        body = json.dumps(
+            {"access_token": token, "token_type": "Bearer", "refresh_token": "1:1:" + "ab" * 20,
+             "scope": self.scope, "expires_in": self.expires_in,
+             "api_domain": "https://acme.pipedrive.com"},
+            separators=(",", ":"),
+        ).encode()  # fmt: skip
+        headers = {"Content-Type": "application/json", "x-correlation-id": "oauth-1"}
+        if self.compress:
+            body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+        return web.Response(body=body, headers=headers)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/tokens.db"
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+    return "memory"
+
+
+async def exchange(
+    client: TestClient[Any, Any], form: str = "grant_type=authorization_code&code=abc"
+) -> Any:
+    response = await client.post(
+        "/oauth/token",
+        data=form,
+        headers={**BASIC, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    return response
+
+
+async def test_store_protocol(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        assert await store.ping()
+        assert await store.get(sha("unknown")) is None
+        await store.put(sha("a"), frozenset({"deals:read", "base"}), 4_000_000_000)
+        learned = await store.get(sha("a"))
+        assert learned is not None
+        assert learned.scopes == {"deals:read", "base"}
+        assert learned.expires_at == pytest.approx(4_000_000_000, abs=1)
+        await store.put(sha("old"), frozenset({"admin"}), 1.0)  # already expired
+        assert await store.get(sha("old")) is None
+        await store.forget(sha("a"))
+        assert await store.get(sha("a")) is None
+    finally:
+        await store.close()
+
+
+async def test_learned_token_is_allowed_and_refused_exactly_by_its_scopes(
+    store_url: str, make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    oauth = FakeOAuth(scope="base,deals:read,contacts:full")
+    upstream.respond = oauth.respond
+    client = await make_proxy(store=store_url)
+    response = await exchange(client)
+    assert response.status == 200
+    token = (await response.json())["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    upstream.respond = None
+    assert (await client.get("/v1/deals/1", headers=auth)).status == 200
+    assert (await client.post("/api/v2/persons", headers=auth, json={})).status == 200
+    refused = await client.delete("/v1/deals/1", headers=auth)
+    assert refused.status == 403
+    assert envelope(await refused.read())["scope_proxy"]["granted_scopes"] == [
+        "base", "contacts:full", "deals:read",
+    ]  # fmt: skip
+    assert [r.raw_path for r in upstream.received] == [
+        "/oauth/token",
+        "/v1/deals/1",
+        "/api/v2/persons",
+    ]
+
+
+async def test_refresh_teaches_the_new_token_and_expiry_ends_it(
+    store_url: str, make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    oauth = FakeOAuth(scope="deals:full", expires_in=1)
+    upstream.respond = oauth.respond
+    client = await make_proxy(store=store_url)
+    await exchange(client)
+    refreshed = await exchange(client, "grant_type=refresh_token&refresh_token=1:1:abc")
+    new_token = (await refreshed.json())["access_token"]
+    upstream.respond = None
+    auth = {"Authorization": f"Bearer {new_token}"}
+    assert (await client.delete("/v1/deals/3", headers=auth)).status == 200
+    await asyncio.sleep(1.3)  # expires_in elapses
+    expired = await client.delete("/v1/deals/3", headers=auth)
+    assert expired.status == 401
+    assert envelope(await expired.read())["scope_proxy"]["reason"] == "unknown_token"
+
+
+async def test_revoke_forgets_the_token(
+    store_url: str, make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    oauth = FakeOAuth()
+    upstream.respond = oauth.respond
+    client = await make_proxy(store=store_url)
+    token = (await (await exchange(client)).json())["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    assert (await client.get("/v1/deals", headers=auth)).status == 200
+    revoked = await client.post(
+        "/oauth/revoke", data=f"token={token}&token_type_hint=access_token", headers=BASIC
+    )
+    assert revoked.status == 200
+    assert (await client.get("/v1/deals", headers=auth)).status == 401
+
+
+async def test_failed_exchange_teaches_nothing_and_passes_through(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    upstream.respond = FakeOAuth().respond
+    client = await make_proxy()
+    response = await exchange(client, "grant_type=authorization_code&code=spent")
+    assert response.status == 400
+    assert await response.json() == {"success": False, "message": "Invalid grant"}
+    metrics = await (await client.get("/_proxy/metrics")).text()
+    assert "scope_proxy_tokens_learned_total 0.0" in metrics
+
+
+async def test_exchange_reaches_the_oauth_server_unchanged(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    upstream.respond = FakeOAuth().respond
+    client = await make_proxy()
+    form = "grant_type=authorization_code&code=abc&redirect_uri=https%3A%2F%2Fapp.example%2Fcb"
+    await exchange(client, form)
+    [seen] = upstream.received
+    assert (seen.method, seen.raw_path, seen.body.decode()) == ("POST", "/oauth/token", form)
+    assert seen.header("Authorization") == [BASIC["Authorization"]]
+    assert seen.header("Content-Type") == ["application/x-www-form-urlencoded"]
+
+
+async def test_api_domain_points_at_the_proxy_and_nothing_else_changes(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    oauth = FakeOAuth()
+    upstream.respond = oauth.respond
+    client = await make_proxy()
+    response = await exchange(client)
+    body = await response.json()
+    assert body["api_domain"] == f"http://{client.host}:{client.port}"
+    assert body["scope"] == "base,deals:read"
+    assert response.headers["x-correlation-id"] == "oauth-1"
+    raw = await response.read()
+    assert raw.startswith(b'{"access_token":"v1u:')  # original formatting kept
+
+    public = await make_proxy(public_url="https://scope-proxy.internal:8443")
+    assert (await (await exchange(public)).json())[
+        "api_domain"
+    ] == "https://scope-proxy.internal:8443"
+    untouched = await make_proxy(rewrite_api_domain=False)
+    assert (await (await exchange(untouched)).json())["api_domain"] == "https://acme.pipedrive.com"
+
+
+async def test_compressed_token_response_is_still_learned(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    oauth = FakeOAuth(scope="deals:read")
+    oauth.compress = True
+    upstream.respond = oauth.respond
+    client = await make_proxy()
+    body = await (await exchange(client)).json()
+    upstream.respond = None
+    auth = {"Authorization": f"Bearer {body['access_token']}"}
+    assert (await client.get("/v1/deals", headers=auth)).status == 200
+
+
+async def test_sqlite_survives_a_restart_and_holds_no_raw_token(
+    tmp_path: Path, upstream: FakePipedrive, aiohttp_client: Any
+) -> None:
+    database = tmp_path / "tokens.db"
+    upstream.respond = FakeOAuth(scope="deals:read").respond
+    config, catalogue = build_config(upstream.url, store=f"sqlite://{database}")
+    first = await aiohttp_client(create_app(config, catalogue))
+    token = (await (await exchange(first)).json())["access_token"]
+    await first.close()
+    upstream.respond = None
+    second = await aiohttp_client(create_app(config, catalogue))
+    assert (
+        await second.get("/v1/deals", headers={"Authorization": f"Bearer {token}"})
+    ).status == 200
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("tokens.db"))
+    assert sha(token).encode() in stored
+    assert token.encode() not in stored
+    assert token.split(":")[1].encode() not in stored
+
+
+async def test_redis_down_fails_closed_keeps_static_grants_and_recovers(
+    redis_server: RedisServer, upstream: FakePipedrive, aiohttp_client: Any
+) -> None:
+    upstream.respond = FakeOAuth(scope="deals:read").respond
+    config, catalogue = build_config(
+        upstream.url, store=redis_server.url, tokens=grants(static=["deals:read"])
+    )
+    learner = await aiohttp_client(create_app(config, catalogue))
+    token = (await (await exchange(learner)).json())["access_token"]
+    upstream.respond = None
+    other = await aiohttp_client(create_app(config, catalogue))  # a replica with a cold cache
+    auth = {"Authorization": f"Bearer {token}"}
+    assert (await other.get("/v1/deals", headers=auth)).status == 200  # learned through another app
+
+    redis_server.stop()
+    upstream.received.clear()
+    fresh = await aiohttp_client(create_app(config, catalogue))
+    refused = await fresh.get("/v1/deals", headers=auth)
+    assert refused.status == 503
+    assert envelope(await refused.read())["error"].startswith("token store unavailable")
+    assert upstream.received == [], "nothing is forwarded while the store is down"
+    assert (await fresh.get("/_proxy/ready")).status == 503
+    assert (await fresh.get("/v1/deals", headers={"Authorization": "Bearer static"})).status == 200
+    metrics = await (await fresh.get("/_proxy/metrics")).text()
+    assert 'scope_proxy_store_errors_total{operation="get"} 1.0' in metrics
+
+    redis_server.start()  # same port; the data is gone, the proxy reconnects by itself
+    assert (await fresh.get("/_proxy/ready")).status == 200
+    upstream.respond = FakeOAuth(scope="deals:read").respond
+    again = (await (await exchange(fresh)).json())["access_token"]
+    upstream.respond = None
+    assert (
+        await fresh.get("/v1/deals", headers={"Authorization": f"Bearer {again}"})
+    ).status == 200
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+async def test_unusable_store_raises_store_error(kind: str, tmp_path: Path) -> None:
+    store: TokenStore
+    if kind == "sqlite":
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        store = SqliteStore(str(blocker / "tokens.db"))
+    else:
+        store = RedisStore("redis://127.0.0.1:1/0", timeout=0.2)
+    with pytest.raises(StoreError):
+        await store.get(sha("x"))
+    assert not await store.ping()
+    await store.close()
+
+
+async def test_cache_serves_known_tokens_without_the_backend_and_never_past_expiry() -> None:
+    backend = MemoryStore()
+    cache = CachedStore(backend, ttl=60)
+    await cache.put(sha("t"), frozenset({"deals:read"}), 4_000_000_000)
+    await backend.forget(sha("t"))  # gone from the backend: the cache still answers
+    assert await cache.get(sha("t")) is not None
+    await cache.put(sha("short"), frozenset({"deals:read"}), 1.0)
+    assert await cache.get(sha("short")) is None
