@@ -237,14 +237,17 @@ async def test_pure_python_http_parser_gets_the_same_refusals(
 
 
 async def learn_token(port: int) -> str:
-    async with session() as client, client.post(
-        f"http://127.0.0.1:{port}/oauth/token",
-        data="grant_type=authorization_code&code=abc",
-        headers={
-            "Authorization": "Basic Y2k6Y3M=",
-            "Content-Type": "application/x-www-form-urlencoded",
-        },
-    ) as response:
+    async with (
+        session() as client,
+        client.post(
+            f"http://127.0.0.1:{port}/oauth/token",
+            data="grant_type=authorization_code&code=abc",
+            headers={
+                "Authorization": "Basic Y2k6Y3M=",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        ) as response,
+    ):
         assert response.status == 200
         token: str = (await response.json())["access_token"]
         return token
@@ -255,9 +258,12 @@ async def statuses(port: int, token: str, count: int) -> list[int]:
     found = []
     for _ in range(count):
         connector = aiohttp.TCPConnector(force_close=True)
-        async with aiohttp.ClientSession(connector=connector) as client, client.get(
-            f"http://127.0.0.1:{port}/v1/deals", headers={"Authorization": f"Bearer {token}"}
-        ) as response:
+        async with (
+            aiohttp.ClientSession(connector=connector) as client,
+            client.get(
+                f"http://127.0.0.1:{port}/v1/deals", headers={"Authorization": f"Bearer {token}"}
+            ) as response,
+        ):
             found.append(response.status)
     return found
 
