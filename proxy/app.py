@@ -35,6 +35,9 @@ from proxy.errors import (
 from proxy.forward import StreamAborted, Upstream
 from proxy.logs import RequestRecord, get_logger
 from proxy.metrics import CONTENT_TYPE, Metrics
+from proxy.recorder import Recorder
+from proxy.report import Call, build_report
+from proxy.report_html import render_html
 from proxy.responses import DECISION_HEADER, error_response, json_response
 from proxy.stores import StoreError, TokenStore, open_store
 
@@ -64,6 +67,7 @@ RUNTIME = web.AppKey("runtime", RuntimeHolder)
 METRICS = web.AppKey("metrics", Metrics)
 UPSTREAM = web.AppKey("upstream", Upstream)
 STORE = web.AppKey("store", TokenStore)
+RECORDER = web.AppKey("recorder", Recorder)
 RECORD = web.RequestKey("record", RequestRecord)
 
 
@@ -118,6 +122,12 @@ async def handle_api(
     record.granted_scopes = sorted(grant.scopes)
     decision = decide(policy, endpoint, grant.scopes)
     record.decision, record.reason = decision.verdict, decision.reason
+    request.app[RECORDER].record(
+        Call(
+            record.token_fp, canonical.method, version, record.endpoint, decision.verdict,
+            decision.reason, tuple(record.accepted_scopes), record.token_cost,
+        )
+    )  # fmt: skip
     if not decision.forwards:
         raise OutOfScope(
             decision.reason,
@@ -206,6 +216,8 @@ async def read_bounded(request: web.Request, limit: int) -> bytes:
 async def handle_internal(request: web.Request, path: str) -> web.StreamResponse:
     record = request[RECORD]
     record.decision, record.reason = "allow", "internal"
+    if path in REPORT_PATHS:
+        return await handle_report(request, path)
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed("the /_proxy/ endpoints take GET")
     if path == "/_proxy/health":
@@ -223,6 +235,31 @@ async def handle_internal(request: web.Request, path: str) -> web.StreamResponse
     raise NotFound(f"{path} is not one of the proxy's endpoints")
 
 
+REPORT_PATHS = frozenset({"/_proxy/report", "/_proxy/report.html", "/_proxy/report/reset"})
+
+
+async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
+    """The overreach report (JSON or HTML), and ``POST /_proxy/report/reset``."""
+    recorder = request.app[RECORDER]
+    wanted = "POST" if path.endswith("/reset") else "GET"
+    if request.method != wanted and not (wanted == "GET" and request.method == "HEAD"):
+        raise MethodNotAllowed(f"{path} takes {wanted}")
+    try:
+        if wanted == "POST":
+            await recorder.reset()
+            return json_response({"reset": True})
+        calls = await recorder.calls()
+    except StoreError as error:
+        request.app[METRICS].store_errors.labels("report").inc()
+        raise StoreUnavailable("cannot read the report's counters now") from error
+    report = build_report(calls, request.app[RUNTIME].current.config.policy.app_scopes)
+    if path.endswith(".html"):
+        response = web.Response(text=render_html(report), content_type="text/html")
+        response.headers[DECISION_HEADER] = "allow"
+        return response
+    return json_response(report)
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render refusals, then log one event and update the metrics, for every request."""
@@ -231,11 +268,12 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[RECORD] = record
     try:
         response = await handler(request)
-    except ProxyError as error:
-        if not isinstance(error, (UpstreamUnavailable, UpstreamTimeout)):
-            record.decision = "deny"  # upstream failures keep the decision that let them through
-        record.reason = error.reason
+    except (UpstreamUnavailable, UpstreamTimeout) as error:
+        record.error = error.reason  # the decision that let the call through stands
         response = error_response(error, record.decision)
+    except ProxyError as error:
+        record.decision, record.reason = "deny", error.reason
+        response = error_response(error)
     except web.HTTPException as error:  # raised by aiohttp itself, e.g. a target it cannot route
         refusal = _from_http(request, error)
         record.decision, record.reason = "deny", refusal.reason
@@ -243,7 +281,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except StreamAborted as aborted:
         response = aborted.response  # cut off mid-body: the client sees a truncated answer
     except asyncio.CancelledError:
-        record.status, record.reason = 499, "client_gone"
+        record.status, record.error = 499, "client_gone"
         _finish(request, record, started)
         raise
     except Exception as error:  # the safety net: any surprise is a refusal, never a forward
@@ -286,21 +324,28 @@ def create_app(
     app[METRICS] = metrics
     app[UPSTREAM] = Upstream(config.upstream, metrics)
     app[STORE] = store if store is not None else open_store(config.store)
+    app[RECORDER] = Recorder(app[STORE])
     app.cleanup_ctx.append(_resources)
     app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_early_continue)
     return app
 
 
+def _sorted_or_none(scopes: frozenset[str] | None) -> list[str] | None:
+    return sorted(scopes) if scopes is not None else None
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     await app[UPSTREAM].start()
+    await app[RECORDER].start()
     get_logger().info(
         "startup",
         version=__version__,
         mode=app[RUNTIME].current.config.policy.mode,
-        app_scopes=sorted(app[RUNTIME].current.config.policy.app_scopes or ()),
+        app_scopes=_sorted_or_none(app[RUNTIME].current.config.policy.app_scopes),
         catalogue_size=len(app[RUNTIME].current.catalogue),
         store=app[RUNTIME].current.config.store.split("://", 1)[0],
     )
     yield
+    await app[RECORDER].stop()
     await app[UPSTREAM].close()
     await app[STORE].close()

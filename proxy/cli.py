@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import signal
@@ -25,6 +26,7 @@ from proxy.config import Config, ConfigError, Listen, load_config
 from proxy.decision import decide
 from proxy.errors import ProxyError
 from proxy.logs import configure_logging, get_logger
+from proxy.report import build_report, calls_from_log, render_text
 from proxy.stores import StoreError
 
 SHUTDOWN_SECONDS = 30.0
@@ -56,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("method", help="HTTP method, e.g. GET")
     explain.add_argument("path", help="request path, e.g. /v1/deals/42 or /api/v2/deals")
     explain.add_argument("--scopes", help="comma-separated granted scopes to decide for")
+
+    report = commands.add_parser("report", help="the overreach report, from a JSON decision log")
+    report.add_argument("--log", required=True, help="JSON decision log file ('-' for stdin)")
+    report.add_argument("--format", choices=("json", "text"), default="text")
+    report.add_argument(
+        "--app-scopes", help="comma-separated declared scopes (default: the log's startup event)"
+    )
     return parser
 
 
@@ -67,7 +76,8 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    if not words or words[0] not in {"serve", "check", "explain", "-h", "--help", "--version"}:
+    commands = {"serve", "check", "explain", "report", "-h", "--help", "--version"}
+    if not words or words[0] not in commands:
         words.insert(0, "serve")  # serve is the default command
     args = build_parser().parse_args(words)
     command = args.command
@@ -76,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check(args.config)
         if command == "explain":
             return explain(args.config, args.method, args.path, args.scopes)
+        if command == "report":
+            return report(args.log, args.format, args.app_scopes)
         return serve(args.config, args.host, args.port, args.workers)
     except (ConfigError, UsageError, StoreError) as error:
         print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
@@ -159,6 +171,34 @@ def _parse_scopes(text: str, catalogue: Catalogue) -> frozenset[str]:
     if unknown:
         raise UsageError(f"--scopes: unknown scope {unknown[0]!r}")
     return names
+
+
+def report(log: str, format: str, app_scopes: str | None) -> int:
+    """The overreach report computed from a JSON decision log, as the live proxy serves it."""
+    try:
+        if log == "-":
+            calls, logged_scopes, unreadable = calls_from_log(sys.stdin)
+        else:
+            with open(log, encoding="utf-8", errors="replace") as handle:
+                calls, logged_scopes, unreadable = calls_from_log(handle)
+    except OSError as error:
+        raise UsageError(f"--log: cannot read {log}: {error.strerror}") from None
+    if app_scopes is not None:
+        declared: frozenset[str] | None = frozenset(
+            name.strip() for name in app_scopes.split(",") if name.strip()
+        )
+    else:
+        declared = frozenset(logged_scopes) if logged_scopes is not None else None
+    if unreadable:
+        print(
+            f"pipedrive-scope-proxy: skipped {unreadable} lines that are not JSON", file=sys.stderr
+        )
+    document = build_report(calls, declared)
+    if format == "json":
+        print(json.dumps(document, indent=2))
+    else:
+        print(render_text(document), end="")
+    return 0
 
 
 def serve(config_path: str | None, host: str | None, port: int | None, workers: int) -> int:

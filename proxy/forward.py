@@ -177,7 +177,7 @@ class Upstream:
     def _abort(self, request: web.Request, record: RequestRecord, kind: str) -> None:
         """Headers are already sent: cut the connection so the client sees a truncated body."""
         self._fail(record, kind)
-        record.reason = kind if kind == "client_gone" else f"upstream_{kind}_mid_body"
+        record.error = kind if kind == "client_gone" else f"upstream_{kind}_mid_body"
         if request.transport is not None:
             request.transport.abort()
 

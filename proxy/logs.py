@@ -70,6 +70,7 @@ class RequestRecord:
     accepted_scopes: list[str] = field(default_factory=list)
     granted_scopes: list[str] = field(default_factory=list)
     token_cost: int | None = None
+    error: str | None = None  # what went wrong after the decision (upstream failure, client gone)
 
     def fields(self, duration_ms: float) -> dict[str, Any]:
         return {
@@ -85,4 +86,5 @@ class RequestRecord:
             "accepted_scopes": self.accepted_scopes,
             "granted_scopes": self.granted_scopes,
             "token_cost": self.token_cost,
+            "error": self.error,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +24,15 @@ class TokenStore(Protocol):
 
     async def forget(self, digest: str) -> None:
         """Drop a token (it was revoked)."""
+
+    async def add_calls(self, counts: Mapping[str, int]) -> None:
+        """Add to the report's call counters (keys are ``Call.key()`` strings)."""
+
+    async def call_counts(self) -> dict[str, int]:
+        """Every report counter, as shared by all processes using this store."""
+
+    async def reset_calls(self) -> None:
+        """Start a new report: drop every counter."""
 
     async def ping(self) -> bool:
         """Whether the store is usable now."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from proxy.stores.base import Learned, TokenStore
 
@@ -39,6 +40,15 @@ class CachedStore:
     async def forget(self, digest: str) -> None:
         self._entries.pop(digest, None)
         await self.inner.forget(digest)
+
+    async def add_calls(self, counts: Mapping[str, int]) -> None:
+        await self.inner.add_calls(counts)
+
+    async def call_counts(self) -> dict[str, int]:
+        return await self.inner.call_counts()
+
+    async def reset_calls(self) -> None:
+        await self.inner.reset_calls()
 
     async def ping(self) -> bool:
         return await self.inner.ping()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Mapping
 
 from proxy.stores.base import Learned
 
@@ -10,6 +12,7 @@ from proxy.stores.base import Learned
 class MemoryStore:
     def __init__(self) -> None:
         self._tokens: dict[str, Learned] = {}
+        self._calls: Counter[str] = Counter()
 
     async def get(self, digest: str) -> Learned | None:
         learned = self._tokens.get(digest)
@@ -26,6 +29,15 @@ class MemoryStore:
 
     async def forget(self, digest: str) -> None:
         self._tokens.pop(digest, None)
+
+    async def add_calls(self, counts: Mapping[str, int]) -> None:
+        self._calls.update(counts)
+
+    async def call_counts(self) -> dict[str, int]:
+        return dict(self._calls)
+
+    async def reset_calls(self) -> None:
+        self._calls.clear()
 
     async def ping(self) -> bool:
         return True

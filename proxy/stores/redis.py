@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -12,6 +13,7 @@ from redis.exceptions import RedisError
 from proxy.stores.base import Learned
 from proxy.stores.errors import StoreError
 
+REPORT_KEY = "pipedrive-scope-proxy:report"  # hash: Call.key() -> count, shared by replicas
 PREFIX = "pipedrive-scope-proxy:token:"  # value: "<expires_at> <scope>,<scope>,..."
 
 
@@ -54,6 +56,28 @@ class RedisStore:
     async def forget(self, digest: str) -> None:
         try:
             await self._client.delete(PREFIX + digest)
+        except (RedisError, OSError) as error:
+            raise StoreError(f"redis {self._where()}: {error}") from None
+
+    async def add_calls(self, counts: Mapping[str, int]) -> None:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, count in counts.items():
+                    pipe.hincrby(REPORT_KEY, key, count)
+                await pipe.execute()
+        except (RedisError, OSError) as error:
+            raise StoreError(f"redis {self._where()}: {error}") from None
+
+    async def call_counts(self) -> dict[str, int]:
+        try:
+            found = await self._client.hgetall(REPORT_KEY)
+        except (RedisError, OSError) as error:
+            raise StoreError(f"redis {self._where()}: {error}") from None
+        return {str(key): int(value) for key, value in found.items()}
+
+    async def reset_calls(self) -> None:
+        try:
+            await self._client.delete(REPORT_KEY)
         except (RedisError, OSError) as error:
             raise StoreError(f"redis {self._where()}: {error}") from None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -24,7 +24,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT PRIMARY KEY,      -- SHA-256 of the access token; the token itself is never stored
     scopes TEXT NOT NULL,         -- comma-separated
     expires_at REAL NOT NULL      -- UNIX time
-)
+);
+CREATE TABLE IF NOT EXISTS calls (
+    key TEXT PRIMARY KEY,         -- one kind of decided call (proxy.report.Call.key)
+    count INTEGER NOT NULL
+);
 """
 
 
@@ -39,7 +43,7 @@ class SqliteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, timeout=2, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(_SCHEMA)
+            connection.executescript(_SCHEMA)
             connection.commit()
             self._connection = connection
         return self._connection
@@ -84,6 +88,27 @@ class SqliteStore:
         def delete(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("DELETE FROM tokens WHERE digest = ?", (digest,))
+
+        await self._run(delete)
+
+    async def add_calls(self, counts: Mapping[str, int]) -> None:
+        def upsert(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany(
+                    "INSERT INTO calls (key, count) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET count = count + excluded.count",
+                    list(counts.items()),
+                )
+
+        await self._run(upsert)
+
+    async def call_counts(self) -> dict[str, int]:
+        return await self._run(lambda db: dict(db.execute("SELECT key, count FROM calls")))
+
+    async def reset_calls(self) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("DELETE FROM calls")
 
         await self._run(delete)
 

@@ -1,0 +1,125 @@
+"""The overreach report's pure parts: scope minimisation, call keys, the document's shape."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from proxy.report import Call, build_report, calls_from_log, findings, minimal_scopes, render_text
+
+S = frozenset
+
+
+@pytest.mark.parametrize(
+    ("requirements", "expected"),
+    [
+        ([], []),
+        ([S({"base"})], []),
+        ([S({"deals:read", "deals:full"})], ["deals:read"]),
+        ([S({"deals:read", "deals:full"}), S({"deals:full"})], ["deals:full"]),
+        ([S({"deals:read", "deals:full", "search:read"}), S({"contacts:read", "contacts:full", "search:read"})],
+         ["search:read"]),
+        # Greedy takes search:read first (it serves three calls) and then still needs three more
+        # scopes: four in all. The optimum is three.
+        ([S({"deals:read", "deals:full", "search:read"}), S({"contacts:read", "contacts:full", "search:read"}),
+          S({"products:read", "products:full", "search:read"}), S({"deals:read", "deals:full"}),
+          S({"contacts:read", "contacts:full"}), S({"products:read", "products:full"})],
+         ["contacts:read", "deals:read", "products:read"]),
+        # The textbook case: X serves four calls, Y and Z three each; greedy gives {X, Y, Z}.
+        ([S({"admin", "deals:read"}), S({"admin", "contacts:read"}), S({"admin", "deals:read"}),
+          S({"admin", "contacts:read"}), S({"deals:read"}), S({"contacts:read"})],
+         ["contacts:read", "deals:read"]),
+        ([S({"admin"}), S({"admin", "deals:read"})], ["admin"]),
+        ([S({"activities:read", "activities:full"}), S({"activities:full", "admin"})],
+         ["activities:full"]),
+    ],
+    ids=[
+        "nothing called", "base covers itself", "read preferred over full",
+        "full when a write needs it", "one scope serving two calls",
+        "greedy would pick four, the optimum is three", "greedy would pick three, the optimum is two",
+        "a scope required anyway covers the rest", "fewest scopes first, then reads",
+    ],
+)  # fmt: skip
+def test_minimal_scopes(requirements: list[frozenset[str]], expected: list[str]) -> None:
+    assert minimal_scopes(requirements) == expected
+
+
+def greedy(requirements: list[frozenset[str]]) -> set[str]:
+    chosen: set[str] = set()
+    open_needs = [r for r in requirements if "base" not in r]
+    while open_needs:
+        options = Counter(s for r in open_needs for s in r)
+        best = max(sorted(options), key=lambda s: options[s])
+        chosen.add(best)
+        open_needs = [r for r in open_needs if best not in r]
+    return chosen
+
+
+def test_the_greedy_cases_really_defeat_greedy() -> None:
+    xyz = [S({"admin", "deals:read"}), S({"admin", "contacts:read"}), S({"admin", "deals:read"}),
+           S({"admin", "contacts:read"}), S({"deals:read"}), S({"contacts:read"})]  # fmt: skip
+    assert len(greedy(xyz)) == 3
+    assert len(minimal_scopes(xyz)) == 2
+
+
+def call(**fields: object) -> Call:
+    base: dict[str, object] = {
+        "token_fp": "aaaaaaaaaaaa", "method": "GET", "version": "v1", "endpoint": "GET /v1/deals/{id}",
+        "decision": "allow", "reason": "in_scope", "accepted_scopes": ("deals:full", "deals:read"),
+        "token_cost": 2,
+    }  # fmt: skip
+    base.update(fields)
+    return Call(**base)  # type: ignore[arg-type]
+
+
+def test_call_key_round_trips() -> None:
+    for value in (call(), call(endpoint=None, accepted_scopes=(), token_cost=None)):
+        assert Call.from_key(value.key()) == value
+
+
+def test_report_document_has_the_contract_shape() -> None:
+    calls = Counter(
+        {
+            call(): 3,
+            call(token_fp="bbbbbbbbbbbb", method="DELETE", endpoint="DELETE /v1/deals/{id}",
+                 decision="deny", reason="out_of_scope", accepted_scopes=("deals:full",),
+                 token_cost=6): 1,
+        }
+    )  # fmt: skip
+    report = build_report(calls, S({"deals:read", "contacts:full"}))
+    assert report["app_scopes"] == ["contacts:full", "deals:read"]
+    overall = report["overall"]
+    assert (overall["requests"], overall["token_cost"]) == (4, 12)
+    assert overall["endpoints"][0] == {
+        "endpoint": "GET /v1/deals/{id}", "method": "GET", "version": "v1", "count": 3,
+        "decision": "allow", "accepted_scopes": ["deals:full", "deals:read"], "token_cost": 6,
+    }  # fmt: skip
+    assert overall["denied"] == [
+        {"endpoint": "DELETE /v1/deals/{id}", "method": "DELETE", "version": "v1", "count": 1,
+         "decision": "deny", "reason": "out_of_scope", "accepted_scopes": ["deals:full"]}
+    ]  # fmt: skip
+    assert overall["minimal_scopes"] == ["deals:full"]
+    assert overall["unused_app_scopes"] == ["contacts:full", "deals:read"]
+    assert [t["fingerprint"] for t in report["tokens"]] == ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]
+    assert report["tokens"][0]["minimal_scopes"] == ["deals:read"]
+    assert set(report["tokens"][0]) == {"fingerprint", *overall}
+    assert any("DELETE /v1/deals/{id} was refused once" in s for s in findings(overall, ["x"]))
+    assert "recommended scopes: deals:full" in render_text(report)
+
+
+def test_log_reading_skips_what_is_not_a_decided_call() -> None:
+    lines = [
+        json.dumps({"event": "startup", "app_scopes": ["deals:read"]}),
+        json.dumps({"event": "request", "decision": "allow", "reason": "in_scope", "method": "GET",
+                    "endpoint": "GET /v1/deals/{id}", "version": "v1", "token_fp": "aaaaaaaaaaaa",
+                    "accepted_scopes": ["deals:read", "deals:full"], "token_cost": 2}),
+        json.dumps({"event": "request", "decision": "deny", "reason": "unknown_token",
+                    "method": "GET", "version": "v1", "token_fp": "cccccccccccc"}),
+        "not json at all",
+        "",
+    ]  # fmt: skip
+    calls, app_scopes, unreadable = calls_from_log(lines)
+    assert calls == Counter({call(): 1})
+    assert (app_scopes, unreadable) == (["deals:read"], 1)
