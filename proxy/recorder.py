@@ -20,12 +20,12 @@ FLUSH_SECONDS = 1.0
 class Recorder:
     def __init__(self, store: TokenStore) -> None:
         self.store = store
-        self._pending: Counter[str] = Counter()
+        self._pending: Counter[Call] = Counter()
         self._task: asyncio.Task[None] | None = None
 
     def record(self, call: Call) -> None:
         """Count one call; cheap enough for the hot path."""
-        self._pending[call.key()] += 1
+        self._pending[call] += 1
 
     async def flush(self) -> None:
         """Add the pending counts to the store; on failure they stay pending for the next try."""
@@ -33,7 +33,7 @@ class Recorder:
             return
         batch, self._pending = self._pending, Counter()
         try:
-            await self.store.add_calls(batch)
+            await self.store.add_calls({call.key(): count for call, count in batch.items()})
         except StoreError:
             self._pending.update(batch)
             raise
