@@ -32,7 +32,7 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from proxy.forward import StreamAborted, Upstream
+from proxy.forward import StreamAborted, Upstream, read_limited, send_continue
 from proxy.logs import RequestRecord, get_logger
 from proxy.metrics import CONTENT_TYPE, Metrics
 from proxy.recorder import Recorder
@@ -148,7 +148,9 @@ async def handle_oauth(
     if canonical.method != "POST":
         raise MethodNotAllowed("the OAuth token endpoints take POST")
     record.decision, record.reason = "allow", "oauth_passthrough"
-    form = await read_bounded(request, oauth.MAX_BODY)
+    await send_continue(request)
+    too_large = RequestTooLarge(f"an OAuth request body over {oauth.MAX_BODY} bytes")
+    form = await read_limited(request.content, oauth.MAX_BODY, too_large)
     config = runtime.config
     store, metrics = request.app[STORE], request.app[METRICS]
     log = get_logger()
@@ -198,19 +200,6 @@ async def handle_oauth(
     return await request.app[UPSTREAM].forward(
         request, config.upstream.oauth_url, canonical.target, record, body=form, transform=learn
     )
-
-
-async def read_bounded(request: web.Request, limit: int) -> bytes:
-    """A small request body, read whole; larger ones are refused."""
-    if request.headers.get("Expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    chunks, size = [], 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLarge(f"an OAuth request body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def handle_internal(request: web.Request, path: str) -> web.StreamResponse:

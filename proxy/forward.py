@@ -17,7 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config import Upstream as UpstreamSettings
-from proxy.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import ProxyError, UpstreamTimeout, UpstreamUnavailable
 from proxy.logs import RequestRecord
 from proxy.metrics import Metrics
 from proxy.responses import DECISION_HEADER
@@ -60,6 +60,23 @@ def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         if lower not in HOP_BY_HOP and lower not in named:
             kept.add(name, value)
     return kept
+
+
+async def send_continue(request: web.Request) -> None:
+    """Answer ``Expect: 100-continue``: the client may now send the body."""
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(_CONTINUE)
+
+
+async def read_limited(stream: StreamReader, limit: int, too_large: ProxyError) -> bytes:
+    """A whole (small) body; ``too_large`` is raised past ``limit`` bytes."""
+    chunks, size = [], 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Upstream:
@@ -109,8 +126,7 @@ class Upstream:
         data: bytes | StreamReader | None = body
         if body is None and request.body_exists:
             data = request.content
-            if request.headers.get("Expect", "").lower() == "100-continue":
-                await request.writer.write(_CONTINUE)  # only now that the call is authorized
+            await send_continue(request)  # only now that the call is authorized
         response: web.StreamResponse | None = None
         try:
             async with self._session.request(
@@ -157,14 +173,9 @@ class Upstream:
     async def _buffered(
         self, upstream: aiohttp.ClientResponse, record: RequestRecord, transform: Transform
     ) -> web.Response:
-        chunks, size = [], 0
-        async for chunk in upstream.content.iter_any():
-            size += len(chunk)
-            if size > MAX_BUFFERED:
-                raise UpstreamUnavailable(f"upstream answer over {MAX_BUFFERED} bytes")
-            chunks.append(chunk)
-        headers = end_to_end(upstream.headers)
-        headers, body = await transform(upstream.status, headers, b"".join(chunks))
+        too_large = UpstreamUnavailable(f"upstream answer over {MAX_BUFFERED} bytes")
+        whole = await read_limited(upstream.content, MAX_BUFFERED, too_large)
+        headers, body = await transform(upstream.status, end_to_end(upstream.headers), whole)
         headers.popall("Content-Length", None)
         headers[DECISION_HEADER] = record.decision
         return web.Response(

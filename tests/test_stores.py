@@ -298,3 +298,13 @@ async def test_cache_serves_known_tokens_without_the_backend_and_never_past_expi
     assert await cache.get(sha("t")) is not None
     await cache.put(sha("short"), frozenset({"deals:read"}), 1.0)
     assert await cache.get(sha("short")) is None
+
+
+async def test_oversized_oauth_request_is_refused_before_the_oauth_server(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy()
+    response = await client.post("/oauth/token", data=b"x" * (300 * 1024), headers=BASIC)
+    assert response.status == 413
+    assert envelope(await response.read())["scope_proxy"]["reason"] == "request_too_large"
+    assert upstream.received == []
