@@ -49,16 +49,16 @@ Transform: TypeAlias = Callable[
 
 def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Headers minus hop-by-hop ones and those the ``Connection`` header names."""
-    named = {
-        token.strip().lower()
+    kept: CIMultiDict[str] = CIMultiDict(headers)  # a copy made in C; then remove, rarely
+    named = [
+        token.strip()
         for value in headers.getall("Connection", ())
         for token in value.split(",")
-    }
-    kept: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower not in HOP_BY_HOP and lower not in named:
-            kept.add(name, value)
+        if token.strip()
+    ]
+    for name in (*HOP_BY_HOP, *named):
+        if name in kept:
+            kept.popall(name)
     return kept
 
 
@@ -139,6 +139,9 @@ class Upstream:
                 record.upstream_status = upstream.status
                 if transform is not None:
                     return await self._buffered(upstream, record, transform)
+                if upstream.content.is_eof():
+                    # The whole body has already arrived with the headers: send both at once.
+                    return self._complete(upstream, record, upstream.content.read_nowait())
                 response = web.StreamResponse(
                     status=upstream.status,
                     reason=upstream.reason,
@@ -181,6 +184,16 @@ class Upstream:
         return web.Response(
             status=upstream.status, reason=upstream.reason, headers=headers, body=body
         )
+
+    def _complete(
+        self, upstream: aiohttp.ClientResponse, record: RequestRecord, body: bytes
+    ) -> web.Response:
+        headers = end_to_end(upstream.headers)
+        headers[DECISION_HEADER] = record.decision
+        response = web.Response(
+            status=upstream.status, reason=upstream.reason, headers=headers, body=body or None
+        )
+        return response
 
     def _fail(self, record: RequestRecord, kind: str) -> None:
         self.metrics.upstream_errors.labels(kind).inc()

@@ -86,7 +86,13 @@ async def test_head_is_authorized_as_get(make_proxy: ProxyFactory, upstream: Fak
     allowed = await client.head("/v1/deals/7", headers={"Authorization": "Bearer reader"})
     refused = await client.head("/v1/deals/7", headers={"Authorization": "Bearer nobody"})
     assert (allowed.status, refused.status) == (200, 403)
-    assert [(r.method, r.raw_path) for r in upstream.received] == [("HEAD", "/v1/deals/7")]
+    get = await client.get("/v1/deals/7", headers={"Authorization": "Bearer reader"})
+    # The upstream's Content-Length for HEAD is that of the GET body, and passes through.
+    assert allowed.headers["Content-Length"] == str(len(await get.read()))
+    assert [(r.method, r.raw_path) for r in upstream.received] == [
+        ("HEAD", "/v1/deals/7"),
+        ("GET", "/v1/deals/7"),
+    ]
 
 
 async def test_response_body_is_streamed_not_buffered(
