@@ -41,6 +41,7 @@ from proxy.report_html import render_html
 from proxy.responses import DECISION_HEADER, error_response, json_response
 from proxy.stores import StoreError, TokenStore, open_store
 
+_LOG = get_logger()  # bound once configured; cheap on the hot path
 API_PREFIXES = (("/v1/", "v1"), ("/api/v1/", "v1"), ("/api/v2/", "v2"))
 OAUTH_PATHS = oauth.TOKEN_PATHS | {oauth.REVOKE_PATH}
 
@@ -295,7 +296,7 @@ def _finish(request: web.Request, record: RequestRecord, started: float) -> None
     if record.reason == "internal":
         return  # health checks and scrapes are not traffic
     seconds = time.perf_counter() - started
-    get_logger().info("request", **record.fields(seconds * 1000))
+    _LOG.info("request", **record.fields(seconds * 1000))
     request.app[METRICS].observe(record, seconds)
 
 

@@ -127,6 +127,11 @@ async def test_report_mode_forwards_and_marks_what_enforce_would_refuse(
     )  # fmt: skip
     assert status == 400
     assert [r.method for r in upstream.received] == ["DELETE", "GET"]
+    metrics = await (await client.get("/_proxy/metrics")).text()
+    assert (
+        'scope_proxy_requests_total{decision="report",reason="out_of_scope",version="v1"} 1.0'
+        in (metrics)
+    )
 
 
 async def test_unknown_endpoints_allow_forwards_paths_the_catalogue_lacks(
