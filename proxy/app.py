@@ -9,67 +9,49 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from multidict import CIMultiDict
 
 from proxy import __version__, oauth
 from proxy.canonical import CanonicalRequest, canonicalize
 from proxy.catalog import Catalogue
 from proxy.config import Config
-from proxy.credentials import extract_credential, fingerprint
-from proxy.decision import Grant, decide, resolve_grant
+from proxy.credentials import extract_credential
+from proxy.decision import decide, resolve_grant
 from proxy.errors import (
-    MethodNotAllowed,
     NotFound,
     OutOfScope,
     ProxyError,
-    RequestTooLarge,
     StoreUnavailable,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from proxy.forward import StreamAborted, Upstream, read_limited, send_continue
+from proxy.forward import StreamAborted, Upstream
+from proxy.internal import handle_internal
 from proxy.logs import RequestRecord, get_logger
-from proxy.metrics import CONTENT_TYPE, Metrics
+from proxy.metrics import Metrics
 from proxy.recorder import Recorder
-from proxy.report import Call, build_report
-from proxy.report_html import render_html
-from proxy.responses import DECISION_HEADER, error_response, json_response
+from proxy.report import Call
+from proxy.responses import error_response
+from proxy.state import (
+    METRICS,
+    RECORD,
+    RECORDER,
+    RUNTIME,
+    STORE,
+    UPSTREAM,
+    Runtime,
+    RuntimeHolder,
+)
 from proxy.stores import StoreError, TokenStore, open_store
+from proxy.token_exchange import handle_oauth
 
 _LOG = get_logger()  # bound once configured; cheap on the hot path
 API_PREFIXES = (("/v1/", "v1"), ("/api/v1/", "v1"), ("/api/v2/", "v2"))
 OAUTH_PATHS = oauth.TOKEN_PATHS | {oauth.REVOKE_PATH}
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Everything a request reads that a config reload may replace, swapped as one value."""
-
-    config: Config
-    catalogue: Catalogue
-    grants: dict[str, Grant]
-
-    @classmethod
-    def build(cls, config: Config, catalogue: Catalogue) -> Runtime:
-        return cls(config, catalogue, config.static_grants())
-
-
-class RuntimeHolder:
-    def __init__(self, runtime: Runtime) -> None:
-        self.current = runtime
-
-
-RUNTIME = web.AppKey("runtime", RuntimeHolder)
-METRICS = web.AppKey("metrics", Metrics)
-UPSTREAM = web.AppKey("upstream", Upstream)
-STORE = web.AppKey("store", TokenStore)
-RECORDER = web.AppKey("recorder", Recorder)
-RECORD = web.RequestKey("record", RequestRecord)
 
 
 def api_route(path: str) -> tuple[str, tuple[str, ...]] | None:
@@ -141,115 +123,6 @@ async def handle_api(
     return await request.app[UPSTREAM].forward(request, origin, canonical.target, record)
 
 
-async def handle_oauth(
-    request: web.Request, runtime: Runtime, canonical: CanonicalRequest
-) -> web.StreamResponse:
-    """Pass a token exchange or revocation through, learning the scopes it grants."""
-    record = request[RECORD]
-    if canonical.method != "POST":
-        raise MethodNotAllowed("the OAuth token endpoints take POST")
-    record.decision, record.reason = "allow", "oauth_passthrough"
-    await send_continue(request)
-    too_large = RequestTooLarge(f"an OAuth request body over {oauth.MAX_BODY} bytes")
-    form = await read_limited(request.content, oauth.MAX_BODY, too_large)
-    config = runtime.config
-    store, metrics = request.app[STORE], request.app[METRICS]
-    log = get_logger()
-
-    async def learn(
-        status: int, headers: CIMultiDict[str], body: bytes
-    ) -> tuple[CIMultiDict[str], bytes]:
-        if not 200 <= status < 300:
-            return headers, body  # a failed exchange teaches nothing
-        if canonical.path == oauth.REVOKE_PATH:
-            for digest in oauth.revoked_token_digests(form):
-                try:
-                    await store.forget(digest)
-                except StoreError as error:
-                    metrics.store_errors.labels("forget").inc()
-                    log.error(
-                        "token_not_forgotten", token_fp=fingerprint(digest), problem=str(error)
-                    )
-            return headers, body
-        plain = oauth.decode_body(body, headers.get("Content-Encoding", ""))
-        if plain is None:
-            log.warning("oauth_response_unreadable", encoding=headers.get("Content-Encoding"))
-            return headers, body
-        learned = oauth.read_token_response(plain)
-        if learned is not None:
-            record.token_fp = fingerprint(learned.digest)
-            record.granted_scopes = sorted(learned.scopes)
-            try:
-                await store.put(learned.digest, learned.scopes, learned.expires_at)
-            except StoreError as error:
-                metrics.store_errors.labels("put").inc()
-                log.error("token_not_learned", token_fp=record.token_fp, problem=str(error))
-            else:
-                metrics.tokens_learned.inc()
-                log.info(
-                    "token_learned",
-                    token_fp=record.token_fp,
-                    granted_scopes=record.granted_scopes,
-                    expires_in=round(learned.expires_at - time.time()),
-                )
-        if config.rewrite_api_domain and b'"api_domain"' in plain:
-            public_url = config.public_url or f"{request.scheme}://{request.host}"
-            headers.popall("Content-Encoding", None)
-            return headers, oauth.rewrite_api_domain(plain, public_url)
-        return headers, body
-
-    return await request.app[UPSTREAM].forward(
-        request, config.upstream.oauth_url, canonical.target, record, body=form, transform=learn
-    )
-
-
-async def handle_internal(request: web.Request, path: str) -> web.StreamResponse:
-    record = request[RECORD]
-    record.decision, record.reason = "allow", "internal"
-    if path in REPORT_PATHS:
-        return await handle_report(request, path)
-    if request.method not in ("GET", "HEAD"):
-        raise MethodNotAllowed("the /_proxy/ endpoints take GET")
-    if path == "/_proxy/health":
-        return json_response({"status": "ok", "version": __version__})
-    if path == "/_proxy/ready":
-        runtime = request.app[RUNTIME].current
-        store_ok = await request.app[STORE].ping()
-        body = {"catalogue": len(runtime.catalogue), "store": "ok" if store_ok else "unavailable"}
-        return json_response(body, status=200 if store_ok else 503)
-    if path == "/_proxy/metrics":
-        response = web.Response(body=request.app[METRICS].render())
-        response.headers["Content-Type"] = CONTENT_TYPE
-        response.headers[DECISION_HEADER] = "allow"
-        return response
-    raise NotFound(f"{path} is not one of the proxy's endpoints")
-
-
-REPORT_PATHS = frozenset({"/_proxy/report", "/_proxy/report.html", "/_proxy/report/reset"})
-
-
-async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
-    """The overreach report (JSON or HTML), and ``POST /_proxy/report/reset``."""
-    recorder = request.app[RECORDER]
-    wanted = "POST" if path.endswith("/reset") else "GET"
-    if request.method != wanted and not (wanted == "GET" and request.method == "HEAD"):
-        raise MethodNotAllowed(f"{path} takes {wanted}")
-    try:
-        if wanted == "POST":
-            await recorder.reset()
-            return json_response({"reset": True})
-        calls = await recorder.calls()
-    except StoreError as error:
-        request.app[METRICS].store_errors.labels("report").inc()
-        raise StoreUnavailable("cannot read the report's counters now") from error
-    report = build_report(calls, request.app[RUNTIME].current.config.policy.app_scopes)
-    if path.endswith(".html"):
-        response = web.Response(text=render_html(report), content_type="text/html")
-        response.headers[DECISION_HEADER] = "allow"
-        return response
-    return json_response(report)
-
-
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render refusals, then log one event and update the metrics, for every request."""
@@ -275,12 +148,19 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         _finish(request, record, started)
         raise
     except Exception as error:  # the safety net: any surprise is a refusal, never a forward
-        get_logger().error("unhandled_error", error_type=type(error).__name__)
+        _log_unhandled(error)
         record.decision, record.reason = "deny", "internal_error"
         response = error_response(ProxyError())
     record.status = response.status
     _finish(request, record, started)
     return response
+
+
+def _log_unhandled(error: Exception) -> None:
+    """Where it happened and what kind of error, never its message (it may quote a header)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = [f"{frame.filename.rsplit('/', 2)[-1]}:{frame.lineno}" for frame in frames[-3:]]
+    _LOG.error("unhandled_error", error_type=type(error).__name__, where=where)
 
 
 def _from_http(request: web.Request, error: web.HTTPException) -> ProxyError:

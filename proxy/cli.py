@@ -19,7 +19,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from proxy import __version__
-from proxy.app import RUNTIME, Runtime, api_route, create_app
+from proxy.app import api_route, create_app
 from proxy.canonical import canonicalize
 from proxy.catalog import Catalogue, CatalogueError, Endpoint
 from proxy.config import Config, ConfigError, Listen, load_config
@@ -27,6 +27,7 @@ from proxy.decision import decide
 from proxy.errors import ProxyError
 from proxy.logs import configure_logging, get_logger
 from proxy.report import build_report, calls_from_log, render_text
+from proxy.state import RUNTIME, Runtime
 from proxy.stores import StoreError
 
 SHUTDOWN_SECONDS = 30.0

@@ -282,6 +282,18 @@ async def test_workers_share_one_port_and_the_sqlite_store(
     port = free_port()
     with serving(config_path, port, "--workers", "2") as process:
         await wait_ready(port)
+        answering = set()
+        for _ in range(400):  # until both workers answer on the one port
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as client,
+                client.get(f"http://127.0.0.1:{port}/_proxy/health") as response,
+            ):
+                answering.add((await response.json())["pid"])
+            if len(answering) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert len(answering) == 2, "two worker processes answer on the one port"
         token = await learn_token(port)
         # A token learned by one worker is known to both: every request is allowed.
         assert await statuses(port, token, 30) == [200] * 30
@@ -290,7 +302,7 @@ async def test_workers_share_one_port_and_the_sqlite_store(
         out, _ = process.communicate()
     assert code == 0
     pids = {json.loads(line)["pid"] for line in out.splitlines() if '"listening"' in line}
-    assert len(pids) == 2, "two worker processes listened on the one port"
+    assert pids == answering
 
 
 async def test_a_token_learned_through_one_process_works_through_another_via_redis(

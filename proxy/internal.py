@@ -1,0 +1,62 @@
+"""The proxy's own endpoints under ``/_proxy/``: health, readiness, metrics and the report."""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+
+from proxy import __version__
+from proxy.errors import MethodNotAllowed, NotFound, StoreUnavailable
+from proxy.metrics import CONTENT_TYPE
+from proxy.report import build_report
+from proxy.report_html import render_html
+from proxy.responses import DECISION_HEADER, json_response
+from proxy.state import METRICS, RECORD, RECORDER, RUNTIME, STORE
+from proxy.stores import StoreError
+
+REPORT_PATHS = frozenset({"/_proxy/report", "/_proxy/report.html", "/_proxy/report/reset"})
+
+
+async def handle_internal(request: web.Request, path: str) -> web.StreamResponse:
+    record = request[RECORD]
+    record.decision, record.reason = "allow", "internal"
+    if path in REPORT_PATHS:
+        return await handle_report(request, path)
+    if request.method not in ("GET", "HEAD"):
+        raise MethodNotAllowed("the /_proxy/ endpoints take GET")
+    if path == "/_proxy/health":
+        return json_response({"status": "ok", "version": __version__, "pid": os.getpid()})
+    if path == "/_proxy/ready":
+        runtime = request.app[RUNTIME].current
+        store_ok = await request.app[STORE].ping()
+        body = {"catalogue": len(runtime.catalogue), "store": "ok" if store_ok else "unavailable"}
+        return json_response(body, status=200 if store_ok else 503)
+    if path == "/_proxy/metrics":
+        response = web.Response(body=request.app[METRICS].render())
+        response.headers["Content-Type"] = CONTENT_TYPE
+        response.headers[DECISION_HEADER] = "allow"
+        return response
+    raise NotFound(f"{path} is not one of the proxy's endpoints")
+
+
+async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
+    """The overreach report (JSON or HTML), and ``POST /_proxy/report/reset``."""
+    recorder = request.app[RECORDER]
+    wanted = "POST" if path.endswith("/reset") else "GET"
+    if request.method != wanted and not (wanted == "GET" and request.method == "HEAD"):
+        raise MethodNotAllowed(f"{path} takes {wanted}")
+    try:
+        if wanted == "POST":
+            await recorder.reset()
+            return json_response({"reset": True})
+        calls = await recorder.calls()
+    except StoreError as error:
+        request.app[METRICS].store_errors.labels("report").inc()
+        raise StoreUnavailable("cannot read the report's counters now") from error
+    report = build_report(calls, request.app[RUNTIME].current.config.policy.app_scopes)
+    if path.endswith(".html"):
+        response = web.Response(text=render_html(report), content_type="text/html")
+        response.headers[DECISION_HEADER] = "allow"
+        return response
+    return json_response(report)
