@@ -11,8 +11,10 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -26,6 +28,7 @@ from proxy.config import Config, ConfigError, Listen, load_config
 from proxy.decision import decide
 from proxy.errors import ProxyError
 from proxy.logs import configure_logging, get_logger
+from proxy.metrics import MULTIPROCESS_DIR
 from proxy.report import build_report, calls_from_log, render_text
 from proxy.state import RUNTIME, Runtime
 from proxy.stores import StoreError
@@ -277,6 +280,9 @@ def _worker_main(config_path: str | None, listen: Listen) -> None:
 
 def supervise(config_path: str | None, listen: Listen, workers: int) -> int:
     """Run ``workers`` processes on one port (SO_REUSEPORT); stop them all together."""
+    # Workers count into files in one directory, so any of them can report the sum.
+    metrics_dir = tempfile.mkdtemp(prefix="pipedrive-scope-proxy-metrics-")
+    os.environ[MULTIPROCESS_DIR] = metrics_dir
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_worker_main, args=(config_path, listen), name=f"worker-{i}")
@@ -293,10 +299,13 @@ def supervise(config_path: str | None, listen: Listen, workers: int) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     status = 0
-    while any(process.is_alive() for process in processes):
-        for process in processes:
-            process.join(timeout=0.5)
-            if process.exitcode not in (None, 0):
-                status = 1
-                forward(signal.SIGTERM, None)  # one worker failed: stop the rest
+    try:
+        while any(process.is_alive() for process in processes):
+            for process in processes:
+                process.join(timeout=0.5)
+                if process.exitcode not in (None, 0):
+                    status = 1
+                    forward(signal.SIGTERM, None)  # one worker failed: stop the rest
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return status

@@ -1,13 +1,20 @@
-"""Prometheus metrics, one registry per app. Labels are bounded sets, never raw paths."""
+"""Prometheus metrics, one registry per app. Labels are bounded sets, never raw paths.
+
+Under ``serve --workers N`` the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at a private
+directory before starting the workers, so that a scrape of any worker reports all of them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.logs import RequestRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -53,4 +60,9 @@ class Metrics:
         self.duration.observe(seconds)
 
     def render(self) -> bytes:
+        """This process's metrics; with ``serve --workers N``, those of all N processes summed."""
+        if os.environ.get(MULTIPROCESS_DIR):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)

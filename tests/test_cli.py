@@ -297,6 +297,15 @@ async def test_workers_share_one_port_and_the_sqlite_store(
         token = await learn_token(port)
         # A token learned by one worker is known to both: every request is allowed.
         assert await statuses(port, token, 30) == [200] * 30
+        # Whichever worker answers a scrape reports both workers' counts.
+        for _ in range(4):
+            async with (
+                session() as client,
+                client.get(f"http://127.0.0.1:{port}/_proxy/metrics") as response,
+            ):
+                metrics = await response.text()
+            assert 'decision="allow",reason="in_scope",version="v1"} 30.0' in metrics
+            assert "scope_proxy_tokens_learned_total 1.0" in metrics
         process.send_signal(signal.SIGTERM)
         code = await asyncio.get_running_loop().run_in_executor(None, process.wait, 30)
         out, _ = process.communicate()
