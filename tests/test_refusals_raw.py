@@ -77,6 +77,12 @@ REFUSED = [
     ("upper-case API_TOKEN parameter", get(b"/v1/deals?API_TOKEN=abc"), 400),
     ("bracketed api_token parameter", get(b"/v1/deals?api_token[]=abc"), 400),
     ("non-ASCII header value", get(b"/v1/deals", b"X-Note: caf\xc3\xa9\r\n"), 400),
+    (
+        "Content-Length beside Transfer-Encoding (request smuggling)",
+        get(b"/v1/deals", b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", b"POST"),
+        400,
+    ),
+    ("Transfer_Encoding header", get(b"/v1/deals", b"Transfer_Encoding: chunked\r\n"), 400),
     ("PROPFIND method", get(b"/v1/deals", method=b"PROPFIND"), 405),
     ("OPTIONS method", get(b"/v1/deals", method=b"OPTIONS"), 405),
     ("TRACE method", get(b"/v1/deals", method=b"TRACE"), 405),
