@@ -88,7 +88,7 @@ async def handle_api(
     endpoint = runtime.catalogue.match(version, canonical.method, segments)
     if endpoint is not None:
         record.endpoint = endpoint.name
-        record.accepted_scopes = sorted(endpoint.scopes)
+        record.accepted_scopes = endpoint.scope_list
         record.token_cost = endpoint.token_cost
     credential = extract_credential(request.raw_headers, canonical.query_pairs)
     record.token_fp = credential.fingerprint
@@ -108,7 +108,7 @@ async def handle_api(
     request.app[RECORDER].record(
         Call(
             record.token_fp, canonical.method, version, record.endpoint, decision.verdict,
-            decision.reason, tuple(record.accepted_scopes), record.token_cost,
+            decision.reason, record.accepted_scopes, record.token_cost,
         )
     )  # fmt: skip
     if not decision.forwards:

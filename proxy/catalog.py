@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,15 @@ class Endpoint:
     token_cost: int | None = None
     operation_id: str | None = None
     notes: tuple[str, ...] = ()
+    # Derived once, read on every request:
+    name: str = field(init=False, compare=False)  # "GET /v1/deals/{id}", as logs name it
+    scope_list: tuple[str, ...] = field(init=False, compare=False)  # the scopes, sorted
 
-    @property
-    def name(self) -> str:
-        """``GET /v1/deals/{id}``: how logs, metrics and refusals name the endpoint."""
-        return f"{self.method} {DISPLAY_PREFIX[self.version]}{self.template}"
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "name", f"{self.method} {DISPLAY_PREFIX[self.version]}{self.template}"
+        )
+        object.__setattr__(self, "scope_list", tuple(sorted(self.scopes)))
 
     @property
     def key(self) -> tuple[str, str, str]:

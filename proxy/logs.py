@@ -67,7 +67,7 @@ class RequestRecord:
     status: int = 500
     upstream_status: int | None = None
     token_fp: str | None = None
-    accepted_scopes: list[str] = field(default_factory=list)
+    accepted_scopes: tuple[str, ...] = ()
     granted_scopes: list[str] = field(default_factory=list)
     token_cost: int | None = None
     error: str | None = None  # what went wrong after the decision (upstream failure, client gone)
