@@ -37,7 +37,8 @@ def test_dockerfile_runs_unprivileged_with_a_healthcheck_and_the_mounted_config(
         assert (ROOT / source).exists(), source
     assert re.search(r"^FROM python:3\.\d+-slim", dockerfile, re.M)
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M)
-    assert "HEALTHCHECK" in dockerfile and "/_proxy/health" in dockerfile
+    assert "HEALTHCHECK" in dockerfile
+    assert "/_proxy/health" in dockerfile
     assert "PIPEDRIVE_SCOPE_PROXY_CONFIG=/etc/pipedrive-scope-proxy/proxy.yaml" in dockerfile
 
 
