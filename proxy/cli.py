@@ -235,7 +235,13 @@ async def run_worker(
     site = web.TCPSite(
         runner, config.listen.host, config.listen.port, reuse_port=reuse_port or None
     )
-    await site.start()
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        where = f"{config.listen.host}:{config.listen.port}"
+        problem = os.strerror(error.errno) if error.errno else str(error)
+        raise UsageError(f"cannot listen on {where}: {problem}") from None
     for address in runner.addresses:
         get_logger().info("listening", host=address[0], port=address[1], pid=os.getpid())
     loop = asyncio.get_running_loop()
@@ -273,9 +279,13 @@ def reload(app: web.Application, config_path: str | None, running: Config) -> No
 
 
 def _worker_main(config_path: str | None, listen: Listen) -> None:
-    config, catalogue = load_config(config_path)
-    config = replace(config, listen=listen)
-    asyncio.run(run_worker(config_path, config, catalogue, reuse_port=True))
+    try:
+        config, catalogue = load_config(config_path)
+        config = replace(config, listen=listen)
+        asyncio.run(run_worker(config_path, config, catalogue, reuse_port=True))
+    except (ConfigError, UsageError) as error:
+        print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def supervise(config_path: str | None, listen: Listen, workers: int) -> int:
@@ -303,8 +313,8 @@ def supervise(config_path: str | None, listen: Listen, workers: int) -> int:
         while any(process.is_alive() for process in processes):
             for process in processes:
                 process.join(timeout=0.5)
-                if process.exitcode not in (None, 0):
-                    status = 1
+                if process.exitcode not in (None, 0) and status == 0:
+                    status = process.exitcode if process.exitcode > 0 else 1
                     forward(signal.SIGTERM, None)  # one worker failed: stop the rest
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -234,6 +235,20 @@ async def test_pure_python_http_parser_gets_the_same_refusals(
             status = int(status_line.split(b" ", 2)[1])
             assert 400 <= status < 500, name
     assert upstream.received == []
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_clear_line_and_status_2(tmp_path: Path, workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, store=f"sqlite://{tmp_path}/t.db")
+        result = run("serve", "--config", config, "--host", "127.0.0.1", "--port", str(port),
+                     "--workers", workers)  # fmt: skip
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 async def learn_token(port: int) -> str:
