@@ -215,6 +215,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         catalogue_size=len(app[RUNTIME].current.catalogue),
         store=app[RUNTIME].current.config.store.split("://", 1)[0],
     )
+    if not await app[STORE].ping():
+        # Serve anyway: static grants work, the rest is refused (503) until the store answers.
+        _LOG.warning("store_unavailable", store=app[RUNTIME].current.config.store.split("@")[-1])
     yield
     await app[RECORDER].stop()
     await app[UPSTREAM].close()

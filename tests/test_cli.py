@@ -100,6 +100,13 @@ def test_explain_refuses_what_the_proxy_refuses_and_unknown_scopes() -> None:
     assert "--scopes: unknown scope 'deals:write'" in unknown.stderr
 
 
+def test_report_from_a_missing_log_is_a_clear_error() -> None:
+    result = run("report", "--log", "/nonexistent/decisions.jsonl")
+    assert result.returncode == 2
+    assert "--log: cannot read /nonexistent/decisions.jsonl" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_several_workers_with_the_memory_store_exit_2() -> None:
     result = run("serve", "--config", "config/proxy.yaml", "--workers", "2")
     assert result.returncode == 2
