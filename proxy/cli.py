@@ -112,16 +112,11 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
     """Print the endpoint a call matches, its scopes, and the decision for ``--scopes``."""
     config, catalogue = load_config(config_path)
     method = method.upper()
-    try:
-        canonical = canonicalize(method, path, ())
-    except ProxyError as error:
-        print(f"{method} {path}\n  refused with {error.status}: {error.message}")
-        return 1
-    route = api_route(canonical.path)
-    if route is None:
-        raise UsageError(f"path {path!r} is not under /v1/, /api/v1/ or /api/v2/")
     granted = _parse_scopes(scopes, catalogue) if scopes is not None else None
-    try:
+    try:  # the proxy's own reading of the request, refusals included
+        route = api_route(canonicalize(method, path, ()).path)
+        if route is None:
+            raise UsageError(f"path {path!r} is not under /v1/, /api/v1/ or /api/v2/")
         endpoint = catalogue.match(route[0], method, route[1])
     except ProxyError as error:
         print(f"{method} {path}\n  refused with {error.status}: {error.message}")
@@ -133,7 +128,7 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
         cost = endpoint.token_cost
         lines += [
             f"  endpoint:        {endpoint.name}",
-            f"  accepted scopes: {', '.join(sorted(endpoint.scopes))}",
+            f"  accepted scopes: {', '.join(endpoint.scope_list)}",
             f"  token cost:      {cost if cost is not None else 'unknown'}",
             f"  sources:         {', '.join(endpoint.sources)}",
             f"  deprecated:      {'yes' if endpoint.deprecated else 'no'}",
@@ -160,7 +155,7 @@ def _why(
         return "no catalogue entry matches; unknown endpoints are " + (
             "forwarded (unknown_endpoints: allow)" if reason.endswith("allowed") else "refused"
         )
-    accepted = ", ".join(sorted(endpoint.scopes))
+    accepted = ", ".join(endpoint.scope_list)
     if reason == "out_of_scope":
         return f"none of the granted scopes accepts {endpoint.name}; it needs one of: {accepted}"
     if reason == "outside_app_scopes":
