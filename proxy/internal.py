@@ -43,11 +43,11 @@ async def handle_internal(request: web.Request, path: str) -> web.StreamResponse
 async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
     """The overreach report (JSON or HTML), and ``POST /_proxy/report/reset``."""
     recorder = request.app[RECORDER]
-    wanted = "POST" if path.endswith("/reset") else "GET"
-    if request.method != wanted and not (wanted == "GET" and request.method == "HEAD"):
-        raise MethodNotAllowed(f"{path} takes {wanted}")
+    resetting = path.endswith("/reset")
+    if request.method not in (("POST",) if resetting else ("GET", "HEAD")):
+        raise MethodNotAllowed(f"{path} takes {'POST' if resetting else 'GET'}")
     try:
-        if wanted == "POST":
+        if resetting:
             await recorder.reset()
             return json_response({"reset": True})
         calls = await recorder.calls()

@@ -20,6 +20,7 @@ import yaml
 
 from tests.conftest import FakePipedrive, free_port, grants
 from tests.test_refusals_raw import REFUSED
+from tests.test_stores import FakeOAuth
 
 ROOT = Path(__file__).parent.parent
 
@@ -293,8 +294,6 @@ async def statuses(port: int, token: str, count: int) -> list[int]:
 async def test_workers_share_one_port_and_the_sqlite_store(
     tmp_path: Path, upstream: FakePipedrive
 ) -> None:
-    from tests.test_stores import FakeOAuth
-
     upstream.respond = FakeOAuth(scope="deals:read").respond
     config_path = write_config(
         tmp_path,
@@ -339,8 +338,6 @@ async def test_workers_share_one_port_and_the_sqlite_store(
 async def test_a_token_learned_through_one_process_works_through_another_via_redis(
     tmp_path: Path, upstream: FakePipedrive, redis_server: Any
 ) -> None:
-    from tests.test_stores import FakeOAuth
-
     upstream.respond = FakeOAuth(scope="deals:read").respond
     config_path = write_config(
         tmp_path,

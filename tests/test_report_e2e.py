@@ -171,10 +171,6 @@ async def test_two_processes_sharing_redis_produce_one_report(
         assert from_second["overall"] == report["overall"]
 
 
-def launch(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, **options)
-
-
 class Browser:
     """Headless Chromium driven over the DevTools protocol."""
 
@@ -185,7 +181,7 @@ class Browser:
         self.process: subprocess.Popen[bytes] | None = None
 
     async def __aenter__(self) -> Browser:
-        self.process = launch(
+        self.process = subprocess.Popen(  # noqa: ASYNC220 (starting it does not block)
             [self.binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--no-first-run", "--disable-background-networking", "--disable-component-update",
              "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={self.profile}",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -30,14 +31,17 @@ class RedisStore:
             decode_responses=True,
         )
 
-    def _where(self) -> str:
-        return self.url.split("@")[-1]  # never a password in a message
+    @asynccontextmanager
+    async def _failing(self) -> AsyncIterator[None]:
+        """Every Redis failure becomes a StoreError; the message never holds a password."""
+        try:
+            yield
+        except (RedisError, OSError) as error:
+            raise StoreError(f"redis {self.url.split('@')[-1]}: {error}") from None
 
     async def get(self, digest: str) -> Learned | None:
-        try:
+        async with self._failing():
             value = await self._client.get(PREFIX + digest)
-        except (RedisError, OSError) as error:
-            raise StoreError(f"redis {self._where()}: {error}") from None
         if value is None:
             return None
         expires_at, _, scopes = str(value).partition(" ")
@@ -47,39 +51,28 @@ class RedisStore:
         milliseconds = int((expires_at - time.time()) * 1000)
         if milliseconds <= 0:
             return
-        try:
+        async with self._failing():
             value = f"{expires_at:.3f} {','.join(sorted(scopes))}"
             await self._client.set(PREFIX + digest, value, px=milliseconds)
-        except (RedisError, OSError) as error:
-            raise StoreError(f"redis {self._where()}: {error}") from None
 
     async def forget(self, digest: str) -> None:
-        try:
+        async with self._failing():
             await self._client.delete(PREFIX + digest)
-        except (RedisError, OSError) as error:
-            raise StoreError(f"redis {self._where()}: {error}") from None
 
     async def add_calls(self, counts: Mapping[str, int]) -> None:
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key, count in counts.items():
-                    pipe.hincrby(REPORT_KEY, key, count)
-                await pipe.execute()
-        except (RedisError, OSError) as error:
-            raise StoreError(f"redis {self._where()}: {error}") from None
+        async with self._failing(), self._client.pipeline(transaction=False) as pipe:
+            for key, count in counts.items():
+                pipe.hincrby(REPORT_KEY, key, count)
+            await pipe.execute()
 
     async def call_counts(self) -> dict[str, int]:
-        try:
+        async with self._failing():
             found = await self._client.hgetall(REPORT_KEY)
-        except (RedisError, OSError) as error:
-            raise StoreError(f"redis {self._where()}: {error}") from None
         return {str(key): int(value) for key, value in found.items()}
 
     async def reset_calls(self) -> None:
-        try:
+        async with self._failing():
             await self._client.delete(REPORT_KEY)
-        except (RedisError, OSError) as error:
-            raise StoreError(f"redis {self._where()}: {error}") from None
 
     async def ping(self) -> bool:
         try:
