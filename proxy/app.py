@@ -13,6 +13,15 @@ import traceback
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    PayloadEncodingError,
+)
 from aiohttp.typedefs import Handler
 
 from proxy import __version__, oauth
@@ -22,6 +31,7 @@ from proxy.config import Config
 from proxy.credentials import extract_credential
 from proxy.decision import decide, resolve_grant
 from proxy.errors import (
+    MalformedRequest,
     NotFound,
     OutOfScope,
     ProxyError,
@@ -72,7 +82,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await handle_oauth(request, runtime, canonical)
     if canonical.path.startswith("/_proxy/"):
         return await handle_internal(request, canonical.path)
-    raise NotFound(f"{canonical.path[:100]} is not a Pipedrive API path")
+    raise NotFound("not a Pipedrive API path: the proxy serves /v1/, /api/v1/ and /api/v2/")
 
 
 async def handle_api(
@@ -135,11 +145,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         record.error = error.reason  # the decision that let the call through stands
         response = error_response(error, record.decision)
     except ProxyError as error:
-        record.decision, record.reason = "deny", error.reason
+        record.refused(error)
         response = error_response(error)
+        if error.status in (400, 405):
+            response.force_close()  # the rest of what this client sends cannot be trusted either
     except web.HTTPException as error:  # raised by aiohttp itself, e.g. a target it cannot route
         refusal = _from_http(request, error)
-        record.decision, record.reason = "deny", refusal.reason
+        record.refused(refusal)
         response = error_response(refusal)
     except StreamAborted as aborted:
         response = aborted.response  # cut off mid-body: the client sees a truncated answer
@@ -149,7 +161,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except Exception as error:  # the safety net: any surprise is a refusal, never a forward
         _log_unhandled(error)
-        record.decision, record.reason = "deny", "internal_error"
+        record.refused(ProxyError())
         response = error_response(ProxyError())
     record.status = response.status
     _finish(request, record, started)
@@ -180,6 +192,41 @@ def _finish(request: web.Request, record: RequestRecord, started: float) -> None
     request.app[METRICS].observe(record, seconds)
 
 
+# What each of aiohttp's parser errors means, in words that never quote the request.
+_PARSER_PROBLEMS: tuple[tuple[type[HttpProcessingError], str], ...] = (
+    (LineTooLong, "request line or header line too long"),
+    (BadHttpMethod, "malformed method"),
+    (BadStatusLine, "malformed request line"),
+    (InvalidURLError, "malformed request target"),
+    (InvalidHeader, "malformed header"),
+    (PayloadEncodingError, "malformed body framing"),
+)
+
+
+def refuse_unparsed(app: web.Application, error: BaseException | None) -> web.Response:
+    """The answer to a request aiohttp's HTTP parser refused, logged like any other refusal.
+
+    aiohttp's own answer would be plain text quoting the offending line (which may hold a
+    token); this one is Pipedrive's envelope with a generic message, and the connection closes.
+    """
+    if isinstance(error, HttpProcessingError):
+        problem = next(
+            (text for kind, text in _PARSER_PROBLEMS if isinstance(error, kind)),
+            "malformed request",
+        )
+        refusal: ProxyError = MalformedRequest(problem)
+    else:
+        refusal = ProxyError()
+    record = RequestRecord(method=None)
+    record.refused(refusal)
+    response = error_response(refusal)
+    response.force_close()
+    record.status = response.status
+    _LOG.info("request", **record.fields(0.0))
+    app[METRICS].observe(record, 0.0)
+    return response
+
+
 async def _no_early_continue(request: web.Request) -> None:
     """Do not answer ``100 Continue`` before the call is authorized (see Upstream.forward)."""
 
@@ -188,7 +235,8 @@ def create_app(
     config: Config, catalogue: Catalogue, store: TokenStore | None = None
 ) -> web.Application:
     """The proxy as an aiohttp application; tests and ``serve`` both start here."""
-    app = web.Application(middlewares=[observe])
+    # Request bodies are forwarded as received: never inflated (see proxy.server).
+    app = web.Application(middlewares=[observe], handler_args={"auto_decompress": False})
     metrics = Metrics()
     app[RUNTIME] = RuntimeHolder(Runtime.build(config, catalogue))
     app[METRICS] = metrics

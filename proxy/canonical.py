@@ -1,9 +1,12 @@
-"""Canonical requests: accept one unambiguous form of a request target, refuse everything else.
+"""Canonical requests: accept one unambiguous form of a request, refuse everything else.
 
 The proxy decides on the bytes it forwards. Anything a server or router might read in more than
-one way (dot segments, encoded separators, duplicate or disguised credential headers, method
-overrides) is refused with ``AmbiguousRequest`` rather than normalized, so that what was
-authorized is exactly what goes upstream.
+one way (dot segments, encoded separators, disguised credential or override headers, a body the
+next hop may read as another request) is refused with ``AmbiguousRequest`` rather than
+normalized, so that what was authorized is exactly what goes upstream.
+
+No message here quotes the request: a refused header or parameter may hold a token, and refusals
+are both answered and logged. Messages name the rule that was broken, in the proxy's own words.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from proxy.errors import AmbiguousRequest, MethodNotAllowed
+from proxy.errors import AmbiguousRequest, MalformedRequest, MethodNotAllowed
 
 MAX_TARGET_LENGTH = 8000
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+BODYLESS_METHODS = frozenset({"GET", "HEAD"})
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -24,9 +28,12 @@ _PATH_CHARS = bytes(sorted(_UNRESERVED | frozenset(b"!$&'()*+,=:@%/")))
 # Printable ASCII less '#' (fragment), '\' and ';' (a parameter separator for some parsers).
 _QUERY_CHARS = bytes(sorted(frozenset(range(0x21, 0x7F)) - frozenset(b"#\\;")))
 _CONTROL = frozenset(range(0x20)) | {0x7F}
+_NON_ASCII = frozenset(range(0x80, 0x100))
 # Encoded bytes refused in the path: separators and escapes, anything that would spell a
-# literal segment differently (unreserved), control characters.
-_PATH_ENCODED_REFUSED = frozenset(b"/\\.%;#?") | _UNRESERVED | _CONTROL
+# literal segment differently (unreserved), control characters, and every byte >= 0x80 (some
+# servers decode and Unicode-normalize the path: %EF%BC%8F is a fullwidth '/', and overlong
+# UTF-8 such as %C0%AF spells '/' for old decoders).
+_PATH_ENCODED_REFUSED = frozenset(b"/\\.%;#?") | _UNRESERVED | _CONTROL | _NON_ASCII
 
 # Pipedrive's OAuth server documents its refresh endpoint with a trailing slash.
 TRAILING_SLASH_PATHS = frozenset({"/oauth/token/"})
@@ -34,21 +41,30 @@ OVERRIDE_NAMES = frozenset(
     {"x-http-method-override", "x-http-method", "x-method-override", "_method"}
 )
 _OVERRIDE_PARAMS = frozenset(name.replace("-", "_") for name in OVERRIDE_NAMES)
-# Header names that some servers read with '_' as '-': refused in disguise.
-_SENSITIVE_HEADERS = OVERRIDE_NAMES | {
-    "authorization",
-    "x-api-token",
-    "upgrade",
+# Headers some frameworks route by instead of the request line (CVE-2018-14773).
+PATH_OVERRIDE_NAMES = frozenset(
+    {"x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-uri", "x-override-url"}
+)
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-token"})
+# End-to-end headers the decision or the framing of the forwarded request depends on. A
+# ``Connection`` header naming one would have the proxy drop it after deciding on it.
+_DECIDING_HEADERS = CREDENTIAL_HEADERS | {
     "host",
     "content-length",
     "transfer-encoding",
-    "connection",
+    "content-encoding",
+    "content-type",
 }
+# Header names that some servers read with '_' as '-': refused in disguise.
+_SENSITIVE_HEADERS = (
+    OVERRIDE_NAMES | PATH_OVERRIDE_NAMES | _DECIDING_HEADERS | {"upgrade", "connection"}
+)
+_CONNECTION_HEADERS = frozenset({"connection", "proxy-connection"})
 
 
 @dataclass(frozen=True, slots=True)
 class CanonicalRequest:
-    """A request target that passed every check. ``target`` is forwarded byte for byte."""
+    """A request that passed every check. ``target`` is forwarded byte for byte."""
 
     method: str
     target: str
@@ -60,32 +76,58 @@ class CanonicalRequest:
 def canonicalize(
     method: str, target: str, headers: Sequence[tuple[bytes, bytes]]
 ) -> CanonicalRequest:
-    """Check the method, the raw request target and the header names; return the one reading."""
+    """Check the method, the raw request target and the headers; return the one reading."""
+    if method == "CONNECT":
+        raise MalformedRequest("CONNECT asks for a tunnel, which the proxy does not open")
     if method not in METHODS:
-        raise MethodNotAllowed(f"method {method[:20]!r} is not one the Pipedrive API serves")
-    check_headers(headers)
+        raise MethodNotAllowed("the Pipedrive API serves GET, HEAD, POST, PUT, PATCH and DELETE")
+    check_headers(method, headers)
     if len(target) > MAX_TARGET_LENGTH:
         raise AmbiguousRequest(f"request target longer than {MAX_TARGET_LENGTH} bytes")
     if not target.startswith("/"):
         raise AmbiguousRequest("request target must be a path starting with '/'")
-    path, _, query = target.partition("?")
+    path, question_mark, query = target.partition("?")
+    if question_mark and not query:
+        # No server reads "/p?" apart from "/p", but the upstream client can only send the
+        # latter: the bytes forwarded must be the bytes authorized.
+        raise AmbiguousRequest("an empty query ('?' with nothing after it)")
     check_path(path)
     pairs = parse_query(query)
     return CanonicalRequest(method, target, path, query, pairs)
 
 
-def check_headers(headers: Sequence[tuple[bytes, bytes]]) -> None:
-    """Refuse method overrides, ``Upgrade`` and credential headers disguised with ``_``."""
+def check_headers(method: str, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    """Refuse overrides, upgrades, disguised headers, hidden bodies and a deceiving Connection."""
+    bodyless = method in BODYLESS_METHODS
     for raw_name, raw_value in headers:
         name = raw_name.decode("latin-1").lower()
         if name in OVERRIDE_NAMES:
-            raise AmbiguousRequest(f"method-override header {name!r} is not accepted")
+            raise AmbiguousRequest(f"method-override header {name} is not accepted")
+        if name in PATH_OVERRIDE_NAMES:
+            raise AmbiguousRequest(f"path-override header {name} is not accepted")
         if name == "upgrade":
             raise AmbiguousRequest("protocol upgrades are not proxied")
         if "_" in name and name.replace("_", "-") in _SENSITIVE_HEADERS:
-            raise AmbiguousRequest(f"header name {name!r} reads as {name.replace('_', '-')!r}")
+            raise AmbiguousRequest(
+                f"a header name that reads as {name.replace('_', '-')} when '_' is read as '-'"
+            )
         if not raw_value.isascii():
-            raise AmbiguousRequest(f"header {name!r} has a non-ASCII value")
+            raise AmbiguousRequest("a header value has non-ASCII bytes")
+        if name in _CONNECTION_HEADERS:
+            _check_connection(name, raw_value)
+        if bodyless and name == "transfer-encoding":
+            raise AmbiguousRequest(f"{method} takes no body (Transfer-Encoding)")
+        if bodyless and name == "content-length" and raw_value.strip() != b"0":
+            raise AmbiguousRequest(f"{method} takes no body (Content-Length)")
+
+
+def _check_connection(name: str, value: bytes) -> None:
+    for token in value.decode("ascii").split(","):
+        named = token.strip().lower().replace("_", "-")
+        if named in _DECIDING_HEADERS:
+            raise AmbiguousRequest(
+                f"{name} names {named}, which the proxy decides on and would then drop"
+            )
 
 
 def check_path(path: str) -> None:
@@ -94,7 +136,7 @@ def check_path(path: str) -> None:
         raise AmbiguousRequest("non-ASCII bytes in the path")
     refused = raw.translate(None, _PATH_CHARS)  # what is left is not allowed
     if refused:
-        raise AmbiguousRequest(f"character {chr(refused[0])!r} is not accepted in the path")
+        raise AmbiguousRequest(f"{_describe(refused[0])} is not accepted in the path")
     segments = path.split("/")[1:] if path != "/" else []
     if path in TRAILING_SLASH_PATHS:
         segments.pop()
@@ -102,7 +144,7 @@ def check_path(path: str) -> None:
         if segment == "":
             raise AmbiguousRequest("empty path segment ('//' or a trailing '/')")
         if segment in (".", ".."):
-            raise AmbiguousRequest(f"dot segment {segment!r} in the path")
+            raise AmbiguousRequest("dot segment ('.' or '..') in the path")
     check_escapes(raw, _PATH_ENCODED_REFUSED, "path")
 
 
@@ -112,8 +154,9 @@ def check_escapes(raw: bytes, refused: frozenset[int], where: str) -> None:
         pair = raw[index + 1 : index + 3]
         if len(pair) != 2 or not all(char in _HEX for char in pair):
             raise AmbiguousRequest(f"malformed percent-encoding in the {where}")
-        if int(pair, 16) in refused:
-            raise AmbiguousRequest(f"percent-encoded %{pair.decode().upper()} in the {where}")
+        byte = int(pair, 16)
+        if byte in refused:
+            raise AmbiguousRequest(f"percent-encoded %{byte:02X} in the {where}")
         index = raw.find(b"%", index + 3)
 
 
@@ -126,13 +169,19 @@ def parse_query(query: str) -> tuple[tuple[str, str], ...]:
         raise AmbiguousRequest("non-ASCII bytes in the query")
     refused = raw.translate(None, _QUERY_CHARS)
     if refused:
-        raise AmbiguousRequest(f"character {chr(refused[0])!r} is not accepted in the query")
+        raise AmbiguousRequest(f"{_describe(refused[0])} is not accepted in the query")
     check_escapes(raw, _CONTROL, "query")
     pairs = []
     for item in query.split("&"):
         name, _, value = item.partition("=")
         decoded = unquote_plus(name, errors="surrogateescape")
         if decoded.lower().replace("-", "_") in _OVERRIDE_PARAMS:
-            raise AmbiguousRequest(f"method-override parameter {decoded!r} is not accepted")
+            raise AmbiguousRequest("a method-override query parameter (_method) is not accepted")
         pairs.append((decoded, unquote_plus(value, errors="surrogateescape")))
     return tuple(pairs)
+
+
+def _describe(byte: int) -> str:
+    """A refused byte in words: printable punctuation as itself, anything else by its code."""
+    char = chr(byte)
+    return f"character {char!r}" if char in '\\;#"<>[]^`{|} ' else f"byte 0x{byte:02X}"

@@ -30,6 +30,7 @@ from proxy.errors import ProxyError
 from proxy.logs import configure_logging, get_logger
 from proxy.metrics import MULTIPROCESS_DIR
 from proxy.report import build_report, calls_from_log, render_text
+from proxy.server import ProxyRunner
 from proxy.state import RUNTIME, Runtime
 from proxy.stores import StoreError
 
@@ -223,7 +224,7 @@ async def run_worker(
     """Serve until SIGTERM or SIGINT; finish in-flight requests (bounded); SIGHUP reloads."""
     configure_logging(config.logging.format, config.logging.level)
     app = create_app(config, catalogue)
-    runner = web.AppRunner(
+    runner = ProxyRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
     )
     await runner.setup()

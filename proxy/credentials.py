@@ -4,11 +4,19 @@ Pipedrive accepts an OAuth access token (``Authorization: Bearer``) and a person
 (``x-api-token`` header or ``api_token`` query parameter). When a request carries two of them it
 honours the API token, so a scope check that read only the Bearer token could be bypassed: a
 request with more than one credential, of any kinds, is refused.
+
+What counts as a credential is what ANY server on the way might read as one, not only the
+canonical spellings: PHP reads ``api.token``, ``api token`` and ``api[token`` as ``api_token``,
+and RFC 6750 defines ``access_token`` as a query credential. Such a name counts towards the
+credentials of a request (so beside another one it makes two) and, alone, is refused as
+ambiguous rather than guessed at.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -21,6 +29,15 @@ from proxy.errors import (
 )
 
 CredentialKind = Literal["oauth", "api_token"]
+
+# RFC 6750's b64token characters, plus ':' (Pipedrive's tokens look like
+# ``v1u:<base64>:<base64>``, padding included). No spaces, commas or quotes: a token a server
+# could split or unquote differently is refused.
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/:=]+")
+# How query parameter names are mangled on their way to a credential by some server: PHP turns
+# ' ', '.' and an unclosed '[' into '_'; others fold case or read '-' as '_'.
+_FOLD = str.maketrans({" ": "_", ".": "_", "[": "_", "-": "_", "+": "_"})
+_PARAMETER_KINDS: dict[str, CredentialKind] = {"api_token": "api_token", "access_token": "oauth"}
 
 
 def token_digest(token: str) -> str:
@@ -43,36 +60,62 @@ class Credential:
         return fingerprint(self.digest)
 
 
-def _fold_parameter(name: str) -> str:
-    return name.lower().replace("-", "_").split("[", 1)[0]
+@dataclass(frozen=True, slots=True)
+class _Found:
+    kind: CredentialKind
+    token: str
+    where: str  # how the proxy names the place, never the request's own bytes
+    canonical: bool = True
+
+
+def parameter_credential(name: str) -> CredentialKind | None:
+    """The kind of credential some server reads in a query parameter of this (decoded) name."""
+    text = unicodedata.normalize("NFKC", name) if not name.isascii() else name
+    text = text.lower().strip(" \t\r\n\x0b\x0c")
+    array_name = text.split("[", 1)[0]  # api_token[] and api_token[x]: an array named api_token
+    for reading in (text.translate(_FOLD), array_name.translate(_FOLD)):
+        kind = _PARAMETER_KINDS.get(reading)
+        if kind is not None:
+            return kind
+    return None
 
 
 def extract_credential(
     headers: Sequence[tuple[bytes, bytes]], query_pairs: Sequence[tuple[str, str]]
 ) -> Credential:
     """The request's single credential; raises if it has none, several, or an unusable one."""
-    found: list[tuple[CredentialKind, str, str]] = []  # kind, token, where it came from
+    found: list[_Found] = []
     for raw_name, raw_value in headers:
         name = raw_name.lower()
         if name == b"authorization":
-            scheme, _, token = raw_value.decode("ascii").strip().partition(" ")
-            found.append(("oauth", token.strip(), scheme))
+            scheme, _, token = raw_value.decode("ascii").partition(" ")
+            if scheme.lower() != "bearer":
+                found.append(_Found("oauth", "", "Authorization", canonical=False))
+            else:
+                found.append(_Found("oauth", token, "Authorization: Bearer"))
         elif name == b"x-api-token":
-            found.append(("api_token", raw_value.decode("ascii").strip(), "x-api-token"))
+            found.append(_Found("api_token", raw_value.decode("ascii"), "x-api-token"))
     for parameter, value in query_pairs:
-        if parameter == "api_token":
-            found.append(("api_token", value, "api_token"))
-        elif _fold_parameter(parameter) == "api_token":
-            raise AmbiguousRequest(f"query parameter {parameter!r} reads as 'api_token'")
+        kind = parameter_credential(parameter)
+        if kind is not None:
+            found.append(_Found(kind, value, "query", canonical=parameter == "api_token"))
     if not found:
         raise MissingCredential("no credential: send Authorization: Bearer <token>")
     if len(found) > 1:
         raise MultipleCredentials(
-            f"{len(found)} credentials (Authorization, x-api-token, api_token): send exactly one"
+            f"{len(found)} credentials (Authorization, x-api-token, api_token and the query "
+            "names servers read as one): send exactly one"
         )
-    kind, token, origin = found[0]
-    if kind == "oauth" and origin.lower() != "bearer":
-        raise UnsupportedCredential(f"authorization scheme {origin[:20]!r} is not accepted")
-    if not token:
-        raise MissingCredential(f"empty token in {origin}")
-    return Credential(kind, token_digest(token))
+    [credential] = found
+    if credential.where == "query" and not credential.canonical:
+        raise AmbiguousRequest(
+            "a query parameter that some servers read as a credential: send the token as "
+            "Authorization: Bearer, x-api-token or api_token"
+        )
+    if not credential.canonical:
+        raise UnsupportedCredential("only the Bearer authorization scheme is accepted")
+    if not credential.token:
+        raise MissingCredential(f"empty token in {credential.where}")
+    if not _TOKEN.fullmatch(credential.token):
+        raise AmbiguousRequest(f"malformed token in {credential.where}")
+    return Credential(credential.kind, token_digest(credential.token))

@@ -34,6 +34,13 @@ class AmbiguousRequest(ProxyError):
     error = "Bad request"
 
 
+class MalformedRequest(AmbiguousRequest):
+    """Refused by the HTTP parser itself, before the proxy could read the request."""
+
+    reason = "malformed_request"
+    error = "Bad request: malformed HTTP request"
+
+
 class MultipleCredentials(ProxyError):
     status = 400
     reason = "multiple_credentials"
@@ -111,6 +118,12 @@ class RequestTooLarge(ProxyError):
     error = "Request entity too large"
 
 
+class UnsupportedMediaType(ProxyError):
+    status = 415
+    reason = "unsupported_media_type"
+    error = "Unsupported media type"
+
+
 class StoreUnavailable(ProxyError):
     status = 503
     reason = "store_unavailable"
@@ -121,6 +134,13 @@ class UpstreamUnavailable(ProxyError):
     status = 502
     reason = "upstream_unavailable"
     error = "Bad gateway: upstream unreachable"
+
+
+class UpstreamUnreadable(UpstreamUnavailable):
+    """A successful OAuth answer the proxy cannot read: passing it on would go around it."""
+
+    reason = "oauth_response_unreadable"
+    error = "Bad gateway: unreadable OAuth answer"
 
 
 class UpstreamTimeout(ProxyError):

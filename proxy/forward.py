@@ -8,8 +8,8 @@ the proxy's errors in ONE ``try``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeAlias
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import StreamReader, web
@@ -41,10 +41,40 @@ HOP_BY_HOP = frozenset(
 _NO_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_BUFFERED = 256 * 1024
-# Sees a buffered upstream answer (status, headers, body) and returns the headers and body to send.
-Transform: TypeAlias = Callable[
-    [int, CIMultiDict[str], bytes], Awaitable[tuple[CIMultiDict[str], bytes]]
-]
+
+
+_UPSTREAM_FAILURES = (aiohttp.ClientError, ConnectionError, TimeoutError)
+
+
+class IncompleteBody(Exception):
+    """The client's body did not have the length it declared: the upstream connection it was
+    sent on must not carry another request."""
+
+
+async def exact_body(stream: StreamReader, declared: int | None) -> AsyncIterator[bytes]:
+    """The client's request body, chunk by chunk as it arrives, checked against its length.
+
+    The server's parser already delivers exactly ``Content-Length`` bytes (bodies are never
+    decompressed) and raises when the client goes away mid-body. This is the second line: a body
+    that somehow ends early or runs long raises, so aiohttp's client closes the upstream
+    connection instead of pooling one whose next request the upstream would misread.
+    """
+    sent = 0
+    async for chunk in stream.iter_any():
+        sent += len(chunk)
+        yield chunk
+    if declared is not None and sent != declared:
+        raise IncompleteBody(f"request body of {sent} bytes where {declared} were declared")
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A small upstream answer, read whole."""
+
+    status: int
+    reason: str | None
+    headers: CIMultiDict[str]
+    body: bytes
 
 
 def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
@@ -107,25 +137,14 @@ class Upstream:
             await self._session.close()
 
     async def forward(
-        self,
-        request: web.Request,
-        origin: str,
-        target: str,
-        record: RequestRecord,
-        *,
-        body: bytes | None = None,
-        transform: Transform | None = None,
+        self, request: web.Request, origin: str, target: str, record: RequestRecord
     ) -> web.StreamResponse:
-        """Send ``origin + target`` upstream, byte for byte, and stream its answer back.
-
-        ``body``: the request body already read (else it streams from the client).
-        ``transform``: read the (small) answer whole and let it see or change the body first.
-        """
+        """Send ``origin + target`` upstream, byte for byte, and stream its answer back."""
         assert self._session is not None, "Upstream.start() was not awaited"
         url = URL(origin + target, encoded=True)
-        data: bytes | StreamReader | None = body
-        if body is None and request.body_exists:
-            data = request.content
+        data: AsyncIterator[bytes] | None = None
+        if request.body_exists:
+            data = exact_body(request.content, request.content_length)
             await send_continue(request)  # only now that the call is authorized
         response: web.StreamResponse | None = None
         try:
@@ -137,8 +156,6 @@ class Upstream:
                 allow_redirects=False,
             ) as upstream:
                 record.upstream_status = upstream.status
-                if transform is not None:
-                    return await self._buffered(upstream, record, transform)
                 if upstream.content.is_eof():
                     # The whole body has already arrived with the headers: send both at once.
                     return self._complete(upstream, record, upstream.content.read_nowait())
@@ -153,37 +170,44 @@ class Upstream:
                     await response.write(chunk)
                 await response.write_eof()
                 return response
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
-            self._fail(record, "connect")
-            raise UpstreamUnavailable(f"cannot connect to {url.host}") from error
-        except (TimeoutError, aiohttp.SocketTimeoutError) as error:
+        except _UPSTREAM_FAILURES as error:
             if response is not None and response.prepared:
-                self._abort(request, record, "timeout")
+                self._abort(request, record, self._mid_body_kind(request, error))
                 raise StreamAborted(response) from error
-            self._fail(record, "timeout")
-            raise UpstreamTimeout(
-                f"no bytes from upstream for {self.settings.read_timeout:g} s"
-            ) from error
-        except (aiohttp.ClientError, ConnectionError) as error:
-            if response is not None and response.prepared:
-                transport = request.transport
-                gone = transport is None or transport.is_closing()
-                self._abort(request, record, "client_gone" if gone else "disconnect")
-                raise StreamAborted(response) from error
-            self._fail(record, "disconnect")
-            raise UpstreamUnavailable("upstream closed the connection") from error
+            raise self._refusal(error, url) from error
 
-    async def _buffered(
-        self, upstream: aiohttp.ClientResponse, record: RequestRecord, transform: Transform
-    ) -> web.Response:
-        too_large = UpstreamUnavailable(f"upstream answer over {MAX_BUFFERED} bytes")
-        whole = await read_limited(upstream.content, MAX_BUFFERED, too_large)
-        headers, body = await transform(upstream.status, end_to_end(upstream.headers), whole)
-        headers.popall("Content-Length", None)
-        headers[DECISION_HEADER] = record.decision
-        return web.Response(
-            status=upstream.status, reason=upstream.reason, headers=headers, body=body
-        )
+    async def fetch(self, method: str, url: str, headers: CIMultiDict[str], body: bytes) -> Fetched:
+        """A small exchange read whole (the OAuth endpoints); failures map as in ``forward``."""
+        assert self._session is not None, "Upstream.start() was not awaited"
+        target = URL(url, encoded=True)
+        try:
+            async with self._session.request(
+                method, target, headers=headers, data=body, allow_redirects=False
+            ) as upstream:
+                too_large = UpstreamUnavailable(f"upstream answer over {MAX_BUFFERED} bytes")
+                whole = await read_limited(upstream.content, MAX_BUFFERED, too_large)
+                headers = end_to_end(upstream.headers)
+                return Fetched(upstream.status, upstream.reason, headers, whole)
+        except _UPSTREAM_FAILURES as error:
+            raise self._refusal(error, target) from error
+
+    def _refusal(self, error: BaseException, url: URL) -> ProxyError:
+        """The one mapping of upstream client failures to the proxy's errors (and metrics)."""
+        if isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            self._fail("connect")
+            return UpstreamUnavailable(f"cannot connect to {url.host}")
+        if isinstance(error, TimeoutError | aiohttp.SocketTimeoutError):
+            self._fail("timeout")
+            return UpstreamTimeout(f"no bytes from upstream for {self.settings.read_timeout:g} s")
+        self._fail("disconnect")
+        return UpstreamUnavailable("upstream closed the connection")
+
+    @staticmethod
+    def _mid_body_kind(request: web.Request, error: BaseException) -> str:
+        if isinstance(error, TimeoutError | aiohttp.SocketTimeoutError):
+            return "timeout"
+        transport = request.transport
+        return "client_gone" if transport is None or transport.is_closing() else "disconnect"
 
     def _complete(
         self, upstream: aiohttp.ClientResponse, record: RequestRecord, body: bytes
@@ -195,12 +219,12 @@ class Upstream:
         )
         return response
 
-    def _fail(self, record: RequestRecord, kind: str) -> None:
+    def _fail(self, kind: str) -> None:
         self.metrics.upstream_errors.labels(kind).inc()
 
     def _abort(self, request: web.Request, record: RequestRecord, kind: str) -> None:
         """Headers are already sent: cut the connection so the client sees a truncated body."""
-        self._fail(record, kind)
+        self._fail(kind)
         record.error = kind if kind == "client_gone" else f"upstream_{kind}_mid_body"
         if request.transport is not None:
             request.transport.abort()

@@ -7,7 +7,7 @@ import os
 from aiohttp import web
 
 from proxy import __version__
-from proxy.errors import MethodNotAllowed, NotFound, StoreUnavailable
+from proxy.errors import MethodNotAllowed, NotFound, StoreUnavailable, UnsupportedMediaType
 from proxy.metrics import CONTENT_TYPE
 from proxy.report import build_report
 from proxy.report_html import render_html
@@ -37,7 +37,7 @@ async def handle_internal(request: web.Request, path: str) -> web.StreamResponse
         response.headers["Content-Type"] = CONTENT_TYPE
         response.headers[DECISION_HEADER] = "allow"
         return response
-    raise NotFound(f"{path} is not one of the proxy's endpoints")
+    raise NotFound("not one of the proxy's endpoints")
 
 
 async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
@@ -46,6 +46,10 @@ async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
     resetting = path.endswith("/reset")
     if request.method not in (("POST",) if resetting else ("GET", "HEAD")):
         raise MethodNotAllowed(f"{path} takes {'POST' if resetting else 'GET'}")
+    if resetting and request.content_type != "application/json":
+        # A browser sends a cross-site POST without asking first only with a "simple" type
+        # (text/plain, a form): requiring JSON makes any other origin's page ask, and fail.
+        raise UnsupportedMediaType("send the reset as Content-Type: application/json")
     try:
         if resetting:
             await recorder.reset()

@@ -14,6 +14,8 @@ from typing import Any
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
+from proxy.errors import ProxyError
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 
@@ -59,7 +61,7 @@ def get_logger() -> Any:
 class RequestRecord:
     """What one request came to, filled in as the pipeline runs, logged once at the end."""
 
-    method: str
+    method: str | None  # None: the request could not be parsed
     decision: str = "deny"
     reason: str = "internal_error"
     endpoint: str | None = None
@@ -71,6 +73,10 @@ class RequestRecord:
     granted_scopes: list[str] = field(default_factory=list)
     token_cost: int | None = None
     error: str | None = None  # what went wrong after the decision (upstream failure, client gone)
+    problem: str | None = None  # why a request was refused, in words that never quote it
+
+    def refused(self, error: ProxyError) -> None:
+        self.decision, self.reason, self.problem = "deny", error.reason, error.detail
 
     def fields(self, duration_ms: float) -> dict[str, Any]:
         return {
@@ -87,4 +93,5 @@ class RequestRecord:
             "granted_scopes": self.granted_scopes,
             "token_cost": self.token_cost,
             "error": self.error,
+            "problem": self.problem,
         }

@@ -116,8 +116,7 @@ class _Node(Generic[T]):
         elif value.lower() in self.folded:
             # A router that ignores case would take the literal; this trie would not.
             raise AmbiguousRequest(
-                f"path segment {value!r} differs from {self.folded[value.lower()]!r} "
-                "only in letter case"
+                f"a path segment differs from {self.folded[value.lower()]!r} only in letter case"
             )
         for segment, node in self.affixed:
             if segment.accepts(value):

@@ -4,24 +4,34 @@ Pipedrive's access tokens are opaque and no API endpoint reports their scopes: t
 they appear is the ``scope`` field of the ``/oauth/token`` response. So apps point their OAuth
 host at the proxy too, and the proxy reads each successful response as it passes.
 
-Pure functions on bytes; the handler in ``proxy.app`` does the I/O.
+Pure functions on bytes; ``proxy.token_exchange`` does the I/O.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import zlib
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 from proxy.credentials import token_digest
 
 TOKEN_PATHS = frozenset({"/oauth/token", "/oauth/token/"})
 REVOKE_PATH = "/oauth/revoke"
 MAX_BODY = 256 * 1024  # token requests and responses are a few hundred bytes
+# What the proxy asks the OAuth server for: it must read every token answer (brotli, which
+# axios and so the official Node client accept, it could not).
+ACCEPT_ENCODING = "identity"
+# Longest token lifetime believed; Pipedrive's access tokens live about an hour.
+MAX_LIFETIME = 366 * 24 * 3600
 _API_DOMAIN = re.compile(rb'("api_domain"\s*:\s*)"(?:[^"\\]|\\.)*"')
+
+
+class UntrustedTokenResponse(ValueError):
+    """A token answer with an access token whose lifetime cannot be believed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,26 +43,64 @@ class LearnedToken:
     expires_at: float
 
 
-def decode_body(body: bytes, content_encoding: str) -> bytes | None:
-    """The body without its content coding, or None for a coding the proxy does not read."""
-    coding = content_encoding.strip().lower()
-    if coding in ("", "identity"):
-        return body
+def decode_body(body: bytes, content_encoding: str, limit: int = MAX_BODY) -> bytes | None:
+    """The body without its content codings, or None where the proxy cannot read it.
+
+    Reads gzip (multi-member too), deflate (zlib-wrapped or raw, as servers send both) and
+    identity, applied in the order ``Content-Encoding`` lists them; at most ``limit`` bytes.
+    """
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
     try:
-        if coding in ("gzip", "x-gzip"):
-            return zlib.decompress(body, wbits=31)
-        if coding == "deflate":
-            return zlib.decompress(body)
-    except zlib.error:
+        for coding in reversed(codings):
+            if coding in ("gzip", "x-gzip"):
+                body = _inflate(body, wbits=31, limit=limit, members=True)
+            elif coding == "deflate":
+                try:
+                    body = _inflate(body, wbits=15, limit=limit, members=False)
+                except zlib.error:
+                    body = _inflate(body, wbits=-15, limit=limit, members=False)
+            elif coding != "identity":
+                return None
+    except (zlib.error, _TooLarge):
         return None
-    return None
+    return body
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _inflate(data: bytes, wbits: int, limit: int, members: bool) -> bytes:
+    out = bytearray()
+    while True:
+        inflater = zlib.decompressobj(wbits=wbits)
+        out += inflater.decompress(data, limit + 1 - len(out))
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise _TooLarge()
+        if not inflater.eof:
+            raise zlib.error("truncated stream")
+        data = inflater.unused_data
+        if not (members and data):
+            return bytes(out)
+
+
+def is_json_object(body: bytes) -> bool:
+    """Whether a body parses as one JSON object, as every token answer does."""
+    try:
+        return isinstance(json.loads(body), dict)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
 
 
 def read_token_response(body: bytes, now: float | None = None) -> LearnedToken | None:
-    """What a successful token response teaches, or None when it teaches nothing."""
+    """What a successful token response teaches, or None when it teaches nothing.
+
+    Raises ``UntrustedTokenResponse`` for an access token whose ``expires_in`` is not a finite
+    number of seconds between 0 and a year (``1e999``, ``NaN``, negative): learn nothing.
+    """
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(document, dict):
         return None
@@ -63,27 +111,27 @@ def read_token_response(body: bytes, now: float | None = None) -> LearnedToken |
     )
     if not isinstance(token, str) or not token or not isinstance(scope, str):
         return None
-    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
         return None
+    if not (math.isfinite(lifetime) and 0 < lifetime <= MAX_LIFETIME):
+        raise UntrustedTokenResponse(
+            f"expires_in must be a number of seconds between 0 and {MAX_LIFETIME}"
+        )
     scopes = frozenset(name for name in re.split(r"[\s,]+", scope) if name)
     started = time.time() if now is None else now
     return LearnedToken(token_digest(token), scopes, started + float(lifetime))
 
 
-def revoked_token_digests(form: bytes) -> set[str]:
-    """Digests of the token a revoke request names (form field ``token``).
-
-    The official Node client percent-encodes the access token twice, so the once-decoded value
-    may still be encoded: both readings are forgotten. Forgetting one too many is harmless.
-    """
+def revoked_token_digest(form: bytes) -> str | None:
+    """Digest of the one token a revoke request names (form field ``token``), as the form
+    parser reads it: decoded once, exactly as the OAuth server decodes it. Anything else (no
+    token, several, a body that is not a form) names nothing to forget."""
     try:
         fields = parse_qsl(form.decode("ascii"), keep_blank_values=True)
-    except UnicodeDecodeError:
-        return set()
+    except (UnicodeDecodeError, ValueError):
+        return None
     tokens = [value for name, value in fields if name == "token" and value]
-    if len(tokens) != 1:
-        return set()
-    return {token_digest(tokens[0]), token_digest(unquote(tokens[0]))}
+    return token_digest(tokens[0]) if len(tokens) == 1 else None
 
 
 def rewrite_api_domain(body: bytes, public_url: str) -> bytes:

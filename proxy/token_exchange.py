@@ -2,7 +2,9 @@
 
 A successful exchange teaches the proxy the new access token's scopes (see ``proxy.oauth`` for
 the reading itself); a revocation makes it forget the token; ``api_domain`` is pointed at the
-proxy so that clients keep calling through it.
+proxy so that clients keep calling through it. The OAuth server is asked only for content
+codings the proxy reads, and a successful token answer it cannot read is a 502: passed on
+unread, it would teach nothing and send the client around the proxy.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from proxy import oauth
 from proxy.canonical import CanonicalRequest
 from proxy.credentials import fingerprint
-from proxy.errors import MethodNotAllowed, RequestTooLarge
-from proxy.forward import read_limited, send_continue
-from proxy.logs import get_logger
+from proxy.errors import AmbiguousRequest, MethodNotAllowed, RequestTooLarge, UpstreamUnreadable
+from proxy.forward import Fetched, end_to_end, read_limited, send_continue
+from proxy.logs import RequestRecord, get_logger
+from proxy.responses import DECISION_HEADER
 from proxy.state import METRICS, RECORD, STORE, UPSTREAM, Runtime
 from proxy.stores import StoreError
 
@@ -29,56 +31,77 @@ async def handle_oauth(
     record = request[RECORD]
     if canonical.method != "POST":
         raise MethodNotAllowed("the OAuth token endpoints take POST")
+    if "Content-Encoding" in request.headers:
+        raise AmbiguousRequest("an OAuth request body must not be content-encoded")
     record.decision, record.reason = "allow", "oauth_passthrough"
     await send_continue(request)
     too_large = RequestTooLarge(f"an OAuth request body over {oauth.MAX_BODY} bytes")
     form = await read_limited(request.content, oauth.MAX_BODY, too_large)
-    config = runtime.config
-    store, metrics = request.app[STORE], request.app[METRICS]
+
+    headers = end_to_end(request.headers)
+    headers["Accept-Encoding"] = oauth.ACCEPT_ENCODING
+    url = runtime.config.upstream.oauth_url + canonical.target
+    answer = await request.app[UPSTREAM].fetch("POST", url, headers, form)
+    record.upstream_status = answer.status
+
+    if not 200 <= answer.status < 300:
+        return _respond(answer, answer.body, record)  # a failed exchange teaches nothing
+    if canonical.path == oauth.REVOKE_PATH:
+        await _forget(request, oauth.revoked_token_digest(form))
+        return _respond(answer, answer.body, record)
+    plain = oauth.decode_body(answer.body, answer.headers.get("Content-Encoding", ""))
+    if plain is None or not oauth.is_json_object(plain):
+        get_logger().warning(
+            "oauth_response_unreadable", encoding=answer.headers.get("Content-Encoding")
+        )
+        raise UpstreamUnreadable("the OAuth server's answer could not be read")
+    await _learn(request, record, plain)
+    if not runtime.config.rewrite_api_domain or b'"api_domain"' not in plain:
+        return _respond(answer, answer.body, record)
+    public_url = runtime.config.public_url or f"{request.scheme}://{request.host}"
+    answer.headers.popall("Content-Encoding", None)
+    return _respond(answer, oauth.rewrite_api_domain(plain, public_url), record)
+
+
+async def _learn(request: web.Request, record: RequestRecord, plain: bytes) -> None:
+    """Store the scopes a token answer grants, if it grants any the proxy can trust."""
     log = get_logger()
-
-    async def learn(
-        status: int, headers: CIMultiDict[str], body: bytes
-    ) -> tuple[CIMultiDict[str], bytes]:
-        if not 200 <= status < 300:
-            return headers, body  # a failed exchange teaches nothing
-        if canonical.path == oauth.REVOKE_PATH:
-            for digest in oauth.revoked_token_digests(form):
-                try:
-                    await store.forget(digest)
-                except StoreError as error:
-                    metrics.store_errors.labels("forget").inc()
-                    log.error(
-                        "token_not_forgotten", token_fp=fingerprint(digest), problem=str(error)
-                    )
-            return headers, body
-        plain = oauth.decode_body(body, headers.get("Content-Encoding", ""))
-        if plain is None:
-            log.warning("oauth_response_unreadable", encoding=headers.get("Content-Encoding"))
-            return headers, body
+    try:
         learned = oauth.read_token_response(plain)
-        if learned is not None:
-            record.token_fp = fingerprint(learned.digest)
-            record.granted_scopes = sorted(learned.scopes)
-            try:
-                await store.put(learned.digest, learned.scopes, learned.expires_at)
-            except StoreError as error:
-                metrics.store_errors.labels("put").inc()
-                log.error("token_not_learned", token_fp=record.token_fp, problem=str(error))
-            else:
-                metrics.tokens_learned.inc()
-                log.info(
-                    "token_learned",
-                    token_fp=record.token_fp,
-                    granted_scopes=record.granted_scopes,
-                    expires_in=round(learned.expires_at - time.time()),
-                )
-        if config.rewrite_api_domain and b'"api_domain"' in plain:
-            public_url = config.public_url or f"{request.scheme}://{request.host}"
-            headers.popall("Content-Encoding", None)
-            return headers, oauth.rewrite_api_domain(plain, public_url)
-        return headers, body
-
-    return await request.app[UPSTREAM].forward(
-        request, config.upstream.oauth_url, canonical.target, record, body=form, transform=learn
+    except oauth.UntrustedTokenResponse as problem:
+        log.warning("token_not_learned", problem=str(problem))
+        return
+    if learned is None:
+        return
+    record.token_fp = fingerprint(learned.digest)
+    record.granted_scopes = sorted(learned.scopes)
+    try:
+        await request.app[STORE].put(learned.digest, learned.scopes, learned.expires_at)
+    except StoreError as error:
+        request.app[METRICS].store_errors.labels("put").inc()
+        log.error("token_not_learned", token_fp=record.token_fp, problem=str(error))
+        return
+    request.app[METRICS].tokens_learned.inc()
+    log.info(
+        "token_learned",
+        token_fp=record.token_fp,
+        granted_scopes=record.granted_scopes,
+        expires_in=round(learned.expires_at - time.time()),
     )
+
+
+async def _forget(request: web.Request, digest: str | None) -> None:
+    if digest is None:
+        return
+    try:
+        await request.app[STORE].forget(digest)
+    except StoreError as error:
+        request.app[METRICS].store_errors.labels("forget").inc()
+        get_logger().error("token_not_forgotten", token_fp=fingerprint(digest), problem=str(error))
+
+
+def _respond(answer: Fetched, body: bytes, record: RequestRecord) -> web.Response:
+    headers = answer.headers
+    headers.popall("Content-Length", None)
+    headers[DECISION_HEADER] = record.decision
+    return web.Response(status=answer.status, reason=answer.reason, headers=headers, body=body)

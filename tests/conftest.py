@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import http_parser, web, web_protocol
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import create_app
 from proxy.catalog import Catalogue
 from proxy.config import Config, parse_config
+from proxy.server import ProxyRunner
 
 AiohttpServer = Callable[..., Awaitable[TestServer]]
 AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -83,6 +84,24 @@ async def upstream(aiohttp_server: AiohttpServer) -> FakePipedrive:
     return fake
 
 
+PARSERS = {
+    "compiled parser": getattr(http_parser, "HttpRequestParserC", None),
+    "pure-Python parser": http_parser.HttpRequestParserPy,
+}
+
+
+@pytest.fixture(params=list(PARSERS))
+def http_parser_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test under each of aiohttp's HTTP request parsers (the compiled one, and the pure
+    Python one that ``AIOHTTP_NO_EXTENSIONS=1`` or a platform without the extension selects):
+    servers started during the test parse with it."""
+    parser = PARSERS[request.param]
+    if parser is None:
+        pytest.fail("aiohttp's compiled HTTP parser is not available in this installation")
+    monkeypatch.setattr(web_protocol, "HttpRequestParser", parser)
+    return str(request.param)
+
+
 def config_document(upstream_url: str, **overrides: Any) -> dict[str, Any]:
     document: dict[str, Any] = {
         "upstream": {
@@ -112,14 +131,26 @@ def grants(**scopes_by_token: list[str]) -> list[dict[str, Any]]:
 ProxyFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
+class ProxyTestServer(TestServer):
+    """The proxy app served as ``serve`` serves it: on the proxy's own runner."""
+
+    async def _make_runner(self, **kwargs: Any) -> ProxyRunner:
+        return ProxyRunner(self.app, **kwargs)
+
+
+async def proxy_client(
+    aiohttp_client: AiohttpClient, app: web.Application
+) -> TestClient[web.Request, web.Application]:
+    return await aiohttp_client(ProxyTestServer(app))
+
+
 @pytest.fixture
 def make_proxy(upstream: FakePipedrive, aiohttp_client: AiohttpClient) -> ProxyFactory:
     """Start the proxy in front of the fake upstream with config overrides."""
 
     async def start(**overrides: Any) -> TestClient[web.Request, web.Application]:
         config, catalogue = build_config(upstream.url, **overrides)
-        app = create_app(config, catalogue)
-        return await aiohttp_client(app)
+        return await proxy_client(aiohttp_client, create_app(config, catalogue))
 
     return start
 

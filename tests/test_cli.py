@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from tests.conftest import FakePipedrive, free_port, grants
+from tests.fakes import FakeOAuth
 from tests.test_refusals_raw import REFUSED
-from tests.test_stores import FakeOAuth
 
 ROOT = Path(__file__).parent.parent
 
@@ -234,14 +234,15 @@ async def test_pure_python_http_parser_gets_the_same_refusals(
     port = free_port()
     with serving(config_path, port, env={"AIOHTTP_NO_EXTENSIONS": "1"}):
         await wait_ready(port)
-        for name, request, _ in REFUSED:
+        for name, request, status, reason in REFUSED:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(request)
             await writer.drain()
-            status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+            answer = await asyncio.wait_for(reader.read(), timeout=10)
             writer.close()
-            status = int(status_line.split(b" ", 2)[1])
-            assert 400 <= status < 500, name
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert int(head.split(b" ", 2)[1]) == status, name
+            assert json.loads(body)["scope_proxy"]["reason"] == reason, name
     assert upstream.received == []
 
 

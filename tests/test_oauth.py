@@ -8,7 +8,13 @@ import zlib
 
 import pytest
 
-from proxy.oauth import decode_body, read_token_response, revoked_token_digests, rewrite_api_domain
+from proxy.oauth import (
+    UntrustedTokenResponse,
+    decode_body,
+    read_token_response,
+    revoked_token_digest,
+    rewrite_api_domain,
+)
 from tests.conftest import sha
 
 
@@ -46,14 +52,13 @@ def test_scope_string_is_read_tolerantly(scope: str, expected: set[str]) -> None
         response(access_token=None),
         response(scope=None),
         response(expires_in=None),
-        response(expires_in=0),
         response(expires_in="3599"),
         response(expires_in=True),
         b'{"success": false, "message": "Invalid grant"}',
         b"not json",
         b"[1, 2]",
     ],
-    ids=["no token", "no scope", "no lifetime", "zero lifetime", "string lifetime",
+    ids=["no token", "no scope", "no lifetime", "string lifetime",
          "boolean lifetime", "an error body", "not JSON", "not an object"],
 )  # fmt: skip
 def test_responses_that_teach_nothing(body: bytes) -> None:
@@ -71,16 +76,39 @@ def test_api_domain_is_replaced_and_every_other_byte_kept() -> None:
 
 def test_content_codings() -> None:
     assert decode_body(b"x", "") == b"x"
+    assert decode_body(b"x", "identity") == b"x"
     assert decode_body(gzip.compress(b"x"), "gzip") == b"x"
+    assert decode_body(gzip.compress(b"x"), "x-gzip") == b"x"
     assert decode_body(zlib.compress(b"x"), "deflate") == b"x"
     assert decode_body(b"x", "br") is None
     assert decode_body(b"not gzip", "gzip") is None
 
 
-def test_revocation_names_one_token_read_both_ways() -> None:
-    assert revoked_token_digests(b"token=v1u%3Aab&token_type_hint=access_token") == {
-        sha("v1u:ab"), sha("v1u:ab"),
-    }  # fmt: skip
-    assert revoked_token_digests(b"token=v1u%253Aab") == {sha("v1u%3Aab"), sha("v1u:ab")}
-    assert revoked_token_digests(b"token_type_hint=access_token") == set()
-    assert revoked_token_digests(b"token=a&token=b") == set()
+def test_gzip_members_and_raw_deflate_are_read_whole() -> None:
+    two_members = gzip.compress(b'{"a":') + gzip.compress(b"1}")
+    assert decode_body(two_members, "gzip") == b'{"a":1}'
+    raw = zlib.compressobj(wbits=-15)
+    assert decode_body(raw.compress(b"plain") + raw.flush(), "deflate") == b"plain"
+    assert decode_body(gzip.compress(zlib.compress(b"x")), "deflate, gzip") == b"x"
+
+
+def test_truncated_or_oversized_codings_are_unreadable() -> None:
+    assert decode_body(gzip.compress(b"x" * 100)[:-12], "gzip") is None
+    bomb = gzip.compress(b"0" * (2 * 1024 * 1024))
+    assert decode_body(bomb, "gzip", limit=256 * 1024) is None
+
+
+def test_revocation_forgets_only_the_token_the_form_parser_reads() -> None:
+    assert revoked_token_digest(b"token=v1u%3Aab&token_type_hint=access_token") == sha("v1u:ab")
+    # Decoded once, as the OAuth server decodes it: never a second reading of another token.
+    assert revoked_token_digest(b"token=v1u%253Aab") == sha("v1u%3Aab")
+    assert revoked_token_digest(b"token_type_hint=access_token") is None
+    assert revoked_token_digest(b"token=a&token=b") is None
+    assert revoked_token_digest(b"token=\xff") is None
+
+
+@pytest.mark.parametrize("lifetime", ["1e999", "-1e999", "NaN", "-5", "0", "40000000"])
+def test_an_unbelievable_lifetime_teaches_nothing(lifetime: str) -> None:
+    body = ('{"access_token":"t","scope":"base","expires_in":' + lifetime + "}").encode()
+    with pytest.raises(UntrustedTokenResponse):
+        read_token_response(body)

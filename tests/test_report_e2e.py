@@ -59,10 +59,10 @@ async def play(port: int, scenario: list[tuple[str, str, str]]) -> list[tuple[in
     return seen
 
 
-async def fetch(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+async def fetch(port: int, path: str, method: str = "GET", **options: Any) -> tuple[int, str]:
     async with (
         aiohttp.ClientSession() as client,
-        client.request(method, f"http://127.0.0.1:{port}{path}") as response,
+        client.request(method, f"http://127.0.0.1:{port}{path}", **options) as response,
     ):
         return response.status, await response.text()
 
@@ -145,7 +145,10 @@ async def test_reset_starts_a_new_staging_run(tmp_path: Path, upstream: FakePipe
         await play(port, SCENARIO[:2])
         assert json.loads((await fetch(port, "/_proxy/report"))[1])["overall"]["requests"] == 2
         assert (await fetch(port, "/_proxy/report/reset"))[0] == 405
-        assert (await fetch(port, "/_proxy/report/reset", "POST"))[0] == 200
+        # A cross-site form or text/plain POST (a CORS "simple" request) cannot reset it.
+        assert (await fetch(port, "/_proxy/report/reset", "POST", data="x"))[0] == 415
+        assert json.loads((await fetch(port, "/_proxy/report"))[1])["overall"]["requests"] == 2
+        assert (await fetch(port, "/_proxy/report/reset", "POST", json={}))[0] == 200
         assert json.loads((await fetch(port, "/_proxy/report"))[1])["overall"]["requests"] == 0
 
 

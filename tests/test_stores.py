@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
-import json
-import secrets
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from proxy.app import create_app
@@ -19,46 +15,16 @@ from proxy.stores.base import TokenStore
 from tests.conftest import (
     FakePipedrive,
     ProxyFactory,
-    Received,
     RedisServer,
     build_config,
     envelope,
     grants,
+    proxy_client,
     sha,
 )
+from tests.fakes import FakeOAuth
 
 BASIC = {"Authorization": "Basic Y2xpZW50OnNlY3JldA=="}  # client:secret, as the Node client sends
-
-
-class FakeOAuth:
-    """Pipedrive's token endpoint: hands out a fresh token with the scopes a test chooses."""
-
-    def __init__(self, scope: str = "base,deals:read", expires_in: int = 3599) -> None:
-        self.scope = scope
-        self.expires_in = expires_in
-        self.issued: list[str] = []
-        self.compress = False
-
-    async def respond(self, request: web.Request, seen: Received) -> web.StreamResponse:
-        if not seen.raw_path.startswith("/oauth/"):
-            return web.json_response({"success": True, "data": []})  # an ordinary API call
-        if seen.raw_path == "/oauth/revoke":
-            return web.json_response({})
-        form = dict(pair.split("=", 1) for pair in seen.body.decode().split("&"))
-        if form.get("code") == "spent" or form.get("refresh_token") == "spent":
-            return web.json_response({"success": False, "message": "Invalid grant"}, status=400)
-        token = f"v1u:{secrets.token_urlsafe(48)}:{secrets.token_urlsafe(24)}"
-        self.issued.append(token)
-        body = json.dumps(
-            {"access_token": token, "token_type": "Bearer", "refresh_token": "1:1:" + "ab" * 20,
-             "scope": self.scope, "expires_in": self.expires_in,
-             "api_domain": "https://acme.pipedrive.com"},
-            separators=(",", ":"),
-        ).encode()  # fmt: skip
-        headers = {"Content-Type": "application/json", "x-correlation-id": "oauth-1"}
-        if self.compress:
-            body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
-        return web.Response(body=body, headers=headers)
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -209,8 +175,7 @@ async def test_api_domain_points_at_the_proxy_and_nothing_else_changes(
 async def test_compressed_token_response_is_still_learned(
     make_proxy: ProxyFactory, upstream: FakePipedrive
 ) -> None:
-    oauth = FakeOAuth(scope="deals:read")
-    oauth.compress = True
+    oauth = FakeOAuth(scope="deals:read", encoding="gzip")
     upstream.respond = oauth.respond
     client = await make_proxy()
     body = await (await exchange(client)).json()
@@ -225,11 +190,11 @@ async def test_sqlite_survives_a_restart_and_holds_no_raw_token(
     database = tmp_path / "tokens.db"
     upstream.respond = FakeOAuth(scope="deals:read").respond
     config, catalogue = build_config(upstream.url, store=f"sqlite://{database}")
-    first = await aiohttp_client(create_app(config, catalogue))
+    first = await proxy_client(aiohttp_client, create_app(config, catalogue))
     token = (await (await exchange(first)).json())["access_token"]
     await first.close()
     upstream.respond = None
-    second = await aiohttp_client(create_app(config, catalogue))
+    second = await proxy_client(aiohttp_client, create_app(config, catalogue))
     assert (
         await second.get("/v1/deals", headers={"Authorization": f"Bearer {token}"})
     ).status == 200
@@ -246,16 +211,18 @@ async def test_redis_down_fails_closed_keeps_static_grants_and_recovers(
     config, catalogue = build_config(
         upstream.url, store=redis_server.url, tokens=grants(static=["deals:read"])
     )
-    learner = await aiohttp_client(create_app(config, catalogue))
+    learner = await proxy_client(aiohttp_client, create_app(config, catalogue))
     token = (await (await exchange(learner)).json())["access_token"]
     upstream.respond = None
-    other = await aiohttp_client(create_app(config, catalogue))  # a replica with a cold cache
+    other = await proxy_client(
+        aiohttp_client, create_app(config, catalogue)
+    )  # a replica with a cold cache
     auth = {"Authorization": f"Bearer {token}"}
     assert (await other.get("/v1/deals", headers=auth)).status == 200  # learned through another app
 
     redis_server.stop()
     upstream.received.clear()
-    fresh = await aiohttp_client(create_app(config, catalogue))
+    fresh = await proxy_client(aiohttp_client, create_app(config, catalogue))
     refused = await fresh.get("/v1/deals", headers=auth)
     assert refused.status == 503
     assert envelope(await refused.read())["error"].startswith("token store unavailable")

@@ -1,0 +1,181 @@
+"""Upstreams that behave like real servers the proxy may sit in front of, written on raw sockets
+so that what they parse is exactly what the proxy sent, framing included."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import secrets
+import zlib
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from tests.conftest import Received
+
+
+@dataclass
+class Parsed:
+    """One request head as the upstream parsed it, and the body it then read."""
+
+    connection: int
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+    @property
+    def request_id(self) -> str | None:
+        return self.headers.get("x-request-id")
+
+
+@dataclass
+class EagerUpstream:
+    """An HTTP/1.1 server that answers as soon as a request head arrives and only then reads
+    the body the head declares, as Node's ``http`` and Go's ``net/http`` do.
+
+    ``ignore_get_body``: read no body on GET and HEAD, whatever their head declares, as servers
+    open to CL.0 and TE.0 desynchronisation do: such a body is read as the next request.
+    Every head it parses is recorded, garbage included, with the connection it came on.
+    """
+
+    ignore_get_body: bool = False
+    received: list[Parsed] = field(default_factory=list)
+    cut_mid_body: list[int] = field(default_factory=list)  # connections closed inside a body
+    connections: int = 0
+    url: str = ""
+    _server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        connection = self.connections
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                request = _parse_head(connection, head)
+                self.received.append(request)
+                if request.method == "<garbage>":
+                    writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                    return
+                answer = json.dumps(
+                    {"connection": connection, "method": request.method,
+                     "target": request.target, "request_id": request.request_id}
+                ).encode()  # fmt: skip
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(answer)).encode() + b"\r\n\r\n" + answer
+                )
+                await writer.drain()
+                if self.ignore_get_body and request.method in ("GET", "HEAD"):
+                    continue
+                try:
+                    request.body = await _read_body(reader, request.headers)
+                except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                    self.cut_mid_body.append(connection)
+                    return
+        finally:
+            writer.close()
+
+
+def _parse_head(connection: int, head: bytes) -> Parsed:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return Parsed(connection, "<garbage>", lines[0], {})
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    return Parsed(connection, parts[0], parts[1], headers)
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                return body
+            body += chunk[:-2]
+    return await reader.readexactly(int(headers.get("content-length", "0")))
+
+
+class FakeOAuth:
+    """Pipedrive's token endpoint: hands out a fresh token with the scopes a test chooses.
+
+    ``tokens``: the access tokens to hand out, in order (random ones after those).
+    ``encoding``: how the answer is encoded. ``identity``, ``gzip``, ``deflate`` or ``br`` (the
+    proxy reads no brotli: opaque bytes stand for it), always; or ``negotiate``, which picks
+    from the request's ``Accept-Encoding`` like a real server: br, then gzip, then identity.
+    """
+
+    def __init__(
+        self,
+        scope: str = "base,deals:read",
+        expires_in: float = 3599,
+        encoding: str = "identity",
+        tokens: tuple[str, ...] = (),
+    ) -> None:
+        self.scope = scope
+        self.tokens = list(tokens)
+        self.expires_in = expires_in
+        self.encoding = encoding
+        self.issued: list[str] = []
+        self.accepted: list[str | None] = []  # each token request's Accept-Encoding
+
+    async def respond(self, request: web.Request, seen: Received) -> web.StreamResponse:
+        if not seen.raw_path.startswith("/oauth/"):
+            return web.json_response({"success": True, "data": []})  # an ordinary API call
+        if seen.raw_path == "/oauth/revoke":
+            return web.json_response({})
+        form = dict(pair.split("=", 1) for pair in seen.body.decode().split("&"))
+        if form.get("code") == "spent" or form.get("refresh_token") == "spent":
+            return web.json_response({"success": False, "message": "Invalid grant"}, status=400)
+        token = (
+            self.tokens.pop(0)
+            if self.tokens
+            else f"v1u:{secrets.token_urlsafe(48)}:{secrets.token_urlsafe(24)}"
+        )
+        self.issued.append(token)
+        body = json.dumps(
+            {"access_token": token, "token_type": "Bearer", "refresh_token": "1:1:" + "ab" * 20,
+             "scope": self.scope, "expires_in": self.expires_in,
+             "api_domain": "https://acme.pipedrive.com"},
+            separators=(",", ":"),
+        ).encode()  # fmt: skip
+        headers = {"Content-Type": "application/json", "x-correlation-id": "oauth-1"}
+        accept = request.headers.get("Accept-Encoding")
+        self.accepted.append(accept)
+        encoding = self.encoding
+        if encoding == "negotiate":
+            offered = (accept or "").replace(" ", "").split(",")
+            encoding = next((c for c in ("br", "gzip") if c in offered), "identity")
+        if encoding != "identity":
+            body = _ENCODERS[encoding](body)
+            headers["Content-Encoding"] = encoding
+        return web.Response(body=body, headers=headers)
+
+
+_ENCODERS = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "br": lambda body: os.urandom(len(body)),  # brotli the proxy cannot read, whatever it holds
+}
