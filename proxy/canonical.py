@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from proxy.errors import AmbiguousRequest, MalformedRequest, MethodNotAllowed
+from proxy.errors import AmbiguousRequest, MalformedRequest
 
 MAX_TARGET_LENGTH = 8000
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+SERVED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")  # as an Allow header lists them
+METHODS = frozenset(SERVED_METHODS)
 BODYLESS_METHODS = frozenset({"GET", "HEAD"})
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -76,11 +77,10 @@ class CanonicalRequest:
 def canonicalize(
     method: str, target: str, headers: Sequence[tuple[bytes, bytes]]
 ) -> CanonicalRequest:
-    """Check the method, the raw request target and the headers; return the one reading."""
+    """Check the raw request target and the headers; return the one reading. Which methods a
+    path takes is for its handler to say (a 405 lists them)."""
     if method == "CONNECT":
         raise MalformedRequest("CONNECT asks for a tunnel, which the proxy does not open")
-    if method not in METHODS:
-        raise MethodNotAllowed("the Pipedrive API serves GET, HEAD, POST, PUT, PATCH and DELETE")
     check_headers(method, headers)
     if len(target) > MAX_TARGET_LENGTH:
         raise AmbiguousRequest(f"request target longer than {MAX_TARGET_LENGTH} bytes")

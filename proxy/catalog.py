@@ -22,9 +22,27 @@ from proxy.matching import AmbiguousTemplates, Router
 
 VERSIONS = ("v1", "v2")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-# How each API version is spelled in front of a template, for people and logs.
+# The URL prefixes apps call each API version by (PHP client, Node client, v2)...
+API_PREFIXES = (("/v1/", "v1"), ("/api/v1/", "v1"), ("/api/v2/", "v2"))
+# ... and how each version is spelled in front of a template, for people and logs.
 DISPLAY_PREFIX = {"v1": "/v1", "v2": "/api/v2"}
 _PARAM = re.compile(r"\{[^{}/]+\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """An API call's version and its path segments after the version prefix."""
+
+    version: str
+    segments: tuple[str, ...]
+
+
+def api_route(path: str) -> Route | None:
+    """The route of a path under one of the API prefixes, else None."""
+    for prefix, version in API_PREFIXES:
+        if path.startswith(prefix):
+            return Route(version, tuple(path[len(prefix) :].split("/")))
+    return None
 
 
 class CatalogueError(ValueError):
@@ -83,10 +101,16 @@ class Catalogue:
     def __len__(self) -> int:
         return len(self.endpoints)
 
-    def match(self, version: str, method: str, segments: tuple[str, ...]) -> Endpoint | None:
+    def match(self, route: Route, method: str) -> Endpoint | None:
         """The endpoint a request path calls; HEAD is looked up as GET."""
-        router = self._routers.get((version, "GET" if method == "HEAD" else method))
-        return router.match(segments) if router is not None else None
+        router = self._routers.get((route.version, "GET" if method == "HEAD" else method))
+        return router.match(route.segments) if router is not None else None
+
+    def methods(self, route: Route) -> tuple[str, ...]:
+        """The methods some endpoint takes at this path (HEAD wherever GET is), in the order
+        an ``Allow`` header lists them."""
+        order = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        return tuple(method for method in order if self.match(route, method) is not None)
 
     def count(self, version: str) -> int:
         return sum(1 for endpoint in self.endpoints if endpoint.version == version)

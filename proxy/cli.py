@@ -1,40 +1,26 @@
-"""Command line: ``serve`` (the default), ``check`` and ``explain``.
+"""Command line: ``serve`` (the default), ``check``, ``explain`` and ``report``.
 
 Every user error (a bad config key, an unknown scope, malformed YAML) is one line on stderr
-naming what is wrong, and exit status 2; never a traceback.
+naming what is wrong, and exit status 2; never a traceback. Only ``serve`` loads the server
+(aiohttp, the stores, Prometheus): the other commands start fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing
-import os
-import shutil
-import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 
-from aiohttp import web
-
 from proxy import __version__
-from proxy.app import api_route, create_app
-from proxy.canonical import canonicalize
-from proxy.catalog import Catalogue, CatalogueError, Endpoint
-from proxy.config import Config, ConfigError, Listen, load_config
-from proxy.decision import decide
-from proxy.errors import ProxyError
-from proxy.logs import configure_logging, get_logger
-from proxy.metrics import MULTIPROCESS_DIR
+from proxy.canonical import METHODS, canonicalize
+from proxy.catalog import API_PREFIXES, Catalogue, Endpoint, api_route
+from proxy.config import ConfigError, Listen, load
+from proxy.decision import Grant, authorize
+from proxy.errors import MethodNotAllowed, ProxyError
+from proxy.reasons import Reason
 from proxy.report import build_report, calls_from_log, render_text
-from proxy.server import ProxyRunner
-from proxy.state import RUNTIME, Runtime
-from proxy.stores import StoreError
-
-SHUTDOWN_SECONDS = 30.0
 
 
 class UsageError(Exception):
@@ -94,15 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "report":
             return report(args.log, args.format, args.app_scopes)
         return serve(args.config, args.host, args.port, args.workers)
-    except (ConfigError, UsageError, StoreError) as error:
+    except (ConfigError, UsageError) as error:
         print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
         return 2
 
 
 def check(config_path: str | None) -> int:
-    config, catalogue = load_config(config_path)
+    config, catalogue = load(config_path)
     print(
-        f"{config.source}: ok: mode {config.policy.mode}, store {config.store.split('://')[0]}, "
+        f"{config.source}: ok: mode {config.policy.mode}, store {config.store.kind}, "
         f"{len(catalogue)} endpoints (v1 {catalogue.count('v1')}, v2 {catalogue.count('v2')}), "
         f"{len(config.tokens)} static grants"
     )
@@ -111,17 +97,20 @@ def check(config_path: str | None) -> int:
 
 def explain(config_path: str | None, method: str, path: str, scopes: str | None) -> int:
     """Print the endpoint a call matches, its scopes, and the decision for ``--scopes``."""
-    config, catalogue = load_config(config_path)
+    config, catalogue = load(config_path)
     method = method.upper()
     granted = _parse_scopes(scopes, catalogue) if scopes is not None else None
     try:  # the proxy's own reading of the request, refusals included
         route = api_route(canonicalize(method, path, ()).path)
         if route is None:
-            raise UsageError(f"path {path!r} is not under /v1/, /api/v1/ or /api/v2/")
-        endpoint = catalogue.match(route[0], method, route[1])
+            prefixes = ", ".join(prefix for prefix, _ in API_PREFIXES)
+            raise UsageError(f"path {path!r} is not under {prefixes}")
+        if method not in METHODS:
+            raise MethodNotAllowed(catalogue.methods(route))
     except ProxyError as error:
         print(f"{method} {path}\n  refused with {error.status}: {error.message}")
         return 1
+    endpoint = catalogue.match(route, method)
     lines = [f"{method} {path}"]
     if endpoint is None:
         lines.append("  endpoint:        none in the catalogue")
@@ -141,25 +130,26 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
     if granted is None:
         print("\n".join(lines))
         return 0
-    decision = decide(config.policy, endpoint, granted)
+    grant = Grant(granted, "--scopes")
+    decision = authorize(catalogue, config.policy, route, method, None, grant, None)
     lines.append(f"  granted scopes:  {', '.join(sorted(granted)) or '(none)'} (base is implied)")
     lines.append(f"  decision:        {decision.verdict} ({decision.reason})")
-    lines.append(f"  why:             {_why(decision.reason, endpoint, granted, app_scopes)}")
+    lines.append(f"  why:             {_why(decision.reason, endpoint, granted)}")
     print("\n".join(lines))
     return 0 if decision.verdict == "allow" else 1
 
 
-def _why(
-    reason: str, endpoint: Endpoint | None, granted: frozenset[str], app: frozenset[str] | None
-) -> str:
+def _why(reason: Reason, endpoint: Endpoint | None, granted: frozenset[str]) -> str:
     if endpoint is None:
         return "no catalogue entry matches; unknown endpoints are " + (
-            "forwarded (unknown_endpoints: allow)" if reason.endswith("allowed") else "refused"
+            "forwarded (unknown_endpoints: allow)"
+            if reason is Reason.UNKNOWN_ENDPOINT_ALLOWED
+            else "refused"
         )
     accepted = ", ".join(endpoint.scope_list)
-    if reason == "out_of_scope":
+    if reason is Reason.OUT_OF_SCOPE:
         return f"none of the granted scopes accepts {endpoint.name}; it needs one of: {accepted}"
-    if reason == "outside_app_scopes":
+    if reason is Reason.OUTSIDE_APP_SCOPES:
         return f"the app declares none of the scopes that accept it ({accepted})"
     held = sorted(endpoint.scopes & (granted | {"base"}))
     return f"{' and '.join(held)} accepts {endpoint.name}"
@@ -202,116 +192,20 @@ def report(log: str, format: str, app_scopes: str | None) -> int:
 
 
 def serve(config_path: str | None, host: str | None, port: int | None, workers: int) -> int:
-    config, catalogue = load_config(config_path)
+    """Check what was asked, then serve (see ``proxy.serving``)."""
+    config, catalogue = load(config_path)
     listen = Listen(host or config.listen.host, config.listen.port if port is None else port)
     config = replace(config, listen=listen)
     if workers < 1:
         raise UsageError("--workers: expected at least 1")
-    if workers > 1 and config.store == "memory":
+    if workers > 1 and config.store.kind == "memory":
         raise UsageError(
             "--workers: store 'memory' lives inside one process; with several workers use "
             "store: sqlite:///path/tokens.db or store: redis://host:6379/0"
         )
-    if workers == 1:
-        asyncio.run(run_worker(config_path, config, catalogue, reuse_port=False))
-        return 0
-    return supervise(config_path, listen, workers)
+    from proxy import serving  # the server and its dependencies, only when serving
 
-
-async def run_worker(
-    config_path: str | None, config: Config, catalogue: Catalogue, reuse_port: bool
-) -> None:
-    """Serve until SIGTERM or SIGINT; finish in-flight requests (bounded); SIGHUP reloads."""
-    configure_logging(config.logging.format, config.logging.level)
-    app = create_app(config, catalogue)
-    runner = ProxyRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
-    )
-    await runner.setup()
-    site = web.TCPSite(
-        runner, config.listen.host, config.listen.port, reuse_port=reuse_port or None
-    )
     try:
-        await site.start()
-    except OSError as error:
-        await runner.cleanup()
-        where = f"{config.listen.host}:{config.listen.port}"
-        problem = os.strerror(error.errno) if error.errno else str(error)
-        raise UsageError(f"cannot listen on {where}: {problem}") from None
-    for address in runner.addresses:
-        get_logger().info("listening", host=address[0], port=address[1], pid=os.getpid())
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload, app, config_path, config)
-    try:
-        await stop.wait()
-        get_logger().info("shutting_down", grace_seconds=SHUTDOWN_SECONDS)
-    finally:
-        await runner.cleanup()
-
-
-def reload(app: web.Application, config_path: str | None, running: Config) -> None:
-    """Swap in a new config and catalogue; keep the old ones if the new ones are invalid."""
-    try:
-        config, catalogue = load_config(config_path)
-    except (ConfigError, CatalogueError) as error:
-        get_logger().error("reload_failed", problem=str(error))
-        return
-    config = replace(config, listen=running.listen)
-    app[RUNTIME].current = Runtime.build(config, catalogue)
-    restart_only = [
-        key
-        for key in ("upstream", "store", "logging")
-        if getattr(config, key) != getattr(running, key)
-    ]
-    get_logger().info(
-        "reloaded",
-        mode=config.policy.mode,
-        catalogue_size=len(catalogue),
-        needs_restart=restart_only,
-    )
-
-
-def _worker_main(config_path: str | None, listen: Listen) -> None:
-    try:
-        config, catalogue = load_config(config_path)
-        config = replace(config, listen=listen)
-        asyncio.run(run_worker(config_path, config, catalogue, reuse_port=True))
-    except (ConfigError, UsageError) as error:
-        print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
-def supervise(config_path: str | None, listen: Listen, workers: int) -> int:
-    """Run ``workers`` processes on one port (SO_REUSEPORT); stop them all together."""
-    # Workers count into files in one directory, so any of them can report the sum.
-    metrics_dir = tempfile.mkdtemp(prefix="pipedrive-scope-proxy-metrics-")
-    os.environ[MULTIPROCESS_DIR] = metrics_dir
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker_main, args=(config_path, listen), name=f"worker-{i}")
-        for i in range(workers)
-    ]
-    for process in processes:
-        process.start()
-
-    def forward(signum: int, _frame: object) -> None:
-        for process in processes:
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    status = 0
-    try:
-        while any(process.is_alive() for process in processes):
-            for process in processes:
-                process.join(timeout=0.5)
-                if process.exitcode not in (None, 0) and status == 0:
-                    status = process.exitcode if process.exitcode > 0 else 1
-                    forward(signal.SIGTERM, None)  # one worker failed: stop the rest
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-    return status
+        return serving.serve(config_path, config, catalogue, workers)
+    except serving.ServeError as error:
+        raise UsageError(str(error)) from None

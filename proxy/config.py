@@ -2,27 +2,31 @@
 
 Every problem raises ``ConfigError`` naming the key path and what is wrong with it
 (``upstream.api_url: not an absolute http(s) URL``); the CLI prints that line and exits 2.
+Reading the config (``load_config``) and checking its scope names against the catalogue it
+names (``catalogue_for``) are two steps; ``load`` does both.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
 from proxy.catalog import Catalogue, CatalogueError, load_catalogue
 from proxy.credentials import token_digest
-from proxy.decision import Grant, Policy
+from proxy.decision import ENDPOINT_FALLBACKS, FALLBACKS, MODES, Grant, Policy
 
 ENV_CONFIG = "PIPEDRIVE_SCOPE_PROXY_CONFIG"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 T = TypeVar("T")
+C = TypeVar("C", bound=str)
+StoreKind = Literal["memory", "sqlite", "redis"]
 
 
 class ConfigError(ValueError):
@@ -40,7 +44,7 @@ class Listen:
 
 
 @dataclass(frozen=True)
-class Upstream:
+class UpstreamSettings:
     api_url: str = "https://api.pipedrive.com"
     oauth_url: str = "https://oauth.pipedrive.com"
     connect_timeout: float = 5.0
@@ -61,17 +65,60 @@ class Logging:
 
 
 @dataclass(frozen=True)
+class StoreUrl:
+    """Where learned tokens live, parsed once: ``memory``, ``sqlite://PATH``, ``redis://...``."""
+
+    url: str = "memory"
+
+    @property
+    def kind(self) -> StoreKind:
+        scheme = self.url.split("://", 1)[0]
+        return (
+            "sqlite" if scheme == "sqlite" else "redis" if scheme.startswith("redis") else "memory"
+        )
+
+    @property
+    def sqlite_path(self) -> str:
+        """``sqlite:///var/lib/t.db`` -> ``/var/lib/t.db``; ``sqlite://t.db`` -> ``t.db``."""
+        return self.url.removeprefix("sqlite://")
+
+    @property
+    def redacted(self) -> str:
+        """The URL as logs and messages show it: any password replaced by ``***``."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        return urlunsplit(parts._replace(netloc=user + netloc))
+
+    @classmethod
+    def parse(cls, value: Any) -> StoreUrl:
+        text = _require(value, str, "store", "memory, sqlite:///path or redis://host:port/db")
+        if text == "memory":
+            return cls(text)
+        scheme = text.split("://", 1)[0] if "://" in text else ""
+        if scheme == "sqlite" and len(text) > len("sqlite://"):
+            return cls(text)
+        if scheme in ("redis", "rediss") and urlsplit(text).hostname:
+            return cls(text)
+        raise ConfigError("store", "expected memory, sqlite:///path/file.db or redis://host:6379/0")
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen = field(default_factory=Listen)
-    upstream: Upstream = field(default_factory=Upstream)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     policy: Policy = field(default_factory=Policy)
     tokens: tuple[StaticGrant, ...] = ()
-    store: str = "memory"
+    store: StoreUrl = field(default_factory=StoreUrl)
     public_url: str | None = None
     rewrite_api_domain: bool = True
     catalog_extra: tuple[Path, ...] = ()
     logging: Logging = field(default_factory=Logging)
     source: str = "<defaults>"
+    # Every list of scope names, with its key path, for ``check_scopes``.
+    scope_lists: tuple[tuple[str, tuple[str, ...]], ...] = field(default=(), compare=False)
 
     def static_grants(self) -> dict[str, Grant]:
         """Static grants by token digest, ready for lookup."""
@@ -95,10 +142,11 @@ def _mapping(value: Any, key: str, allowed: set[str]) -> Mapping[str, Any]:
     return mapping
 
 
-def _choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(key, f"expected one of {' | '.join(choices)}, got {value!r}")
-    return cast(str, value)
+def _choice(value: Any, key: str, choices: tuple[C, ...]) -> C:
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise ConfigError(key, f"expected one of {' | '.join(choices)}, got {value!r}")
 
 
 def _url(value: Any, key: str) -> str:
@@ -118,27 +166,16 @@ def _seconds(value: Any, key: str) -> float:
     return float(number)
 
 
-def _scopes(value: Any, key: str, known: Mapping[str, str]) -> frozenset[str]:
+def _scope_names(value: Any, key: str) -> tuple[str, ...]:
     names = _require(value, list, key, "a list of scope names")
     for index, name in enumerate(names):
-        if name not in known:
-            raise ConfigError(f"{key}[{index}]", f"unknown scope {name!r}")
-    return frozenset(names)
+        _require(name, str, f"{key}[{index}]", "a scope name")
+    return tuple(names)
 
 
-def _store(value: Any) -> str:
-    text = _require(value, str, "store", "memory, sqlite:///path or redis://host:port/db")
-    if text == "memory":
-        return text
-    scheme = text.split("://", 1)[0] if "://" in text else ""
-    if scheme == "sqlite" and len(text) > len("sqlite://"):
-        return text
-    if scheme in ("redis", "rediss") and urlsplit(text).hostname:
-        return text
-    raise ConfigError("store", "expected memory, sqlite:///path/file.db or redis://host:6379/0")
-
-
-def _grant(raw: Any, key: str, known: Mapping[str, str], env: Mapping[str, str]) -> StaticGrant:
+def _grant(
+    raw: Any, key: str, env: Mapping[str, str], scope_lists: list[tuple[str, tuple[str, ...]]]
+) -> StaticGrant:
     entry = _mapping(raw, key, {"name", "sha256", "token_env", "scopes"})
     name = _require(entry.get("name"), str, f"{key}.name", "a name for this grant")
     if ("sha256" in entry) == ("token_env" in entry):
@@ -155,7 +192,9 @@ def _grant(raw: Any, key: str, known: Mapping[str, str], env: Mapping[str, str])
         digest = token_digest(token)
     if "scopes" not in entry:
         raise ConfigError(f"{key}.scopes", "missing: list the scopes this token holds")
-    return StaticGrant(name, digest, _scopes(entry["scopes"], f"{key}.scopes", known))
+    names = _scope_names(entry["scopes"], f"{key}.scopes")
+    scope_lists.append((f"{key}.scopes", names))
+    return StaticGrant(name, digest, frozenset(names))
 
 
 _TOP = {
@@ -169,9 +208,8 @@ def parse_config(
     base_dir: Path = Path("."),
     source: str = "<defaults>",
     env: Mapping[str, str] | None = None,
-    catalogue_loader: Callable[[tuple[Path, ...]], Catalogue] = load_catalogue,
-) -> tuple[Config, Catalogue]:
-    """Validate a parsed YAML document; return the config and the catalogue it names."""
+) -> Config:
+    """Validate a parsed YAML document into a ``Config`` (scope names are checked apart)."""
     env = os.environ if env is None else env
     top = _mapping(document, "", _TOP)
     listen_raw = _mapping(top.get("listen"), "listen", {"host", "port"})
@@ -183,43 +221,43 @@ def parse_config(
     up = _mapping(
         top.get("upstream"), "upstream", {"api_url", "oauth_url", "connect_timeout", "read_timeout"}
     )
-    upstream = Upstream(
-        _url(up.get("api_url", Upstream.api_url), "upstream.api_url"),
-        _url(up.get("oauth_url", Upstream.oauth_url), "upstream.oauth_url"),
+    defaults = UpstreamSettings()
+    upstream = UpstreamSettings(
+        _url(up.get("api_url", defaults.api_url), "upstream.api_url"),
+        _url(up.get("oauth_url", defaults.oauth_url), "upstream.oauth_url"),
         _seconds(up.get("connect_timeout", 5), "upstream.connect_timeout"),
         _seconds(up.get("read_timeout", 60), "upstream.read_timeout"),
     )
 
     extra_raw = _require(top.get("catalog_extra") or [], list, "catalog_extra", "a list of files")
-    extra = []
-    for index, item in enumerate(extra_raw):
-        name = _require(item, str, f"catalog_extra[{index}]", "a file path")
-        extra.append(base_dir / name)
-    try:
-        catalogue = catalogue_loader(tuple(extra))
-    except CatalogueError as error:
-        raise ConfigError("catalog_extra", str(error)) from None
-    known = catalogue.scopes
+    extra = tuple(
+        base_dir / _require(item, str, f"catalog_extra[{index}]", "a file path")
+        for index, item in enumerate(extra_raw)
+    )
 
+    scope_lists: list[tuple[str, tuple[str, ...]]] = []
     app_scopes = None
     if top.get("app_scopes") is not None:
-        app_scopes = _scopes(top["app_scopes"], "app_scopes", known)
-    fallbacks = ("deny", "app_scopes")
+        declared = _scope_names(top["app_scopes"], "app_scopes")
+        scope_lists.append(("app_scopes", declared))
+        app_scopes = frozenset(declared)
     policy = Policy(
-        mode=_choice(top.get("mode", "enforce"), "mode", ("enforce", "report")),  # type: ignore[arg-type]
+        mode=_choice(top.get("mode", "enforce"), "mode", MODES),
         app_scopes=app_scopes,
-        unknown_tokens=_choice(top.get("unknown_tokens", "deny"), "unknown_tokens", fallbacks),  # type: ignore[arg-type]
-        api_tokens=_choice(top.get("api_tokens", "deny"), "api_tokens", fallbacks),  # type: ignore[arg-type]
+        unknown_tokens=_choice(top.get("unknown_tokens", "deny"), "unknown_tokens", FALLBACKS),
+        api_tokens=_choice(top.get("api_tokens", "deny"), "api_tokens", FALLBACKS),
         unknown_endpoints=_choice(
-            top.get("unknown_endpoints", "deny"), "unknown_endpoints", ("deny", "allow")
-        ),  # type: ignore[arg-type]
+            top.get("unknown_endpoints", "deny"), "unknown_endpoints", ENDPOINT_FALLBACKS
+        ),
     )
     for key in ("unknown_tokens", "api_tokens"):
         if getattr(policy, key) == "app_scopes" and app_scopes is None:
             raise ConfigError(key, "app_scopes needs the top-level app_scopes list to be set")
 
     tokens_raw = _require(top.get("tokens") or [], list, "tokens", "a list of static grants")
-    tokens = tuple(_grant(raw, f"tokens[{i}]", known, env) for i, raw in enumerate(tokens_raw))
+    tokens = tuple(
+        _grant(raw, f"tokens[{i}]", env, scope_lists) for i, raw in enumerate(tokens_raw)
+    )
     digests = [t.digest for t in tokens]
     if len(set(digests)) != len(digests):
         raise ConfigError("tokens", "the same token is granted twice")
@@ -234,26 +272,24 @@ def parse_config(
             log_raw.get("level", "info"), "logging.level", ("debug", "info", "warning", "error")
         ),
     )
-    config = Config(
+    return Config(
         listen=listen,
         upstream=upstream,
         policy=policy,
         tokens=tokens,
-        store=_store(top.get("store", "memory")),
+        store=StoreUrl.parse(top.get("store", "memory")),
         public_url=public_url,
         rewrite_api_domain=_require(
             top.get("rewrite_api_domain", True), bool, "rewrite_api_domain", "true or false"
         ),
-        catalog_extra=tuple(extra),
+        catalog_extra=extra,
         logging=logging,
         source=source,
+        scope_lists=tuple(scope_lists),
     )
-    return config, catalogue
 
 
-def load_config(
-    path: str | None = None, env: Mapping[str, str] | None = None
-) -> tuple[Config, Catalogue]:
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read the config: ``--config``, else ``$PIPEDRIVE_SCOPE_PROXY_CONFIG``, else defaults."""
     env = os.environ if env is None else env
     path = path or env.get(ENV_CONFIG) or None
@@ -272,3 +308,30 @@ def load_config(
         problem = getattr(error, "problem", None) or "syntax error"
         raise ConfigError(str(file), f"malformed YAML: {where}{problem}") from None
     return parse_config(document, file.parent, str(file), env)
+
+
+def catalogue_for(
+    config: Config, loader: Callable[[Sequence[Path]], Catalogue] = load_catalogue
+) -> Catalogue:
+    """The catalogue a config names (shipped, plus ``catalog_extra``), with every scope name
+    the config uses checked against it."""
+    try:
+        catalogue = loader(config.catalog_extra)
+    except CatalogueError as error:
+        raise ConfigError("catalog_extra", str(error)) from None
+    check_scopes(config, catalogue)
+    return catalogue
+
+
+def check_scopes(config: Config, catalogue: Catalogue) -> None:
+    """Every scope name in the config is one the catalogue knows (``app_scopes[1]: ...``)."""
+    for key, names in config.scope_lists:
+        for index, name in enumerate(names):
+            if name not in catalogue.scopes:
+                raise ConfigError(f"{key}[{index}]", f"unknown scope {name!r}")
+
+
+def load(path: str | None = None, env: Mapping[str, str] | None = None) -> tuple[Config, Catalogue]:
+    """The config and its catalogue, both checked: what ``serve``, ``check`` and ``explain`` use."""
+    config = load_config(path, env)
+    return config, catalogue_for(config)

@@ -1,8 +1,10 @@
-"""The decision core: plain values in, a verdict out. No I/O, no aiohttp.
+"""The decision core: plain values in, a ``Decision`` out. No I/O, no aiohttp.
 
-Given the endpoint a request calls (or None), the scopes its token was granted and the policy
-from the config, ``decide`` says whether Pipedrive would accept the call, and why. ``explain``
-and the request handler both call it, so they cannot disagree.
+``authorize`` is the one decision of the proxy: given the API route and method a request calls,
+its credential and what is known of that credential's scopes, and the policy from the config,
+it says whether Pipedrive would accept the call, and why. Forwarding, Envoy's external
+authorization check and ``explain`` all call it; the log event, the metrics and the report
+entry of a request are all built from the ``Decision`` it returns.
 """
 
 from __future__ import annotations
@@ -10,13 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from proxy.catalog import Endpoint
-from proxy.credentials import CredentialKind
-from proxy.errors import ApiTokenNotScoped, UnknownToken
+from proxy.catalog import Catalogue, Endpoint, Route
+from proxy.credentials import Credential
+from proxy.errors import ApiTokenNotScoped, OutOfScope, ProxyError, UnknownToken
+from proxy.reasons import Reason
 
 Mode = Literal["enforce", "report"]
+Fallback = Literal["deny", "app_scopes"]
+EndpointFallback = Literal["deny", "allow"]
 Verdict = Literal["allow", "deny", "report"]
 BASE = "base"
+MODES: tuple[Mode, ...] = ("enforce", "report")
+FALLBACKS: tuple[Fallback, ...] = ("deny", "app_scopes")
+ENDPOINT_FALLBACKS: tuple[EndpointFallback, ...] = ("deny", "allow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,9 +33,9 @@ class Policy:
 
     mode: Mode = "enforce"
     app_scopes: frozenset[str] | None = None
-    unknown_tokens: Literal["deny", "app_scopes"] = "deny"
-    api_tokens: Literal["deny", "app_scopes"] = "deny"
-    unknown_endpoints: Literal["deny", "allow"] = "deny"
+    unknown_tokens: Fallback = "deny"
+    api_tokens: Fallback = "deny"
+    unknown_endpoints: EndpointFallback = "deny"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,43 +43,114 @@ class Grant:
     """The scopes a token holds, and where that knowledge came from."""
 
     scopes: frozenset[str]
-    source: str  # "static:<name>", "store", "app_scopes"
+    source: str  # "static:<name>", "store", "app_scopes", or how the CLI was told
+
+    @property
+    def name(self) -> str | None:
+        """The static grant's name, if the scopes come from one."""
+        return self.source.removeprefix("static:") if self.source.startswith("static:") else None
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    verdict: Verdict
-    reason: str
-    endpoint: Endpoint | None
-    granted_scopes: frozenset[str]
+    """What became of a call: forwarded (``allow``, or ``report`` where enforce mode would have
+    refused it) or refused (``deny``), why, and the facts the decision was made on."""
 
-    @property
-    def accepted_scopes(self) -> frozenset[str]:
-        return self.endpoint.scopes if self.endpoint is not None else frozenset()
+    verdict: Verdict
+    reason: Reason
+    method: str
+    version: str | None = None
+    endpoint: Endpoint | None = None
+    credential: Credential | None = None
+    grant: Grant | None = None
 
     @property
     def forwards(self) -> bool:
         return self.verdict != "deny"
 
+    @property
+    def accepted_scopes(self) -> tuple[str, ...]:
+        return self.endpoint.scope_list if self.endpoint is not None else ()
+
+    @property
+    def granted_scopes(self) -> list[str]:
+        return sorted(self.grant.scopes) if self.grant is not None else []
+
+    @property
+    def token_fp(self) -> str | None:
+        return self.credential.fingerprint if self.credential is not None else None
+
+    def refusal(self) -> ProxyError:
+        """The answer to a call this decision refuses."""
+        if self.reason is Reason.UNKNOWN_TOKEN:
+            return UnknownToken("the proxy does not know this token's scopes")
+        if self.reason is Reason.API_TOKEN_NOT_SCOPED:
+            return ApiTokenNotScoped()
+        return OutOfScope(
+            self.reason,
+            self.endpoint.name if self.endpoint is not None else None,
+            self.accepted_scopes,
+            self.granted_scopes,
+            detail=None if self.endpoint is not None else "no catalogue entry matches this path",
+        )
+
+
+def authorize(
+    catalogue: Catalogue,
+    policy: Policy,
+    route: Route,
+    method: str,
+    credential: Credential | None,
+    static: Grant | None,
+    stored: frozenset[str] | None,
+) -> Decision:
+    """Would Pipedrive accept this call? In report mode a scope refusal becomes ``report``.
+
+    Granted scopes come from, in order: a static grant, the token store (``stored``), then the
+    policy's fallbacks. Unknown tokens and unscoped API tokens are refused in either mode.
+    """
+    grant = resolve_grant(credential, static, stored, policy)
+    if isinstance(grant, Reason):
+        return Decision("deny", grant, method, route.version, credential=credential)
+    endpoint = catalogue.match(route, method)
+    verdict, reason = decide(policy, endpoint, grant.scopes)
+    return Decision(verdict, reason, method, route.version, endpoint, credential, grant)
+
+
+def decide(
+    policy: Policy, endpoint: Endpoint | None, granted: frozenset[str]
+) -> tuple[Verdict, Reason]:
+    """The verdict on calling ``endpoint`` (None: no catalogue entry) with ``granted`` scopes."""
+    if endpoint is None:
+        if policy.unknown_endpoints == "allow":
+            return "allow", Reason.UNKNOWN_ENDPOINT_ALLOWED
+        return _refused(policy), Reason.UNKNOWN_ENDPOINT
+    if not accepts(granted, endpoint):
+        return _refused(policy), Reason.OUT_OF_SCOPE
+    if policy.app_scopes is not None and not accepts(policy.app_scopes, endpoint):
+        return _refused(policy), Reason.OUTSIDE_APP_SCOPES
+    return "allow", Reason.IN_SCOPE
+
 
 def resolve_grant(
-    kind: CredentialKind,
+    credential: Credential | None,
     static: Grant | None,
     stored: frozenset[str] | None,
     policy: Policy,
-) -> Grant:
-    """Granted scopes, in order: static grant, token store, then the fallback policy."""
+) -> Grant | Reason:
+    """Granted scopes, in order: static grant, token store, then the fallback policy; or the
+    reason the credential has none."""
     if static is not None:
         return static
-    if kind == "api_token":
+    if credential is not None and credential.kind == "api_token":
         if policy.api_tokens == "app_scopes" and policy.app_scopes is not None:
             return Grant(policy.app_scopes, "app_scopes")
-        raise ApiTokenNotScoped()
+        return Reason.API_TOKEN_NOT_SCOPED
     if stored is not None:
         return Grant(stored, "store")
     if policy.unknown_tokens == "app_scopes" and policy.app_scopes is not None:
         return Grant(policy.app_scopes, "app_scopes")
-    raise UnknownToken("the proxy does not know this token's scopes")
+    return Reason.UNKNOWN_TOKEN
 
 
 def accepts(scopes: frozenset[str], endpoint: Endpoint) -> bool:
@@ -79,21 +158,5 @@ def accepts(scopes: frozenset[str], endpoint: Endpoint) -> bool:
     return BASE in endpoint.scopes or not scopes.isdisjoint(endpoint.scopes)
 
 
-def decide(policy: Policy, endpoint: Endpoint | None, granted: frozenset[str]) -> Decision:
-    """Would Pipedrive accept this call? In report mode a refusal becomes ``report``."""
-    if endpoint is None:
-        if policy.unknown_endpoints == "allow":
-            return Decision("allow", "unknown_endpoint_allowed", None, granted)
-        return _refuse(policy, "unknown_endpoint", None, granted)
-    if not accepts(granted, endpoint):
-        return _refuse(policy, "out_of_scope", endpoint, granted)
-    if policy.app_scopes is not None and not accepts(policy.app_scopes, endpoint):
-        return _refuse(policy, "outside_app_scopes", endpoint, granted)
-    return Decision("allow", "in_scope", endpoint, granted)
-
-
-def _refuse(
-    policy: Policy, reason: str, endpoint: Endpoint | None, granted: frozenset[str]
-) -> Decision:
-    verdict: Verdict = "report" if policy.mode == "report" else "deny"
-    return Decision(verdict, reason, endpoint, granted)
+def _refused(policy: Policy) -> Verdict:
+    return "report" if policy.mode == "report" else "deny"

@@ -2,19 +2,23 @@
 
 Every refusal is one of these exceptions; ``proxy.responses`` renders them, in one place, in
 Pipedrive's error envelope. No module imports aiohttp here: the decision core raises them too.
+Messages never quote the request (a header or parameter may hold a token): they name the rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar
+
+from proxy.reasons import Reason
 
 
 class ProxyError(Exception):
     """A request the proxy answers itself. ``reason`` is the stable name used in logs/metrics."""
 
-    status = 500
-    reason = "internal_error"
-    error = "internal proxy error"
+    status: ClassVar[int] = 500
+    reason: Reason = Reason.INTERNAL_ERROR
+    error: ClassVar[str] = "internal proxy error"
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or self.error)
@@ -30,26 +34,26 @@ class AmbiguousRequest(ProxyError):
     """The request could be read more than one way; the proxy refuses instead of guessing."""
 
     status = 400
-    reason = "ambiguous_request"
+    reason = Reason.AMBIGUOUS_REQUEST
     error = "Bad request"
 
 
 class MalformedRequest(AmbiguousRequest):
     """Refused by the HTTP parser itself, before the proxy could read the request."""
 
-    reason = "malformed_request"
+    reason = Reason.MALFORMED_REQUEST
     error = "Bad request: malformed HTTP request"
 
 
 class MultipleCredentials(ProxyError):
     status = 400
-    reason = "multiple_credentials"
+    reason = Reason.MULTIPLE_CREDENTIALS
     error = "Bad request: more than one credential"
 
 
 class MissingCredential(ProxyError):
     status = 401
-    reason = "missing_credential"
+    reason = Reason.MISSING_CREDENTIAL
     error = "unauthorized access"
 
     @property
@@ -58,35 +62,41 @@ class MissingCredential(ProxyError):
 
 
 class UnknownToken(MissingCredential):
-    reason = "unknown_token"
+    reason = Reason.UNKNOWN_TOKEN
 
 
 class UnsupportedCredential(MissingCredential):
-    reason = "unsupported_credential"
+    reason = Reason.UNSUPPORTED_CREDENTIAL
 
 
 class NotFound(ProxyError):
     status = 404
-    reason = "not_found"
+    reason = Reason.NOT_FOUND
     error = "Not found"
 
 
 class MethodNotAllowed(ProxyError):
+    """A method the path does not take; ``allowed`` are those it does (the ``Allow`` header)."""
+
     status = 405
-    reason = "method_not_allowed"
+    reason = Reason.METHOD_NOT_ALLOWED
     error = "Method not allowed"
+
+    def __init__(self, allowed: Iterable[str], detail: str | None = None) -> None:
+        self.allowed = tuple(allowed)
+        super().__init__(detail or f"this path takes {', '.join(self.allowed) or 'no method'}")
 
 
 class OutOfScope(ProxyError):
     """None of the token's scopes (or, with ``app_scopes``, none of the app's) accepts the call."""
 
     status = 403
-    reason = "out_of_scope"
+    reason = Reason.OUT_OF_SCOPE
     error = "Scope and URL mismatch"
 
     def __init__(
         self,
-        reason: str,
+        reason: Reason,
         endpoint: str | None,
         accepted_scopes: Iterable[str],
         granted_scopes: Iterable[str],
@@ -105,7 +115,7 @@ class OutOfScope(ProxyError):
 
 class ApiTokenNotScoped(ProxyError):
     status = 403
-    reason = "api_token_not_scoped"
+    reason = Reason.API_TOKEN_NOT_SCOPED
     error = (
         "Personal API tokens are not scoped: they carry all of the user's rights, "
         "so this proxy refuses them (api_tokens: deny)"
@@ -114,36 +124,48 @@ class ApiTokenNotScoped(ProxyError):
 
 class RequestTooLarge(ProxyError):
     status = 413
-    reason = "request_too_large"
+    reason = Reason.REQUEST_TOO_LARGE
     error = "Request entity too large"
 
 
 class UnsupportedMediaType(ProxyError):
     status = 415
-    reason = "unsupported_media_type"
+    reason = Reason.UNSUPPORTED_MEDIA_TYPE
     error = "Unsupported media type"
 
 
 class StoreUnavailable(ProxyError):
     status = 503
-    reason = "store_unavailable"
+    reason = Reason.STORE_UNAVAILABLE
     error = "token store unavailable"
 
 
-class UpstreamUnavailable(ProxyError):
+class UpstreamFailure(ProxyError):
+    """The call was let through and the upstream failed it. ``kind`` labels the metric
+    (``connect``, ``timeout``, ``disconnect``), or is None for a failure of another sort."""
+
+    kind: str | None = None
+
+    def __init__(self, detail: str | None = None, kind: str | None = None) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+class UpstreamUnavailable(UpstreamFailure):
     status = 502
-    reason = "upstream_unavailable"
+    reason = Reason.UPSTREAM_UNAVAILABLE
     error = "Bad gateway: upstream unreachable"
 
 
-class UpstreamUnreadable(UpstreamUnavailable):
+class UpstreamUnreadable(UpstreamFailure):
     """A successful OAuth answer the proxy cannot read: passing it on would go around it."""
 
-    reason = "oauth_response_unreadable"
+    status = 502
+    reason = Reason.OAUTH_RESPONSE_UNREADABLE
     error = "Bad gateway: unreadable OAuth answer"
 
 
-class UpstreamTimeout(ProxyError):
+class UpstreamTimeout(UpstreamFailure):
     status = 504
-    reason = "upstream_timeout"
+    reason = Reason.UPSTREAM_TIMEOUT
     error = "Gateway timeout: upstream did not answer in time"

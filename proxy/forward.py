@@ -16,11 +16,8 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.config import Upstream as UpstreamSettings
-from proxy.errors import ProxyError, UpstreamTimeout, UpstreamUnavailable
-from proxy.logs import RequestRecord
-from proxy.metrics import Metrics
-from proxy.responses import DECISION_HEADER
+from proxy.config import UpstreamSettings
+from proxy.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnavailable
 
 HOP_BY_HOP = frozenset(
     {
@@ -40,8 +37,6 @@ HOP_BY_HOP = frozenset(
 # Headers aiohttp's client would add on its own; the app's request goes up without them.
 _NO_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-MAX_BUFFERED = 256 * 1024
-
 
 _UPSTREAM_FAILURES = (aiohttp.ClientError, ConnectionError, TimeoutError)
 
@@ -98,7 +93,7 @@ async def send_continue(request: web.Request) -> None:
         await request.writer.write(_CONTINUE)
 
 
-async def read_limited(stream: StreamReader, limit: int, too_large: ProxyError) -> bytes:
+async def read_limited(stream: StreamReader, limit: int, too_large: Exception) -> bytes:
     """A whole (small) body; ``too_large`` is raised past ``limit`` bytes."""
     chunks, size = [], 0
     async for chunk in stream.iter_any():
@@ -109,12 +104,12 @@ async def read_limited(stream: StreamReader, limit: int, too_large: ProxyError) 
     return b"".join(chunks)
 
 
-class Upstream:
-    """The pooled upstream client, owned by the app's ``cleanup_ctx``."""
+class UpstreamClient:
+    """The pooled upstream client, owned by the app's ``cleanup_ctx``. It knows nothing of
+    decisions: it sends what it is given and maps the upstream's failures to the proxy's."""
 
-    def __init__(self, settings: UpstreamSettings, metrics: Metrics) -> None:
+    def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
-        self.metrics = metrics
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -136,12 +131,11 @@ class Upstream:
         if self._session is not None:
             await self._session.close()
 
-    async def forward(
-        self, request: web.Request, origin: str, target: str, record: RequestRecord
-    ) -> web.StreamResponse:
-        """Send ``origin + target`` upstream, byte for byte, and stream its answer back."""
-        assert self._session is not None, "Upstream.start() was not awaited"
-        url = URL(origin + target, encoded=True)
+    async def forward(self, request: web.Request, url: str) -> web.StreamResponse:
+        """Send the request to ``url`` (origin + target, byte for byte) and stream the answer
+        back. Raises ``UpstreamFailure`` before the answer starts, ``StreamAborted`` after."""
+        assert self._session is not None, "UpstreamClient.start() was not awaited"
+        target = URL(url, encoded=True)
         data: AsyncIterator[bytes] | None = None
         if request.body_exists:
             data = exact_body(request.content, request.content_length)
@@ -150,21 +144,21 @@ class Upstream:
         try:
             async with self._session.request(
                 request.method,
-                url,
+                target,
                 headers=end_to_end(request.headers),
                 data=data,
                 allow_redirects=False,
             ) as upstream:
-                record.upstream_status = upstream.status
+                headers = end_to_end(upstream.headers)
                 if upstream.content.is_eof():
                     # The whole body has already arrived with the headers: send both at once.
-                    return self._complete(upstream, record, upstream.content.read_nowait())
+                    body = upstream.content.read_nowait() or None
+                    return web.Response(
+                        status=upstream.status, reason=upstream.reason, headers=headers, body=body
+                    )
                 response = web.StreamResponse(
-                    status=upstream.status,
-                    reason=upstream.reason,
-                    headers=end_to_end(upstream.headers),
+                    status=upstream.status, reason=upstream.reason, headers=headers
                 )
-                response.headers[DECISION_HEADER] = record.decision
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
@@ -172,67 +166,53 @@ class Upstream:
                 return response
         except _UPSTREAM_FAILURES as error:
             if response is not None and response.prepared:
-                self._abort(request, record, self._mid_body_kind(request, error))
-                raise StreamAborted(response) from error
-            raise self._refusal(error, url) from error
+                kind = _mid_body_kind(request, error)
+                if request.transport is not None:  # the client sees a truncated body
+                    request.transport.abort()
+                raise StreamAborted(response, kind) from error
+            raise self._failure(error, target) from error
 
-    async def fetch(self, method: str, url: str, headers: CIMultiDict[str], body: bytes) -> Fetched:
-        """A small exchange read whole (the OAuth endpoints); failures map as in ``forward``."""
-        assert self._session is not None, "Upstream.start() was not awaited"
+    async def fetch(
+        self, method: str, url: str, headers: CIMultiDict[str], body: bytes, limit: int
+    ) -> Fetched:
+        """A small exchange read whole (the OAuth endpoints); an answer over ``limit`` bytes is
+        an ``UpstreamUnavailable``. Failures map as in ``forward``."""
+        assert self._session is not None, "UpstreamClient.start() was not awaited"
         target = URL(url, encoded=True)
         try:
             async with self._session.request(
                 method, target, headers=headers, data=body, allow_redirects=False
             ) as upstream:
-                too_large = UpstreamUnavailable(f"upstream answer over {MAX_BUFFERED} bytes")
-                whole = await read_limited(upstream.content, MAX_BUFFERED, too_large)
+                too_large = UpstreamUnavailable(f"upstream answer over {limit} bytes")
+                whole = await read_limited(upstream.content, limit, too_large)
                 headers = end_to_end(upstream.headers)
                 return Fetched(upstream.status, upstream.reason, headers, whole)
         except _UPSTREAM_FAILURES as error:
-            raise self._refusal(error, target) from error
+            raise self._failure(error, target) from error
 
-    def _refusal(self, error: BaseException, url: URL) -> ProxyError:
-        """The one mapping of upstream client failures to the proxy's errors (and metrics)."""
+    def _failure(self, error: BaseException, url: URL) -> UpstreamFailure:
+        """The one mapping of upstream client failures to the proxy's errors."""
         if isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-            self._fail("connect")
-            return UpstreamUnavailable(f"cannot connect to {url.host}")
+            return UpstreamUnavailable(f"cannot connect to {url.host}", kind="connect")
         if isinstance(error, TimeoutError | aiohttp.SocketTimeoutError):
-            self._fail("timeout")
-            return UpstreamTimeout(f"no bytes from upstream for {self.settings.read_timeout:g} s")
-        self._fail("disconnect")
-        return UpstreamUnavailable("upstream closed the connection")
+            return UpstreamTimeout(
+                f"no bytes from upstream for {self.settings.read_timeout:g} s", kind="timeout"
+            )
+        return UpstreamUnavailable("upstream closed the connection", kind="disconnect")
 
-    @staticmethod
-    def _mid_body_kind(request: web.Request, error: BaseException) -> str:
-        if isinstance(error, TimeoutError | aiohttp.SocketTimeoutError):
-            return "timeout"
-        transport = request.transport
-        return "client_gone" if transport is None or transport.is_closing() else "disconnect"
 
-    def _complete(
-        self, upstream: aiohttp.ClientResponse, record: RequestRecord, body: bytes
-    ) -> web.Response:
-        headers = end_to_end(upstream.headers)
-        headers[DECISION_HEADER] = record.decision
-        response = web.Response(
-            status=upstream.status, reason=upstream.reason, headers=headers, body=body or None
-        )
-        return response
-
-    def _fail(self, kind: str) -> None:
-        self.metrics.upstream_errors.labels(kind).inc()
-
-    def _abort(self, request: web.Request, record: RequestRecord, kind: str) -> None:
-        """Headers are already sent: cut the connection so the client sees a truncated body."""
-        self._fail(kind)
-        record.error = kind if kind == "client_gone" else f"upstream_{kind}_mid_body"
-        if request.transport is not None:
-            request.transport.abort()
+def _mid_body_kind(request: web.Request, error: BaseException) -> str:
+    if isinstance(error, TimeoutError | aiohttp.SocketTimeoutError):
+        return "timeout"
+    transport = request.transport
+    return "client_gone" if transport is None or transport.is_closing() else "disconnect"
 
 
 class StreamAborted(Exception):
-    """The response was cut off mid-stream; there is nothing left to send."""
+    """The response was cut off mid-stream (``kind``: ``timeout``, ``disconnect`` or
+    ``client_gone``); there is nothing left to send."""
 
-    def __init__(self, response: web.StreamResponse) -> None:
+    def __init__(self, response: web.StreamResponse, kind: str) -> None:
         super().__init__("response cut off mid-stream")
         self.response = response
+        self.kind = kind

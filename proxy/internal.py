@@ -7,24 +7,34 @@ import os
 from aiohttp import web
 
 from proxy import __version__
+from proxy.canonical import CanonicalRequest
 from proxy.errors import MethodNotAllowed, NotFound, StoreUnavailable, UnsupportedMediaType
 from proxy.metrics import CONTENT_TYPE
 from proxy.report import build_report
 from proxy.report_html import render_html
-from proxy.responses import DECISION_HEADER, json_response
-from proxy.state import METRICS, RECORD, RECORDER, RUNTIME, STORE
+from proxy.responses import json_response
+from proxy.state import METRICS, RECORDER, RUNTIME, STORE
 from proxy.stores import StoreError
 
-REPORT_PATHS = frozenset({"/_proxy/report", "/_proxy/report.html", "/_proxy/report/reset"})
+_READ = ("GET", "HEAD")
+# Each endpoint and the methods it takes.
+ENDPOINTS = {
+    "/_proxy/health": _READ,
+    "/_proxy/ready": _READ,
+    "/_proxy/metrics": _READ,
+    "/_proxy/report": _READ,
+    "/_proxy/report.html": _READ,
+    "/_proxy/report/reset": ("POST",),
+}
 
 
-async def handle_internal(request: web.Request, path: str) -> web.StreamResponse:
-    record = request[RECORD]
-    record.decision, record.reason = "allow", "internal"
-    if path in REPORT_PATHS:
-        return await handle_report(request, path)
-    if request.method not in ("GET", "HEAD"):
-        raise MethodNotAllowed("the /_proxy/ endpoints take GET")
+async def handle_internal(request: web.Request, canonical: CanonicalRequest) -> web.StreamResponse:
+    path = canonical.path
+    methods = ENDPOINTS.get(path)
+    if methods is None:
+        raise NotFound("not one of the proxy's endpoints")
+    if canonical.method not in methods:
+        raise MethodNotAllowed(methods)
     if path == "/_proxy/health":
         return json_response({"status": "ok", "version": __version__, "pid": os.getpid()})
     if path == "/_proxy/ready":
@@ -35,17 +45,14 @@ async def handle_internal(request: web.Request, path: str) -> web.StreamResponse
     if path == "/_proxy/metrics":
         response = web.Response(body=request.app[METRICS].render())
         response.headers["Content-Type"] = CONTENT_TYPE
-        response.headers[DECISION_HEADER] = "allow"
         return response
-    raise NotFound("not one of the proxy's endpoints")
+    return await handle_report(request, path)
 
 
 async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
     """The overreach report (JSON or HTML), and ``POST /_proxy/report/reset``."""
     recorder = request.app[RECORDER]
     resetting = path.endswith("/reset")
-    if request.method not in (("POST",) if resetting else ("GET", "HEAD")):
-        raise MethodNotAllowed(f"{path} takes {'POST' if resetting else 'GET'}")
     if resetting and request.content_type != "application/json":
         # A browser sends a cross-site POST without asking first only with a "simple" type
         # (text/plain, a form): requiring JSON makes any other origin's page ask, and fail.
@@ -60,7 +67,5 @@ async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
         raise StoreUnavailable("cannot read the report's counters now") from error
     report = build_report(calls, request.app[RUNTIME].current.config.policy.app_scopes)
     if path.endswith(".html"):
-        response = web.Response(text=render_html(report), content_type="text/html")
-        response.headers[DECISION_HEADER] = "allow"
-        return response
+        return web.Response(text=render_html(report), content_type="text/html")
     return json_response(report)

@@ -148,7 +148,6 @@ class Router(Generic[T]):
             for segment in segments:
                 node = node.child(segment)
             node.value = value
-        self.size = sum(map(len, by_length.values()))
 
     def match(self, segments: tuple[str, ...]) -> T | None:
         """The value of the best template matching these path segments, or None."""

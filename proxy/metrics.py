@@ -11,8 +11,6 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.metrics import MetricWrapperBase
 
-from proxy.logs import RequestRecord
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -45,14 +43,15 @@ class Metrics:
         )
         self.store_errors = Counter(
             "scope_proxy_store_errors",
-            "Token store failures by operation (get, put, forget).",
+            "Token store failures by operation (get, put, forget, report).",
             ["operation"],
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, str], MetricWrapperBase] = {}
 
-    def observe(self, record: RequestRecord, seconds: float) -> None:
-        key = (record.decision, record.reason, record.version or "none")
+    def observe(self, verdict: str, reason: str, version: str | None, seconds: float) -> None:
+        """Count one request and its duration."""
+        key = (verdict, reason, version or "none")
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self.requests.labels(*key)

@@ -12,14 +12,14 @@ from collections import Counter
 
 from proxy.logs import get_logger
 from proxy.report import Call
-from proxy.stores import StoreError, TokenStore
+from proxy.stores import CallCounts, StoreError
 
 FLUSH_SECONDS = 1.0
 
 
 class Recorder:
-    def __init__(self, store: TokenStore) -> None:
-        self.store = store
+    def __init__(self, counts: CallCounts) -> None:
+        self.counts = counts
         self._pending: Counter[Call] = Counter()
         self._task: asyncio.Task[None] | None = None
 
@@ -33,7 +33,7 @@ class Recorder:
             return
         batch, self._pending = self._pending, Counter()
         try:
-            await self.store.add_calls({call.key(): count for call, count in batch.items()})
+            await self.counts.add_calls({call.key(): count for call, count in batch.items()})
         except StoreError:
             self._pending.update(batch)
             raise
@@ -42,12 +42,12 @@ class Recorder:
         """Every call counted by every process sharing the store, this one's included."""
         await self.flush()
         return Counter(
-            {Call.from_key(key): n for key, n in (await self.store.call_counts()).items()}
+            {Call.from_key(key): n for key, n in (await self.counts.call_counts()).items()}
         )
 
     async def reset(self) -> None:
         self._pending.clear()
-        await self.store.reset_calls()
+        await self.counts.reset_calls()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())

@@ -12,18 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.decision import BASE
-
-# The reasons of a decided call: a token was resolved and the catalogue was consulted.
-DECIDED_REASONS = frozenset(
-    {
-        "in_scope",
-        "out_of_scope",
-        "outside_app_scopes",
-        "unknown_endpoint",
-        "unknown_endpoint_allowed",
-    }
-)
+from proxy.decision import BASE, Decision
+from proxy.reasons import DECIDED
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -58,9 +48,26 @@ class Call:
         return cls(fp, method, version, endpoint, decision, reason, tuple(accepted), cost)
 
     @classmethod
+    def from_decision(cls, decision: Decision) -> Call | None:
+        """The call a decision counts as, or None when no scope decision was made."""
+        if decision.reason not in DECIDED or decision.token_fp is None:
+            return None
+        endpoint = decision.endpoint
+        return cls(
+            decision.token_fp,
+            decision.method,
+            str(decision.version),
+            endpoint.name if endpoint is not None else None,
+            decision.verdict,
+            str(decision.reason),
+            decision.accepted_scopes,
+            endpoint.token_cost if endpoint is not None else None,
+        )
+
+    @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> Call | None:
         """The call a decision-log event records, or None for events that are not decided calls."""
-        if event.get("event") != "request" or event.get("reason") not in DECIDED_REASONS:
+        if event.get("event") != "request" or event.get("reason") not in DECIDED:
             return None
         fp, version = event.get("token_fp"), event.get("version")
         if not isinstance(fp, str) or not isinstance(version, str):
@@ -154,7 +161,7 @@ def _section(calls: Mapping[Call, int], app_scopes: frozenset[str] | None) -> di
 
 
 def build_report(calls: Mapping[Call, int], app_scopes: frozenset[str] | None) -> dict[str, Any]:
-    """The report document (its keys are a contract: see README, "Overreach report")."""
+    """The report document (its keys are a contract: see README, "The report")."""
     by_token: dict[str, dict[Call, int]] = {}
     for call, count in calls.items():
         by_token.setdefault(call.token_fp, {})[call] = count

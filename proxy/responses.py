@@ -1,4 +1,8 @@
-"""Responses the proxy makes itself, all in Pipedrive's error envelope. Rendered only here."""
+"""Responses the proxy makes itself, all in Pipedrive's error envelope. Rendered only here.
+
+The decision header is not set here: ``proxy.observe`` sets it on every response the app sends,
+forwarded, streamed or refused, from the request's decision.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.errors import OutOfScope, ProxyError
+from proxy.errors import MethodNotAllowed, OutOfScope, ProxyError
 
 DECISION_HEADER = "X-Scope-Proxy-Decision"
 ERROR_INFO = "Please check developers.pipedrive.com"
@@ -21,7 +25,7 @@ def envelope(error: ProxyError) -> dict[str, Any]:
         "errorCode": error.status,
         "error_info": ERROR_INFO,
     }
-    details: dict[str, Any] = {"reason": error.reason}
+    details: dict[str, Any] = {"reason": str(error.reason)}
     if isinstance(error, OutOfScope):
         details["endpoint"] = error.endpoint
         details["accepted_scopes"] = error.accepted_scopes
@@ -32,22 +36,15 @@ def envelope(error: ProxyError) -> dict[str, Any]:
     return body
 
 
-def error_response(error: ProxyError, decision: str = "deny") -> web.Response:
-    headers = {DECISION_HEADER: decision}
-    if error.status == 405:
-        headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE"
-    return web.Response(
-        status=error.status,
-        body=json.dumps(envelope(error)).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
+def error_response(error: ProxyError) -> web.Response:
+    """A refusal in Pipedrive's envelope; a 405 says which methods the path does take."""
+    response = json_response(envelope(error), status=error.status)
+    if isinstance(error, MethodNotAllowed):
+        response.headers["Allow"] = ", ".join(error.allowed)
+    return response
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(
-        status=status,
-        body=json.dumps(body).encode(),
-        content_type="application/json",
-        headers={DECISION_HEADER: "allow"},
+        status=status, body=json.dumps(body).encode(), content_type="application/json"
     )

@@ -3,7 +3,7 @@
 1. Requests aiohttp's own HTTP parser refuses never reach a handler or a middleware; aiohttp
    answers them in plain text that quotes the offending line, which may hold a token. Here they
    are answered like every other refusal: Pipedrive's envelope, the decision header, a generic
-   message, one log event (``proxy.app.refuse_unparsed``).
+   message, one log event (``proxy.observe.refuse_unparsed``).
 2. The compiled parser and the pure-Python one (``AIOHTTP_NO_EXTENSIONS=1``, or platforms
    without the compiled extension) must not disagree on what reaches the proxy. The pure-Python
    one accepts any method token (upper-casing it) and raw non-ASCII bytes in the request line,
@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, InvalidURLError
 from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
 
-from proxy.app import refuse_unparsed
+from proxy.observe import refuse_unparsed
 
 # The methods llhttp (aiohttp's compiled parser) accepts, less CONNECT; a test holds this to it.
 LLHTTP_METHODS = frozenset(

@@ -8,12 +8,11 @@ from aiohttp import web
 
 from proxy.catalog import Catalogue
 from proxy.config import Config
-from proxy.decision import Grant
-from proxy.forward import Upstream
-from proxy.logs import RequestRecord
+from proxy.decision import Decision, Grant
+from proxy.forward import UpstreamClient
 from proxy.metrics import Metrics
 from proxy.recorder import Recorder
-from proxy.stores import TokenStore
+from proxy.stores import Clock, Store
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,9 @@ class RuntimeHolder:
 
 RUNTIME = web.AppKey("runtime", RuntimeHolder)
 METRICS = web.AppKey("metrics", Metrics)
-UPSTREAM = web.AppKey("upstream", Upstream)
-STORE = web.AppKey("store", TokenStore)
+UPSTREAM = web.AppKey("upstream", UpstreamClient)
+STORE = web.AppKey("store", Store)
 RECORDER = web.AppKey("recorder", Recorder)
-RECORD = web.RequestKey("record", RequestRecord)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")  # UNIX time now: tests give one they can move
+# Set once per request, by the handler that decides it; read by ``proxy.observe``.
+DECISION = web.RequestKey("decision", Decision)

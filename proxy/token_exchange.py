@@ -9,18 +9,17 @@ unread, it would teach nothing and send the client around the proxy.
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from proxy import oauth
 from proxy.canonical import CanonicalRequest
 from proxy.credentials import fingerprint
+from proxy.decision import Decision
 from proxy.errors import AmbiguousRequest, MethodNotAllowed, RequestTooLarge, UpstreamUnreadable
 from proxy.forward import Fetched, end_to_end, read_limited, send_continue
-from proxy.logs import RequestRecord, get_logger
-from proxy.responses import DECISION_HEADER
-from proxy.state import METRICS, RECORD, STORE, UPSTREAM, Runtime
+from proxy.logs import get_logger
+from proxy.reasons import Reason
+from proxy.state import CLOCK, DECISION, METRICS, STORE, UPSTREAM, Runtime
 from proxy.stores import StoreError
 
 
@@ -28,65 +27,63 @@ async def handle_oauth(
     request: web.Request, runtime: Runtime, canonical: CanonicalRequest
 ) -> web.StreamResponse:
     """Pass a token exchange or revocation through, learning the scopes it grants."""
-    record = request[RECORD]
     if canonical.method != "POST":
-        raise MethodNotAllowed("the OAuth token endpoints take POST")
+        raise MethodNotAllowed(("POST",))
     if "Content-Encoding" in request.headers:
         raise AmbiguousRequest("an OAuth request body must not be content-encoded")
-    record.decision, record.reason = "allow", "oauth_passthrough"
     await send_continue(request)
     too_large = RequestTooLarge(f"an OAuth request body over {oauth.MAX_BODY} bytes")
     form = await read_limited(request.content, oauth.MAX_BODY, too_large)
 
+    request[DECISION] = Decision("allow", Reason.OAUTH_PASSTHROUGH, canonical.method)
     headers = end_to_end(request.headers)
     headers["Accept-Encoding"] = oauth.ACCEPT_ENCODING
     url = runtime.config.upstream.oauth_url + canonical.target
-    answer = await request.app[UPSTREAM].fetch("POST", url, headers, form)
-    record.upstream_status = answer.status
+    answer = await request.app[UPSTREAM].fetch("POST", url, headers, form, oauth.MAX_BODY)
 
     if not 200 <= answer.status < 300:
-        return _respond(answer, answer.body, record)  # a failed exchange teaches nothing
+        return _respond(answer, answer.body)  # a failed exchange teaches nothing
     if canonical.path == oauth.REVOKE_PATH:
         await _forget(request, oauth.revoked_token_digest(form))
-        return _respond(answer, answer.body, record)
+        return _respond(answer, answer.body)
     plain = oauth.decode_body(answer.body, answer.headers.get("Content-Encoding", ""))
     if plain is None or not oauth.is_json_object(plain):
         get_logger().warning(
             "oauth_response_unreadable", encoding=answer.headers.get("Content-Encoding")
         )
         raise UpstreamUnreadable("the OAuth server's answer could not be read")
-    await _learn(request, record, plain)
+    await _learn(request, plain)
     if not runtime.config.rewrite_api_domain or b'"api_domain"' not in plain:
-        return _respond(answer, answer.body, record)
+        return _respond(answer, answer.body)
     public_url = runtime.config.public_url or f"{request.scheme}://{request.host}"
     answer.headers.popall("Content-Encoding", None)
-    return _respond(answer, oauth.rewrite_api_domain(plain, public_url), record)
+    return _respond(answer, oauth.rewrite_api_domain(plain, public_url))
 
 
-async def _learn(request: web.Request, record: RequestRecord, plain: bytes) -> None:
+async def _learn(request: web.Request, plain: bytes) -> None:
     """Store the scopes a token answer grants, if it grants any the proxy can trust."""
     log = get_logger()
+    now = request.app[CLOCK]()
     try:
-        learned = oauth.read_token_response(plain)
+        learned = oauth.read_token_response(plain, now)
     except oauth.UntrustedTokenResponse as problem:
         log.warning("token_not_learned", problem=str(problem))
         return
     if learned is None:
         return
-    record.token_fp = fingerprint(learned.digest)
-    record.granted_scopes = sorted(learned.scopes)
+    token_fp = fingerprint(learned.digest)
     try:
         await request.app[STORE].put(learned.digest, learned.scopes, learned.expires_at)
     except StoreError as error:
         request.app[METRICS].store_errors.labels("put").inc()
-        log.error("token_not_learned", token_fp=record.token_fp, problem=str(error))
+        log.error("token_not_learned", token_fp=token_fp, problem=str(error))
         return
     request.app[METRICS].tokens_learned.inc()
     log.info(
         "token_learned",
-        token_fp=record.token_fp,
-        granted_scopes=record.granted_scopes,
-        expires_in=round(learned.expires_at - time.time()),
+        token_fp=token_fp,
+        granted_scopes=sorted(learned.scopes),
+        expires_in=round(learned.expires_at - now),
     )
 
 
@@ -100,8 +97,7 @@ async def _forget(request: web.Request, digest: str | None) -> None:
         get_logger().error("token_not_forgotten", token_fp=fingerprint(digest), problem=str(error))
 
 
-def _respond(answer: Fetched, body: bytes, record: RequestRecord) -> web.Response:
+def _respond(answer: Fetched, body: bytes) -> web.Response:
     headers = answer.headers
     headers.popall("Content-Length", None)
-    headers[DECISION_HEADER] = record.decision
     return web.Response(status=answer.status, reason=answer.reason, headers=headers, body=body)

@@ -1,4 +1,7 @@
-"""Shared fixtures: a fake Pipedrive that records what it receives, and the proxy in front of it."""
+"""Shared fixtures: the proxy in front of a fake Pipedrive that records what it receives.
+
+The catalogue is loaded once per test run; each proxy gets a clock the test can move.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +22,12 @@ from aiohttp import http_parser, web, web_protocol
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import create_app
-from proxy.catalog import Catalogue
-from proxy.config import Config, parse_config
+from proxy.catalog import Catalogue, load_catalogue
+from proxy.config import Config, catalogue_for, parse_config
 from proxy.server import ProxyRunner
+from tests.fakes import FakeClock, FakePipedrive
+
+CATALOGUE = load_catalogue()  # the shipped one, compiled once for the whole run
 
 AiohttpServer = Callable[..., Awaitable[TestServer]]
 AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -29,49 +35,6 @@ AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]
 
 def sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-@dataclass
-class Received:
-    """One request as the fake upstream saw it."""
-
-    method: str
-    raw_path: str
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key.lower() == name.lower()]
-
-
-@dataclass
-class FakePipedrive:
-    """Records every request; answers with ``respond`` (replaceable per test)."""
-
-    received: list[Received] = field(default_factory=list)
-    respond: Callable[[web.Request, Received], Awaitable[web.StreamResponse]] | None = None
-    url: str = ""
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = await request.read()
-            seen = Received(
-                request.method,
-                request.raw_path,
-                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
-                body,
-            )
-            self.received.append(seen)
-            if self.respond is not None:
-                return await self.respond(request, seen)
-            return web.json_response(
-                {"success": True, "data": {"path": request.raw_path}},
-                headers={"x-correlation-id": "abc-123", "x-ratelimit-remaining": "39"},
-            )
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
 
 
 @pytest.fixture
@@ -116,8 +79,13 @@ def config_document(upstream_url: str, **overrides: Any) -> dict[str, Any]:
     return document
 
 
+def shipped_or_extended(extra: Sequence[Path]) -> Catalogue:
+    return CATALOGUE if not extra else load_catalogue(extra)
+
+
 def build_config(upstream_url: str, **overrides: Any) -> tuple[Config, Catalogue]:
-    return parse_config(config_document(upstream_url, **overrides), env={})
+    config = parse_config(config_document(upstream_url, **overrides), env={})
+    return config, catalogue_for(config, shipped_or_extended)
 
 
 def grants(**scopes_by_token: list[str]) -> list[dict[str, Any]]:
@@ -145,12 +113,20 @@ async def proxy_client(
 
 
 @pytest.fixture
-def make_proxy(upstream: FakePipedrive, aiohttp_client: AiohttpClient) -> ProxyFactory:
+def clock() -> FakeClock:
+    """The proxy's clock: a test moves it instead of sleeping until a token expires."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make_proxy(
+    upstream: FakePipedrive, aiohttp_client: AiohttpClient, clock: FakeClock
+) -> ProxyFactory:
     """Start the proxy in front of the fake upstream with config overrides."""
 
     async def start(**overrides: Any) -> TestClient[web.Request, web.Application]:
         config, catalogue = build_config(upstream.url, **overrides)
-        return await proxy_client(aiohttp_client, create_app(config, catalogue))
+        return await proxy_client(aiohttp_client, create_app(config, catalogue, clock=clock))
 
     return start
 

@@ -1,5 +1,6 @@
-"""Upstreams that behave like real servers the proxy may sit in front of, written on raw sockets
-so that what they parse is exactly what the proxy sent, framing included."""
+"""Fakes the tests run the proxy against: Pipedrive's API and OAuth server, an upstream that
+answers before reading bodies (on raw sockets, so what it parses is exactly what the proxy
+sent), and a clock."""
 
 from __future__ import annotations
 
@@ -8,12 +9,68 @@ import gzip
 import json
 import os
 import secrets
+import time
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from tests.conftest import Received
+
+class FakeClock:
+    """UNIX time, standing still until a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Received:
+    """One request as the fake upstream saw it."""
+
+    method: str
+    raw_path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key.lower() == name.lower()]
+
+
+@dataclass
+class FakePipedrive:
+    """Records every request; answers with ``respond`` (replaceable per test)."""
+
+    received: list[Received] = field(default_factory=list)
+    respond: Callable[[web.Request, Received], Awaitable[web.StreamResponse]] | None = None
+    url: str = ""
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.read()
+            seen = Received(
+                request.method,
+                request.raw_path,
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
+                body,
+            )
+            self.received.append(seen)
+            if self.respond is not None:
+                return await self.respond(request, seen)
+            return web.json_response(
+                {"success": True, "data": {"path": request.raw_path}},
+                headers={"x-correlation-id": "abc-123", "x-ratelimit-remaining": "39"},
+            )
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
 
 
 @dataclass

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
-from tests.conftest import FakePipedrive, ProxyFactory, envelope, grants, raw_request, sha
+from tests.conftest import ProxyFactory, envelope, grants, raw_request, sha
+from tests.fakes import FakePipedrive, Received
 
 TOKEN = "v1u:AQIBAHj+LzTNK2yuuuaLqifzhWb9crUNKTpk4FlQ9rjnXqp/6AAAAAA=:secret-part-1234"
 CONTRACT_FIELDS = {
@@ -199,3 +202,68 @@ async def test_health_ready_and_metrics(make_proxy: ProxyFactory) -> None:
     assert "scope_proxy_upstream_errors_total" in metrics
     assert "scope_proxy_tokens_learned_total" in metrics
     assert "/v1/deals" not in metrics, "raw paths are never labels"
+
+
+ALLOW = [
+    ("GET", "/oauth/token", "POST"),
+    ("PUT", "/oauth/revoke", "POST"),
+    ("POST", "/_proxy/health", "GET, HEAD"),
+    ("DELETE", "/_proxy/report", "GET, HEAD"),
+    ("GET", "/_proxy/report/reset", "POST"),
+    ("PROPFIND", "/v1/deals", "GET, HEAD, POST, DELETE"),
+    ("OPTIONS", "/v1/deals/1", "GET, HEAD, PUT, DELETE"),
+    ("OPTIONS", "/api/v2/deals/1", "GET, HEAD, PATCH, DELETE"),
+    ("TRACE", "/api/v2/deals/1/followers", "GET, HEAD, POST"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), ALLOW, ids=[f"{m} {p}" for m, p, _ in ALLOW])
+async def test_a_405_lists_the_methods_the_path_really_takes(
+    method: str, path: str, allow: str, make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy(tokens=grants(ops=["admin"]))
+    response = await client.request(method, path, headers={"Authorization": "Bearer ops"})
+    assert response.status == 405
+    assert response.headers["Allow"] == allow
+    assert method not in allow.split(", ")
+    assert envelope(await response.read())["scope_proxy"]["reason"] == "method_not_allowed"
+    assert upstream.received == []
+
+
+async def test_the_decision_header_is_on_streamed_answers_too(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    async def streamed(request: web.Request, seen: Received) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"success": true')
+        await asyncio.sleep(0.05)  # the proxy has started streaming by now
+        await response.write(b"}")
+        return response
+
+    upstream.respond = streamed
+    client = await make_proxy(mode="report", tokens=grants(reader=["deals:read"]))
+    allowed = await client.get("/v1/deals", headers={"Authorization": "Bearer reader"})
+    assert allowed.headers["Transfer-Encoding"] == "chunked"  # it was streamed, not buffered
+    assert allowed.headers["X-Scope-Proxy-Decision"] == "allow"
+    reported = await client.get("/v1/activities", headers={"Authorization": "Bearer reader"})
+    assert reported.headers["Transfer-Encoding"] == "chunked"
+    assert reported.headers["X-Scope-Proxy-Decision"] == "report"
+    assert await reported.read() == b'{"success": true}'
+
+
+async def test_the_log_event_names_the_static_grant_and_every_refusal_its_problem(
+    make_proxy: ProxyFactory,
+) -> None:
+    client = await make_proxy(tokens=[{"name": "ci-bot", "sha256": sha(TOKEN), "scopes": []}])
+    with capture_logs() as events:
+        await client.get("/v1/users/me", headers={"Authorization": f"Bearer {TOKEN}"})
+        await client.get(
+            "/v1/users/me",
+            headers={"Authorization": f"Bearer {TOKEN}", "X-HTTP-Method-Override": "DELETE"},
+        )
+    served, refused = [e for e in events if e["event"] == "request"]
+    assert (served["grant"], served["problem"]) == ("ci-bot", None)
+    assert (refused["reason"], refused["problem"]) == (
+        "ambiguous_request", "method-override header x-http-method-override is not accepted",
+    )  # fmt: skip

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.catalog import CatalogueError, load_catalogue, shipped_document
+from proxy.catalog import CatalogueError, Route, load_catalogue, shipped_document
+from tests.conftest import CATALOGUE
 
 ROOT = Path(__file__).parent.parent
 SOURCES = ROOT / "catalog" / "sources"
-CATALOGUE = load_catalogue()
 
 
 def generator() -> ModuleType:
@@ -71,7 +71,7 @@ def test_founding_document_typos_are_fixed_with_a_note() -> None:
 def test_in_segment_parameter_from_the_founding_document_is_kept() -> None:
     goal = find("v1", "GET", "/goals/count/by-{goalAssignee}")
     assert goal.sources == ("founding-document",)
-    assert CATALOGUE.match("v1", "GET", ("goals", "count", "by-user")) == goal
+    assert CATALOGUE.match(Route("v1", ("goals", "count", "by-user")), "GET") == goal
 
 
 def test_every_openapi_operation_is_catalogued_with_its_scopes_cost_and_deprecation() -> None:
@@ -97,7 +97,7 @@ def test_removed_but_functional_v1_operations_are_catalogued_as_deprecated() -> 
         ]
     assert len(removed) == 71
     for row in removed:
-        entry = CATALOGUE.match("v1", row["method"], tuple(row["path"][1:].split("/")))
+        entry = CATALOGUE.match(Route("v1", tuple(row["path"][1:].split("/"))), row["method"])
         assert entry is not None, row["path"]
         assert set(row["scopes"].split(",")) <= entry.scopes
         assert "removed-v1" in entry.sources
@@ -137,8 +137,8 @@ def test_extra_file_adds_and_overrides_entries(tmp_path: Path) -> None:
         },
     )
     catalogue = load_catalogue([extra])
-    assert catalogue.match("v1", "GET", ("betaThings", "1")) is not None
-    overridden = catalogue.match("v1", "GET", ("deals", "1", "files"))
+    assert catalogue.match(Route("v1", ("betaThings", "1")), "GET") is not None
+    overridden = catalogue.match(Route("v1", ("deals", "1", "files")), "GET")
     assert overridden is not None
     assert overridden.scopes == {"admin"}
     assert overridden.sources == ("extra:extra.yaml",)

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +15,12 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import FakePipedrive, free_port, grants
-from tests.fakes import FakeOAuth
-from tests.test_refusals_raw import REFUSED
+from tests.conftest import free_port, grants, sha
+from tests.fakes import FakeOAuth, FakePipedrive
+from tests.processes import ROOT, run, serving, session, wait_ready, write_config
+from tests.refusals import REFUSED
 
-ROOT = Path(__file__).parent.parent
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-        cwd=ROOT,
-        check=False,
-    )
-
-
-def write_config(tmp_path: Path, **document: Any) -> str:
-    path = tmp_path / "proxy.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return str(path)
+SECRET = "v1u:c2VjcmV0LXRva2Vu:dGhlLXJlc3Q="
 
 
 def test_check_accepts_the_default_config() -> None:
@@ -115,46 +95,6 @@ def test_several_workers_with_the_memory_store_exit_2() -> None:
     assert "redis://" in result.stderr
 
 
-@contextmanager
-def serving(
-    config_path: str, port: int, *extra: str, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--config", config_path, "--port", str(port),
-         "--host", "127.0.0.1", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
-
-
-async def wait_ready(port: int) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/_proxy/health") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("the proxy did not start")
-
-
-@asynccontextmanager
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
 async def test_serve_forwards_reloads_on_sighup_and_drains_on_sigterm(
     tmp_path: Path, upstream: FakePipedrive
 ) -> None:
@@ -170,11 +110,11 @@ async def test_serve_forwards_reloads_on_sighup_and_drains_on_sigterm(
     upstream.respond = slow
     document = {
         "upstream": {"api_url": upstream.url, "oauth_url": upstream.url},
-        "tokens": grants(reader=["deals:read"]),
+        "tokens": [{"name": "staging-bot", "sha256": sha(SECRET), "scopes": ["deals:read"]}],
     }
     config_path = write_config(tmp_path, **document)
     port = free_port()
-    auth = {"Authorization": "Bearer reader"}
+    auth = {"Authorization": f"Bearer {SECRET}"}
     with serving(config_path, port) as process:
         await wait_ready(port)
         async with session() as client:
@@ -218,7 +158,10 @@ async def test_serve_forwards_reloads_on_sighup_and_drains_on_sigterm(
     assert "reload_failed" in kinds
     assert "reloaded" in kinds
     assert "shutting_down" in kinds
-    assert "reader" not in out
+    assert {event.get("grant") for event in events if event["event"] == "request"} == {
+        "staging-bot"
+    }
+    assert SECRET not in out
 
 
 async def test_pure_python_http_parser_gets_the_same_refusals(
@@ -351,3 +294,23 @@ async def test_a_token_learned_through_one_process_works_through_another_via_red
         await wait_ready(second)
         token = await learn_token(first)
         assert await statuses(second, token, 3) == [200] * 3
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["explain", "GET", "/v1/deals/1", "--scopes", "deals:read"], ["check"],
+     ["report", "--log", "config/proxy.yaml", "--format", "json"]],
+    ids=["explain", "check", "report"],
+)  # fmt: skip
+def test_commands_other_than_serve_do_not_load_the_server(command: list[str]) -> None:
+    """explain, check and report start fast: no aiohttp, Redis client or Prometheus."""
+    probe = (
+        "import sys; from proxy.cli import main; main(sys.argv[1:]); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} "
+        "& {'aiohttp', 'redis', 'prometheus_client', 'multidict', 'yarl'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *command],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr

@@ -7,29 +7,29 @@ from typing import Any
 
 import pytest
 
-from proxy.config import ConfigError, load_config, parse_config
-from tests.conftest import sha
+from proxy.config import ConfigError, catalogue_for, load, load_config, parse_config
+from tests.conftest import CATALOGUE, sha, shipped_or_extended
 
 ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_file_loads(path: Path) -> None:
-    config, catalogue = load_config(str(path), env={})
+    config, catalogue = load(str(path), env={})
     assert len(catalogue) > 400
     assert config.source == str(path)
 
 
 def test_default_config_is_what_the_spec_describes() -> None:
-    config, _ = load_config(str(ROOT / "config" / "proxy.yaml"), env={})
+    config = load_config(str(ROOT / "config" / "proxy.yaml"), env={})
     assert (config.listen.host, config.listen.port) == ("0.0.0.0", 8080)
     assert config.upstream.api_url == "https://api.pipedrive.com"
     assert config.upstream.oauth_url == "https://oauth.pipedrive.com"
-    assert (config.policy.mode, config.store) == ("enforce", "memory")
+    assert (config.policy.mode, config.store.kind) == ("enforce", "memory")
 
 
 def test_static_grants_by_sha256_and_by_environment_variable() -> None:
-    config, _ = parse_config(
+    config = parse_config(
         {
             "tokens": [
                 {"name": "bot", "sha256": sha("one").upper(), "scopes": ["deals:full"]},
@@ -72,7 +72,30 @@ def test_static_grants_by_sha256_and_by_environment_variable() -> None:
 )  # fmt: skip
 def test_bad_values_are_refused_naming_the_key(document: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        parse_config(document, env={})
+        catalogue_for(parse_config(document, env={}), shipped_or_extended)
+
+
+def test_reading_the_config_and_checking_its_scopes_are_two_steps() -> None:
+    config = parse_config({"app_scopes": ["deals:read", "beta:read"]}, env={})
+    assert config.policy.app_scopes == frozenset({"deals:read", "beta:read"})
+    with pytest.raises(ConfigError, match=r"app_scopes\[1\]: unknown scope 'beta:read'"):
+        catalogue_for(config, lambda extra: CATALOGUE)
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "shown"),
+    [
+        ("memory", "memory", "memory"),
+        ("sqlite:///var/lib/t.db", "sqlite", "sqlite:///var/lib/t.db"),
+        ("redis://:s3cret@cache:6379/0", "redis", "redis://:***@cache:6379/0"),
+        ("rediss://app:s3cret@cache:6380/1", "redis", "rediss://app:***@cache:6380/1"),
+    ],
+)
+def test_the_store_url_is_parsed_once_with_its_password_hidden(
+    url: str, kind: str, shown: str
+) -> None:
+    store = parse_config({"store": url}, env={}).store
+    assert (store.kind, store.redacted) == (kind, shown)
 
 
 def test_malformed_yaml_names_the_file_and_the_line(tmp_path: Path) -> None:
@@ -85,5 +108,5 @@ def test_malformed_yaml_names_the_file_and_the_line(tmp_path: Path) -> None:
 def test_config_path_comes_from_the_environment_when_not_given(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("mode: report\n")
-    config, _ = load_config(None, env={"PIPEDRIVE_SCOPE_PROXY_CONFIG": str(path)})
+    config = load_config(None, env={"PIPEDRIVE_SCOPE_PROXY_CONFIG": str(path)})
     assert config.policy.mode == "report"

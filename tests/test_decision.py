@@ -6,23 +6,28 @@ import hashlib
 
 import pytest
 
-from proxy.catalog import Endpoint, load_catalogue
+from proxy.catalog import Endpoint, Route
 from proxy.credentials import Credential, extract_credential, fingerprint
-from proxy.decision import Grant, Policy, decide, resolve_grant
+from proxy.decision import Grant, Policy, authorize, decide, resolve_grant
 from proxy.errors import (
     AmbiguousRequest,
     ApiTokenNotScoped,
     MissingCredential,
     MultipleCredentials,
+    OutOfScope,
     UnknownToken,
     UnsupportedCredential,
 )
+from proxy.reasons import Reason
+from tests.conftest import CATALOGUE
 
-CATALOGUE = load_catalogue()
+
+def route(version: str, path: str) -> Route:
+    return Route(version, tuple(path[1:].split("/")))
 
 
 def endpoint(version: str, method: str, path: str) -> Endpoint:
-    found = CATALOGUE.match(version, method, tuple(path[1:].split("/")))
+    found = CATALOGUE.match(route(version, path), method)
     assert found is not None
     return found
 
@@ -62,25 +67,25 @@ ME = endpoint("v1", "GET", "/users/me")
 def test_decide(
     policy: Policy, target: Endpoint | None, granted: set[str], verdict: str, reason: str
 ) -> None:
-    decision = decide(policy, target, frozenset(granted))
-    assert (decision.verdict, decision.reason) == (verdict, reason)
-    assert decision.forwards == (verdict != "deny")
+    assert decide(policy, target, frozenset(granted)) == (verdict, reason)
 
 
 APP = frozenset({"deals:read"})
 STATIC = Grant(frozenset({"admin"}), "static:ops")
+OAUTH = Credential("oauth", "0" * 64)
+API_TOKEN = Credential("api_token", "1" * 64)
 
 
 @pytest.mark.parametrize(
-    ("kind", "static", "stored", "policy", "expected"),
+    ("credential", "static", "stored", "policy", "expected"),
     [
-        ("oauth", STATIC, frozenset({"x"}), Policy(), STATIC),
-        ("oauth", None, frozenset({"deals:full"}), Policy(), Grant(frozenset({"deals:full"}), "store")),
-        ("oauth", None, None, Policy(), UnknownToken),
-        ("oauth", None, None, Policy(app_scopes=APP, unknown_tokens="app_scopes"), Grant(APP, "app_scopes")),
-        ("api_token", None, None, Policy(app_scopes=APP), ApiTokenNotScoped),
-        ("api_token", None, None, Policy(app_scopes=APP, api_tokens="app_scopes"), Grant(APP, "app_scopes")),
-        ("api_token", STATIC, None, Policy(), STATIC),
+        (OAUTH, STATIC, frozenset({"x"}), Policy(), STATIC),
+        (OAUTH, None, frozenset({"deals:full"}), Policy(), Grant(frozenset({"deals:full"}), "store")),
+        (OAUTH, None, None, Policy(), Reason.UNKNOWN_TOKEN),
+        (OAUTH, None, None, Policy(app_scopes=APP, unknown_tokens="app_scopes"), Grant(APP, "app_scopes")),
+        (API_TOKEN, None, None, Policy(app_scopes=APP), Reason.API_TOKEN_NOT_SCOPED),
+        (API_TOKEN, None, None, Policy(app_scopes=APP, api_tokens="app_scopes"), Grant(APP, "app_scopes")),
+        (API_TOKEN, STATIC, None, Policy(), STATIC),
     ],
     ids=[
         "a static grant comes first",
@@ -93,13 +98,58 @@ STATIC = Grant(frozenset({"admin"}), "static:ops")
     ],
 )  # fmt: skip
 def test_resolve_grant(
-    kind: str, static: Grant | None, stored: frozenset[str] | None, policy: Policy, expected: object
+    credential: Credential,
+    static: Grant | None,
+    stored: frozenset[str] | None,
+    policy: Policy,
+    expected: Grant | Reason,
 ) -> None:
-    if isinstance(expected, type):
-        with pytest.raises(expected):
-            resolve_grant(kind, static, stored, policy)  # type: ignore[arg-type]
-    else:
-        assert resolve_grant(kind, static, stored, policy) == expected  # type: ignore[arg-type]
+    assert resolve_grant(credential, static, stored, policy) == expected
+
+
+def test_authorize_tells_the_whole_decision() -> None:
+    decision = authorize(
+        CATALOGUE,
+        Policy(),
+        route("v2", "/deals/7"),
+        "DELETE",
+        OAUTH,
+        None,
+        frozenset({"deals:read"}),
+    )
+    assert (decision.verdict, decision.reason, decision.forwards) == ("deny", "out_of_scope", False)
+    assert decision.endpoint is not None
+    assert decision.endpoint.name == "DELETE /api/v2/deals/{id}"
+    assert (decision.version, decision.method, decision.token_fp) == ("v2", "DELETE", "0" * 12)
+    assert (decision.accepted_scopes, decision.granted_scopes) == (("deals:full",), ["deals:read"])
+    refusal = decision.refusal()
+    assert isinstance(refusal, OutOfScope)
+    assert (refusal.status, refusal.endpoint) == (403, "DELETE /api/v2/deals/{id}")
+
+
+@pytest.mark.parametrize(
+    ("credential", "policy", "refusal"),
+    [(OAUTH, Policy(), UnknownToken), (API_TOKEN, Policy(), ApiTokenNotScoped)],
+    ids=["an unknown token", "an unscoped API token"],
+)
+def test_a_credential_without_scopes_is_refused_in_either_mode(
+    credential: Credential, policy: Policy, refusal: type[Exception]
+) -> None:
+    for mode_policy in (policy, Policy(mode="report")):
+        decision = authorize(
+            CATALOGUE, mode_policy, route("v1", "/deals"), "GET", credential, None, None
+        )
+        assert (decision.verdict, decision.endpoint, decision.token_fp) == (
+            "deny", None, credential.fingerprint,
+        )  # fmt: skip
+        assert isinstance(decision.refusal(), refusal)
+
+
+def test_a_static_grant_names_itself() -> None:
+    decision = authorize(CATALOGUE, Policy(), route("v1", "/users/me"), "GET", OAUTH, STATIC, None)
+    assert decision.grant is not None
+    assert decision.grant.name == "ops"
+    assert Grant(APP, "store").name is None
 
 
 def digest(token: str) -> str:

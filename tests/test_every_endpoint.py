@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.catalog import DISPLAY_PREFIX, Endpoint, load_catalogue
-from tests.conftest import FakePipedrive, ProxyFactory, envelope, grants
+from proxy.catalog import DISPLAY_PREFIX, Endpoint
+from tests.conftest import CATALOGUE, ProxyFactory, envelope, grants
+from tests.fakes import FakePipedrive
 
-CATALOGUE = load_catalogue()
 ALL_SCOPES = sorted(CATALOGUE.scopes)
 FOUNDING_TEXT = (
     Path(__file__).parent.parent / "catalog/sources/scopes-and-permissions.txt"

@@ -7,15 +7,8 @@ import gzip
 
 from aiohttp import web
 
-from tests.conftest import (
-    FakePipedrive,
-    ProxyFactory,
-    Received,
-    envelope,
-    free_port,
-    grants,
-    raw_request,
-)
+from tests.conftest import ProxyFactory, envelope, free_port, grants, raw_request
+from tests.fakes import FakePipedrive, Received
 
 READER = grants(reader=["deals:read", "deals:full"])
 

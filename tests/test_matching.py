@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.catalog import load_catalogue
 from proxy.errors import AmbiguousRequest
 from proxy.matching import AmbiguousTemplates, Router, Segment, split_template
+from tests.conftest import CATALOGUE
 
 
 def router(*templates: str) -> Router[str]:
@@ -97,7 +97,6 @@ def reference_match(templates: list[str], path: tuple[str, ...]) -> str | None:
     return min(matching, key=rank) if matching else None
 
 
-CATALOGUE = load_catalogue()
 V1_GET = [e.template for e in CATALOGUE.endpoints if e.version == "v1" and e.method == "GET"]
 V1_GET_TRIE = Router((t, t) for t in V1_GET)
 WORDS = sorted({part for t in V1_GET for part in t.split("/") if part and "{" not in part})

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FakePipedrive, ProxyFactory
-from tests.fakes import FakeOAuth
+from tests.conftest import ProxyFactory
+from tests.fakes import FakeOAuth, FakePipedrive
 
 CLIENT_VERSION = "33"
 SCRIPT = r"""

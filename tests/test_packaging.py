@@ -49,5 +49,5 @@ def test_compose_runs_the_proxy_beside_an_app_and_redis_on_a_valid_config() -> N
     [mount] = services["proxy"]["volumes"]
     source, target = mount.split(":")[:2]
     assert target == "/etc/pipedrive-scope-proxy/proxy.yaml"
-    config, _ = load_config(str(ROOT / source), env={})
-    assert config.store.startswith("redis://redis:")
+    config = load_config(str(ROOT / source), env={})
+    assert config.store.url.startswith("redis://redis:")

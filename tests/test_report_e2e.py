@@ -18,8 +18,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import FakePipedrive, RedisServer, free_port, grants
-from tests.test_cli import ROOT, serving, wait_ready, write_config
+from tests.conftest import RedisServer, free_port, grants
+from tests.fakes import FakePipedrive
+from tests.processes import ROOT, serving, wait_ready, write_config
 
 APP_SCOPES = ["base", "deals:read", "contacts:full", "activities:read"]
 # (token, method, path): alice holds deals:read and contacts:full, bob deals:full.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +9,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from proxy.app import create_app
+from proxy.config import StoreUrl
 from proxy.stores import CachedStore, MemoryStore, RedisStore, SqliteStore, StoreError, open_store
 from proxy.stores.base import TokenStore
 from tests.conftest import (
-    FakePipedrive,
     ProxyFactory,
     RedisServer,
     build_config,
@@ -22,7 +21,7 @@ from tests.conftest import (
     proxy_client,
     sha,
 )
-from tests.fakes import FakeOAuth
+from tests.fakes import FakeClock, FakeOAuth, FakePipedrive
 
 BASIC = {"Authorization": "Basic Y2xpZW50OnNlY3JldA=="}  # client:secret, as the Node client sends
 
@@ -49,7 +48,7 @@ async def exchange(
 
 
 async def test_store_protocol(store_url: str) -> None:
-    store = open_store(store_url)
+    store = open_store(StoreUrl(store_url))
     try:
         assert await store.ping()
         assert await store.get(sha("unknown")) is None
@@ -92,7 +91,7 @@ async def test_learned_token_is_allowed_and_refused_exactly_by_its_scopes(
 
 
 async def test_refresh_teaches_the_new_token_and_expiry_ends_it(
-    store_url: str, make_proxy: ProxyFactory, upstream: FakePipedrive
+    store_url: str, make_proxy: ProxyFactory, upstream: FakePipedrive, clock: FakeClock
 ) -> None:
     oauth = FakeOAuth(scope="deals:full", expires_in=1)
     upstream.respond = oauth.respond
@@ -103,7 +102,7 @@ async def test_refresh_teaches_the_new_token_and_expiry_ends_it(
     upstream.respond = None
     auth = {"Authorization": f"Bearer {new_token}"}
     assert (await client.delete("/v1/deals/3", headers=auth)).status == 200
-    await asyncio.sleep(1.3)  # expires_in elapses
+    clock.advance(1.3)  # expires_in elapses
     expired = await client.delete("/v1/deals/3", headers=auth)
     assert expired.status == 401
     assert envelope(await expired.read())["scope_proxy"]["reason"] == "unknown_token"

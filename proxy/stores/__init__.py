@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
-from proxy.stores.base import Learned, TokenStore
+import time
+
+from proxy.config import StoreUrl
+from proxy.stores.base import CallCounts, Clock, Learned, Store, TokenStore
 from proxy.stores.cached import CachedStore
 from proxy.stores.errors import StoreError
 from proxy.stores.memory import MemoryStore
@@ -14,23 +17,16 @@ from proxy.stores.redis import RedisStore
 from proxy.stores.sqlite import SqliteStore
 
 
-def sqlite_path(url: str) -> str:
-    """``sqlite:///var/lib/tokens.db`` -> ``/var/lib/tokens.db``; ``sqlite://t.db`` -> ``t.db``."""
-    return url.removeprefix("sqlite://")
-
-
-def open_store(url: str) -> TokenStore:
-    """The store a config's ``store`` value names, with a per-process cache where it is remote."""
-    if url == "memory":
-        return MemoryStore()
-    if url.startswith("sqlite://"):
-        return CachedStore(SqliteStore(sqlite_path(url)))
-    if url.startswith(("redis://", "rediss://")):
-        return CachedStore(RedisStore(url))
-    raise StoreError(f"unknown store {url!r}")
+def open_store(store: StoreUrl, clock: Clock = time.time) -> Store:
+    """The store a config's ``store`` names, with a per-process cache where it is remote."""
+    if store.kind == "sqlite":
+        return CachedStore(SqliteStore(store.sqlite_path, clock), clock=clock)
+    if store.kind == "redis":
+        return CachedStore(RedisStore(store.url, clock=clock), clock=clock)
+    return MemoryStore(clock)
 
 
 __all__ = [
-    "CachedStore", "Learned", "MemoryStore", "RedisStore", "SqliteStore", "StoreError",
-    "TokenStore", "open_store",
+    "CachedStore", "CallCounts", "Clock", "Learned", "MemoryStore", "RedisStore", "SqliteStore",
+    "Store", "StoreError", "TokenStore", "open_store",
 ]  # fmt: skip

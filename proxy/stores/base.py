@@ -1,10 +1,16 @@
-"""The protocol every token store implements; keys are token SHA-256 digests, never tokens."""
+"""The protocols the stores implement: learned tokens, and the report's call counters.
+
+Keys of the token store are token SHA-256 digests, never tokens. Each backend implements both
+protocols over one connection, so replicas sharing a store share the report too.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+Clock = Callable[[], float]  # UNIX time now; tests pass one they can move
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,17 +31,25 @@ class TokenStore(Protocol):
     async def forget(self, digest: str) -> None:
         """Drop a token (it was revoked)."""
 
-    async def add_calls(self, counts: Mapping[str, int]) -> None:
-        """Add to the report's call counters (keys are ``Call.key()`` strings)."""
-
-    async def call_counts(self) -> dict[str, int]:
-        """Every report counter, as shared by all processes using this store."""
-
-    async def reset_calls(self) -> None:
-        """Start a new report: drop every counter."""
-
     async def ping(self) -> bool:
         """Whether the store is usable now."""
 
     async def close(self) -> None:
         """Release connections and threads."""
+
+
+class CallCounts(Protocol):
+    """The overreach report's counters: one per kind of decided call (``Call.key()``)."""
+
+    async def add_calls(self, counts: Mapping[str, int]) -> None:
+        """Add to the counters."""
+
+    async def call_counts(self) -> dict[str, int]:
+        """Every counter, as shared by all processes using this store."""
+
+    async def reset_calls(self) -> None:
+        """Start a new report: drop every counter."""
+
+
+class Store(TokenStore, CallCounts, Protocol):
+    """A backend: both protocols over one connection."""

@@ -10,18 +10,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from proxy.stores.base import Learned, TokenStore
+from proxy.stores.base import Clock, Learned, Store
 
 
 class CachedStore:
-    def __init__(self, inner: TokenStore, ttl: float = 5.0, size: int = 10_000) -> None:
+    def __init__(
+        self, inner: Store, ttl: float = 5.0, size: int = 10_000, clock: Clock = time.time
+    ) -> None:
         self.inner = inner
+        self.clock = clock
         self.ttl = ttl
         self.size = size
         self._entries: OrderedDict[str, tuple[Learned, float]] = OrderedDict()
 
     async def get(self, digest: str) -> Learned | None:
-        now = time.time()
+        now = self.clock()
         entry = self._entries.get(digest)
         if entry is not None:
             learned, valid_until = entry
@@ -58,7 +61,7 @@ class CachedStore:
         await self.inner.close()
 
     def _remember(self, digest: str, learned: Learned) -> None:
-        valid_until = min(time.time() + self.ttl, learned.expires_at)
+        valid_until = min(self.clock() + self.ttl, learned.expires_at)
         self._entries[digest] = (learned, valid_until)
         self._entries.move_to_end(digest)
         while len(self._entries) > self.size:

@@ -6,23 +6,24 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
-from proxy.stores.base import Learned
+from proxy.stores.base import Clock, Learned
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.time) -> None:
+        self.clock = clock
         self._tokens: dict[str, Learned] = {}
         self._calls: Counter[str] = Counter()
 
     async def get(self, digest: str) -> Learned | None:
         learned = self._tokens.get(digest)
-        if learned is not None and learned.expires_at <= time.time():
+        if learned is not None and learned.expires_at <= self.clock():
             del self._tokens[digest]
             return None
         return learned
 
     async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
-        now = time.time()
+        now = self.clock()
         if len(self._tokens) > 10_000:  # drop what has expired before growing further
             self._tokens = {d: t for d, t in self._tokens.items() if t.expires_at > now}
         self._tokens[digest] = Learned(scopes, expires_at)

@@ -11,7 +11,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from proxy.stores.base import Learned
+from proxy.config import StoreUrl
+from proxy.stores.base import Clock, Learned
 from proxy.stores.errors import StoreError
 
 REPORT_KEY = "pipedrive-scope-proxy:report"  # hash: Call.key() -> count, shared by replicas
@@ -19,8 +20,10 @@ PREFIX = "pipedrive-scope-proxy:token:"  # value: "<expires_at> <scope>,<scope>,
 
 
 class RedisStore:
-    def __init__(self, url: str, timeout: float = 1.0) -> None:
+    def __init__(self, url: str, timeout: float = 1.0, clock: Clock = time.time) -> None:
         self.url = url
+        self.shown = StoreUrl(url).redacted  # what messages say: never the password
+        self.clock = clock
         # Fail fast when Redis is down (callers answer 503), and retry once so that a pooled
         # connection broken by a Redis restart is replaced without failing a request.
         self._client = aioredis.Redis.from_url(
@@ -37,7 +40,7 @@ class RedisStore:
         try:
             yield
         except (RedisError, OSError) as error:
-            raise StoreError(f"redis {self.url.split('@')[-1]}: {error}") from None
+            raise StoreError(f"{self.shown}: {error}") from None
 
     async def get(self, digest: str) -> Learned | None:
         async with self._failing():
@@ -45,10 +48,12 @@ class RedisStore:
         if value is None:
             return None
         expires_at, _, scopes = str(value).partition(" ")
+        if float(expires_at) <= self.clock():
+            return None  # Redis drops the key by its TTL; the proxy never serves past expiry
         return Learned(frozenset(filter(None, scopes.split(","))), float(expires_at))
 
     async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
-        milliseconds = int((expires_at - time.time()) * 1000)
+        milliseconds = int((expires_at - self.clock()) * 1000)
         if milliseconds <= 0:
             return
         async with self._failing():

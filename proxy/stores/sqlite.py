@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from proxy.stores.base import Learned
+from proxy.stores.base import Clock, Learned
 from proxy.stores.errors import StoreError
 
 T = TypeVar("T")
@@ -33,8 +33,9 @@ CREATE TABLE IF NOT EXISTS calls (
 
 
 class SqliteStore:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, clock: Clock = time.time) -> None:
         self.path = Path(path)
+        self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._connection: sqlite3.Connection | None = None
 
@@ -67,7 +68,7 @@ class SqliteStore:
         def select(db: sqlite3.Connection) -> Learned | None:
             row = db.execute(
                 "SELECT scopes, expires_at FROM tokens WHERE digest = ? AND expires_at > ?",
-                (digest, time.time()),
+                (digest, self.clock()),
             ).fetchone()
             return Learned(frozenset(filter(None, row[0].split(","))), row[1]) if row else None
 
@@ -76,7 +77,7 @@ class SqliteStore:
     async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
         def upsert(db: sqlite3.Connection) -> None:
             with db:
-                db.execute("DELETE FROM tokens WHERE expires_at <= ?", (time.time(),))
+                db.execute("DELETE FROM tokens WHERE expires_at <= ?", (self.clock(),))
                 db.execute(
                     "INSERT OR REPLACE INTO tokens (digest, scopes, expires_at) VALUES (?, ?, ?)",
                     (digest, ",".join(sorted(scopes)), expires_at),

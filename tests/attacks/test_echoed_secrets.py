@@ -14,7 +14,8 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import FakePipedrive, ProxyFactory, envelope, grants
+from tests.conftest import ProxyFactory, envelope, grants
+from tests.fakes import FakePipedrive
 
 SECRET = b"s3cr3tT0ken0123456789abcdef"
 HOST = b"Host: proxy.test\r\n"
@@ -79,6 +80,7 @@ async def test_no_answer_or_log_line_quotes_the_request(
     assert SECRET not in answer
     assert SECRET.decode() not in repr(events) + capsys.readouterr().out
     response_head, _, body = answer.partition(b"\r\n\r\n")
+    response_head += b"\r\n"
     assert int(response_head.split(b" ")[1]) == status
     assert b"\r\nX-Scope-Proxy-Decision: deny\r\n" in response_head
     assert b"\r\nContent-Type: application/json" in response_head

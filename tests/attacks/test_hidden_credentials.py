@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import FakePipedrive, ProxyFactory, envelope, grants, raw_request
+from tests.conftest import ProxyFactory, envelope, grants, raw_request
+from tests.fakes import FakePipedrive
 
 TOKENS = grants(reader=["deals:read"])
 

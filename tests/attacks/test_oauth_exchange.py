@@ -14,8 +14,8 @@ import math
 
 import pytest
 
-from tests.conftest import FakePipedrive, ProxyFactory, envelope
-from tests.fakes import FakeOAuth
+from tests.conftest import ProxyFactory, envelope
+from tests.fakes import FakeOAuth, FakePipedrive
 
 AXIOS = {
     "Authorization": "Basic Y2xpZW50OnNlY3JldA==",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import FakePipedrive, ProxyFactory, envelope, grants, raw_request
+from tests.conftest import ProxyFactory, envelope, grants, raw_request
+from tests.fakes import FakePipedrive
 
 OVERRIDES = [
     ("X-Original-URL (CVE-2018-14773)", b"X-Original-URL: /v1/activities"),

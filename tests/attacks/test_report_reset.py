@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import FakePipedrive, ProxyFactory, envelope, grants
+from tests.conftest import ProxyFactory, envelope, grants
+from tests.fakes import FakePipedrive
 
 SIMPLE = [
     "text/plain",

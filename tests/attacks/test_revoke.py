@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import FakePipedrive, ProxyFactory
-from tests.fakes import FakeOAuth
+from tests.conftest import ProxyFactory
+from tests.fakes import FakeOAuth, FakePipedrive
 
 FORM = {
     "Authorization": "Basic Y2xpZW50OnNlY3JldA==",

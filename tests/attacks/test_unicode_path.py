@@ -15,7 +15,8 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 
-from tests.conftest import FakePipedrive, ProxyFactory, envelope, grants, raw_request
+from tests.conftest import ProxyFactory, envelope, grants, raw_request
+from tests.fakes import FakePipedrive
 
 SPELLINGS = [
     ("fullwidth solidus, NFKC '/'", b"/v1/deals%EF%BC%8F1"),

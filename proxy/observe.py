@@ -1,0 +1,226 @@
+"""Every request's one log event, its metrics and its report entry, built from its outcome.
+
+The ``observe`` middleware wraps the handlers: it renders refusals in Pipedrive's envelope and,
+once the answer is known, records the request exactly once. ``mark_decision`` (the app's
+``on_response_prepare``) puts the decision header on every response the app sends: forwarded,
+streamed or refused. Both read the request's ``Decision``, which its handler set once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    PayloadEncodingError,
+)
+from aiohttp.typedefs import Handler
+
+from proxy.canonical import canonicalize
+from proxy.decision import Decision, Verdict
+from proxy.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
+from proxy.forward import StreamAborted
+from proxy.logs import get_logger
+from proxy.reasons import Reason
+from proxy.report import Call
+from proxy.responses import DECISION_HEADER, error_response
+from proxy.state import DECISION, METRICS, RECORDER
+
+_LOG = get_logger()  # bound once configured; cheap on the hot path
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a request ended: its decision (when one was made), the refusal or upstream failure
+    that answered it instead, the status the client got, how long it took, and, when the answer
+    was cut off mid-body, why."""
+
+    method: str | None
+    decision: Decision | None
+    refusal: ProxyError | None
+    status: int
+    seconds: float
+    cut_off: str | None = None  # timeout | disconnect | client_gone
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.decision.verdict if self.decision is not None else "deny"
+
+    @property
+    def reason(self) -> Reason:
+        if self.decision is not None:
+            return self.decision.reason  # an upstream failure does not undo the decision
+        return self.refusal.reason if self.refusal is not None else Reason.INTERNAL_ERROR
+
+    @property
+    def upstream_failed(self) -> UpstreamFailure | None:
+        return self.refusal if isinstance(self.refusal, UpstreamFailure) else None
+
+    @property
+    def error(self) -> str | None:
+        """What went wrong after the decision, if anything."""
+        if self.cut_off is not None:
+            return (
+                self.cut_off
+                if self.cut_off == "client_gone"
+                else f"upstream_{self.cut_off}_mid_body"
+            )
+        failed = self.upstream_failed
+        return str(failed.reason) if failed is not None else None
+
+    @property
+    def upstream_status(self) -> int | None:
+        """The upstream's status passes through unchanged: it is the client's, if forwarded."""
+        forwarded = self.decision is not None and self.decision.forwards
+        return self.status if forwarded and self.refusal is None and self.status != 499 else None
+
+    def fields(self) -> dict[str, Any]:
+        """The request event's fields (their names are a contract: see README, "Decision log")."""
+        decision = self.decision
+        endpoint = decision.endpoint if decision is not None else None
+        grant = decision.grant if decision is not None else None
+        return {
+            "decision": self.verdict,
+            "reason": str(self.reason),
+            "method": self.method,
+            "endpoint": endpoint.name if endpoint is not None else None,
+            "version": decision.version if decision is not None else None,
+            "status": self.status,
+            "upstream_status": self.upstream_status,
+            "duration_ms": round(self.seconds * 1000, 3),
+            "token_fp": decision.token_fp if decision is not None else None,
+            "grant": grant.name if grant is not None else None,
+            "accepted_scopes": decision.accepted_scopes if decision is not None else (),
+            "granted_scopes": decision.granted_scopes if decision is not None else [],
+            "token_cost": endpoint.token_cost if endpoint is not None else None,
+            "error": self.error,
+            "problem": self.refusal.detail if self.refusal is not None else None,
+        }
+
+
+def record(app: web.Application, outcome: Outcome) -> None:
+    """Log the request's one event, count it, and count its call in the report."""
+    if outcome.reason is Reason.INTERNAL:
+        return  # health checks and scrapes are not traffic
+    fields = outcome.fields()
+    _LOG.info("request", **fields)
+    metrics = app[METRICS]
+    metrics.observe(outcome.verdict, outcome.reason, fields["version"], outcome.seconds)
+    failed = outcome.upstream_failed
+    kind = outcome.cut_off or (failed.kind if failed is not None else None)
+    if kind is not None:
+        metrics.upstream_errors.labels(kind).inc()
+    call = Call.from_decision(outcome.decision) if outcome.decision is not None else None
+    if call is not None:
+        app[RECORDER].record(call)
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render refusals, then record the request once, whatever became of it."""
+    started = time.perf_counter()
+    refusal: ProxyError | None = None
+    cut_off: str | None = None
+    try:
+        response = await handler(request)
+    except StreamAborted as aborted:
+        response, cut_off = aborted.response, aborted.kind  # the client sees a truncated answer
+    except ProxyError as error:
+        refusal, response = error, error_response(error)
+        if error.status in (400, 405):
+            response.force_close()  # the rest of what this client sends cannot be trusted either
+    except web.HTTPException as error:  # raised by aiohttp itself, e.g. a target it cannot route
+        refusal = _from_http(request, error)
+        response = error_response(refusal)
+    except asyncio.CancelledError:
+        _finish(request, None, 499, started, cut_off="client_gone")
+        raise
+    except Exception as error:  # the safety net: any surprise is a refusal, never a forward
+        _log_unhandled(error)
+        refusal = ProxyError()
+        response = error_response(refusal)
+    _finish(request, refusal, response.status, started, cut_off)
+    return response
+
+
+async def mark_decision(request: web.Request, response: web.StreamResponse) -> None:
+    """``X-Scope-Proxy-Decision`` on every response: the request's verdict, else ``deny``."""
+    decision = request.get(DECISION)
+    response.headers[DECISION_HEADER] = decision.verdict if decision is not None else "deny"
+
+
+# What each of aiohttp's parser errors means, in words that never quote the request.
+_PARSER_PROBLEMS: tuple[tuple[type[HttpProcessingError], str], ...] = (
+    (LineTooLong, "request line or header line too long"),
+    (BadHttpMethod, "malformed method"),
+    (BadStatusLine, "malformed request line"),
+    (InvalidURLError, "malformed request target"),
+    (InvalidHeader, "malformed header"),
+    (PayloadEncodingError, "malformed body framing"),
+)
+
+
+def refuse_unparsed(app: web.Application, error: BaseException | None) -> web.Response:
+    """The answer to a request aiohttp's HTTP parser refused, recorded like any other refusal.
+
+    aiohttp's own answer would be plain text quoting the offending line (which may hold a
+    token); this one is Pipedrive's envelope with a generic message, and the connection closes.
+    Such a request never reaches the app, so its decision header is set here.
+    """
+    if isinstance(error, HttpProcessingError):
+        problem = next(
+            (text for kind, text in _PARSER_PROBLEMS if isinstance(error, kind)),
+            "malformed request",
+        )
+        refusal: ProxyError = MalformedRequest(problem)
+    else:
+        refusal = ProxyError()
+    response = error_response(refusal)
+    response.headers[DECISION_HEADER] = "deny"
+    response.force_close()
+    record(app, Outcome(None, None, refusal, response.status, 0.0))
+    return response
+
+
+def _finish(
+    request: web.Request,
+    refusal: ProxyError | None,
+    status: int,
+    started: float,
+    cut_off: str | None = None,
+) -> None:
+    outcome = Outcome(
+        request.method,
+        request.get(DECISION),
+        refusal,
+        status,
+        time.perf_counter() - started,
+        cut_off,
+    )
+    record(request.app, outcome)
+
+
+def _log_unhandled(error: Exception) -> None:
+    """Where it happened and what kind of error, never its message (it may quote a header)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = [f"{frame.filename.rsplit('/', 2)[-1]}:{frame.lineno}" for frame in frames[-3:]]
+    _LOG.error("unhandled_error", error_type=type(error).__name__, where=where)
+
+
+def _from_http(request: web.Request, error: web.HTTPException) -> ProxyError:
+    """The proxy's own refusal for a request aiohttp's router turned away."""
+    try:
+        canonicalize(request.method, request.raw_path, request.raw_headers)
+    except ProxyError as refusal:
+        return refusal
+    return NotFound() if error.status == 404 else ProxyError(error.reason)

@@ -1,0 +1,46 @@
+"""Why a request ended as it did: the one vocabulary of logs, metrics, reports and refusals."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    # A decided call: a token was resolved and the catalogue consulted.
+    IN_SCOPE = "in_scope"
+    OUT_OF_SCOPE = "out_of_scope"
+    OUTSIDE_APP_SCOPES = "outside_app_scopes"
+    UNKNOWN_ENDPOINT = "unknown_endpoint"
+    UNKNOWN_ENDPOINT_ALLOWED = "unknown_endpoint_allowed"
+    # Refused before a decision could be made.
+    AMBIGUOUS_REQUEST = "ambiguous_request"
+    MALFORMED_REQUEST = "malformed_request"
+    MULTIPLE_CREDENTIALS = "multiple_credentials"
+    MISSING_CREDENTIAL = "missing_credential"
+    UNSUPPORTED_CREDENTIAL = "unsupported_credential"
+    UNKNOWN_TOKEN = "unknown_token"
+    API_TOKEN_NOT_SCOPED = "api_token_not_scoped"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    REQUEST_TOO_LARGE = "request_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    STORE_UNAVAILABLE = "store_unavailable"
+    INTERNAL_ERROR = "internal_error"
+    # Failures after the call was let through.
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    OAUTH_RESPONSE_UNREADABLE = "oauth_response_unreadable"
+    # Not scope decisions at all.
+    OAUTH_PASSTHROUGH = "oauth_passthrough"
+    INTERNAL = "internal"  # the proxy's own endpoints: not traffic, not logged
+
+
+DECIDED = frozenset(
+    {
+        Reason.IN_SCOPE,
+        Reason.OUT_OF_SCOPE,
+        Reason.OUTSIDE_APP_SCOPES,
+        Reason.UNKNOWN_ENDPOINT,
+        Reason.UNKNOWN_ENDPOINT_ALLOWED,
+    }
+)
