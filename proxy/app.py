@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy import __version__, oauth
 from proxy.canonical import METHODS, SERVED_METHODS, CanonicalRequest, canonicalize
@@ -18,7 +18,7 @@ from proxy.catalog import API_PREFIXES, Catalogue, Route, api_route
 from proxy.config import Config
 from proxy.credentials import Credential, extract_credential
 from proxy.decision import Decision, authorize
-from proxy.errors import MethodNotAllowed, NotFound, StoreUnavailable
+from proxy.errors import MalformedRequest, MethodNotAllowed, NotFound, StoreUnavailable
 from proxy.forward import UpstreamClient
 from proxy.internal import handle_internal
 from proxy.logs import get_logger
@@ -41,11 +41,14 @@ from proxy.stores import Clock, Store, StoreError, open_store
 from proxy.token_exchange import handle_oauth
 
 OAUTH_PATHS = oauth.TOKEN_PATHS | {oauth.REVOKE_PATH}
+_HTTP_VERSIONS = (HttpVersion10, HttpVersion11)
 _API_PATHS = ", ".join(prefix for prefix, _ in API_PREFIXES)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME].current
+    if request.version not in _HTTP_VERSIONS:  # llhttp reads a request line with none as 0.9
+        raise MalformedRequest("HTTP version other than 1.0 or 1.1")
     canonical = canonicalize(request.method, request.raw_path, request.raw_headers)
     route = api_route(canonical.path)
     if route is not None:

@@ -11,6 +11,8 @@ are both answered and logged. Messages name the rule that was broken, in the pro
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
@@ -61,6 +63,7 @@ _SENSITIVE_HEADERS = (
     OVERRIDE_NAMES | PATH_OVERRIDE_NAMES | _DECIDING_HEADERS | {"upgrade", "connection"}
 )
 _CONNECTION_HEADERS = frozenset({"connection", "proxy-connection"})
+_LENGTH = re.compile(rb"[0-9]{1,18}")  # what llhttp reads as a length: digits, no overflow
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +100,10 @@ def canonicalize(
 
 
 def check_headers(method: str, headers: Sequence[tuple[bytes, bytes]]) -> None:
-    """Refuse overrides, upgrades, disguised headers, hidden bodies and a deceiving Connection."""
+    """Refuse overrides, upgrades, disguised headers, hidden bodies, a deceiving Connection,
+    and body framing the two HTTP parsers (or the next hop) could read differently."""
     bodyless = method in BODYLESS_METHODS
+    framing = 0
     for raw_name, raw_value in headers:
         name = raw_name.decode("latin-1").lower()
         if name in OVERRIDE_NAMES:
@@ -115,10 +120,20 @@ def check_headers(method: str, headers: Sequence[tuple[bytes, bytes]]) -> None:
             raise AmbiguousRequest("a header value has non-ASCII bytes")
         if name in _CONNECTION_HEADERS:
             _check_connection(name, raw_value)
-        if bodyless and name == "transfer-encoding":
-            raise AmbiguousRequest(f"{method} takes no body (Transfer-Encoding)")
-        if bodyless and name == "content-length" and raw_value.strip() != b"0":
-            raise AmbiguousRequest(f"{method} takes no body (Content-Length)")
+        if name == "transfer-encoding":
+            framing += 1
+            if bodyless:
+                raise AmbiguousRequest(f"{method} takes no body (Transfer-Encoding)")
+            if raw_value.strip().lower() != b"chunked":
+                raise MalformedRequest("Transfer-Encoding other than chunked")
+        elif name == "content-length":
+            framing += 1
+            if not _LENGTH.fullmatch(raw_value.strip()):
+                raise MalformedRequest("Content-Length is not a length")
+            if bodyless and raw_value.strip() != b"0":
+                raise AmbiguousRequest(f"{method} takes no body (Content-Length)")
+    if framing > 1:
+        raise MalformedRequest("more than one of Content-Length and Transfer-Encoding")
 
 
 def _check_connection(name: str, value: bytes) -> None:
@@ -175,10 +190,33 @@ def parse_query(query: str) -> tuple[tuple[str, str], ...]:
     for item in query.split("&"):
         name, _, value = item.partition("=")
         decoded = unquote_plus(name, errors="surrogateescape")
-        if decoded.lower().replace("-", "_") in _OVERRIDE_PARAMS:
+        if not _OVERRIDE_PARAMS.isdisjoint(parameter_readings(decoded)):
             raise AmbiguousRequest("a method-override query parameter (_method) is not accepted")
         pairs.append((decoded, unquote_plus(value, errors="surrogateescape")))
     return tuple(pairs)
+
+
+# How query parameter names are mangled on their way to a name some server acts on.
+_NAME_FOLD = str.maketrans({" ": "_", ".": "_", "[": "_", "-": "_", "+": "_"})
+_NAME_PARTS = re.compile(r"[\[\].]")
+
+
+def parameter_readings(name: str) -> set[str]:
+    """The names servers on the way might read a (decoded) query parameter name as.
+
+    PHP turns ' ', '.' and an unclosed '[' into '_' and drops leading spaces (``api.token`` is
+    ``api_token``); some readers fold case or read '-' as '_'; bracket and dot syntax makes
+    each part a name of its own to some parser (Node's ``qs`` reads ``[api_token]`` as
+    ``api_token``); NFKC folds fullwidth spellings. Over-reading is the safe side: a name
+    that reads as a credential or an override is refused or counted.
+    """
+    if name.isascii() and name.isidentifier() and name.islower():
+        return {name}  # the common case: a plain name, read the same way by everyone
+    text = unicodedata.normalize("NFKC", name) if not name.isascii() else name
+    text = text.lower().strip(" \t\r\n\x0b\x0c")
+    readings = {text.translate(_NAME_FOLD)}
+    readings.update(part.strip().translate(_NAME_FOLD) for part in _NAME_PARTS.split(text))
+    return readings
 
 
 def _describe(byte: int) -> str:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from proxy.canonical import parameter_readings
 from proxy.errors import (
     AmbiguousRequest,
     MissingCredential,
@@ -34,9 +34,6 @@ CredentialKind = Literal["oauth", "api_token"]
 # ``v1u:<base64>:<base64>``, padding included). No spaces, commas or quotes: a token a server
 # could split or unquote differently is refused.
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/:=]+")
-# How query parameter names are mangled on their way to a credential by some server: PHP turns
-# ' ', '.' and an unclosed '[' into '_'; others fold case or read '-' as '_'.
-_FOLD = str.maketrans({" ": "_", ".": "_", "[": "_", "-": "_", "+": "_"})
 _PARAMETER_KINDS: dict[str, CredentialKind] = {"api_token": "api_token", "access_token": "oauth"}
 
 
@@ -70,10 +67,7 @@ class _Found:
 
 def parameter_credential(name: str) -> CredentialKind | None:
     """The kind of credential some server reads in a query parameter of this (decoded) name."""
-    text = unicodedata.normalize("NFKC", name) if not name.isascii() else name
-    text = text.lower().strip(" \t\r\n\x0b\x0c")
-    array_name = text.split("[", 1)[0]  # api_token[] and api_token[x]: an array named api_token
-    for reading in (text.translate(_FOLD), array_name.translate(_FOLD)):
+    for reading in parameter_readings(name):
         kind = _PARAMETER_KINDS.get(reading)
         if kind is not None:
             return kind

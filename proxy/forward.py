@@ -8,11 +8,16 @@ the proxy's errors in ONE ``try``.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import StreamReader, web
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_parser import RawResponseMessage
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -39,6 +44,64 @@ _NO_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Conten
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _UPSTREAM_FAILURES = (aiohttp.ClientError, ConnectionError, TimeoutError)
+# Control characters an upstream header may not carry (HTAB aside): the server would refuse to
+# send them on, after the status was already decided.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class _ExactResponses(ResponseHandler):
+    """An upstream connection that reads only the answers it asked for.
+
+    aiohttp's pool keeps a connection on which the upstream writes while it is idle (an
+    unsolicited or extra answer), and the next request on it would read those bytes as its
+    own answer: every later client would get the previous one's. Here a connection that
+    receives a byte when no answer is due, or a second answer to one request, is closed.
+    """
+
+    def __init__(self, loop: Any) -> None:
+        super().__init__(loop)
+        self._awaiting = False  # an answer is due
+        self._answers = 0  # final answers parsed for the current request
+
+    def set_response_params(self, **params: Any) -> None:
+        self._awaiting, self._answers = True, 0
+        super().set_response_params(**params)
+
+    def data_received(self, data: bytes) -> None:
+        if data and not self._awaiting:
+            self._refuse()
+            return
+        super().data_received(data)
+
+    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
+        message, payload = data
+        super().feed_data(data, size)
+        if 100 <= message.code < 200 and message.code != 101:
+            return  # an interim answer: the final one is still due
+        self._answers += 1
+        if self._answers > 1:
+            self._refuse()
+            return
+        payload.on_eof(self._answered)
+
+    def _answered(self) -> None:
+        self._awaiting = False
+
+    def _refuse(self) -> None:
+        self.force_close()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's pooled connector, with connections that read only what they asked for."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._factory = cast(
+            "functools.partial[ResponseHandler]",
+            functools.partial(_ExactResponses, loop=self._loop),
+        )
 
 
 class IncompleteBody(Exception):
@@ -87,6 +150,17 @@ def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return kept
 
 
+def answer_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    """The upstream answer's end-to-end headers; a control character in them, or in its reason
+    phrase, is a malformed answer (the server could not send it on)."""
+    headers = end_to_end(upstream.headers)
+    if _CONTROL.search(upstream.reason or "") or any(
+        _CONTROL.search(value) for value in headers.values()
+    ):
+        raise UpstreamUnavailable("upstream sent a malformed header", kind="malformed")
+    return headers
+
+
 async def send_continue(request: web.Request) -> None:
     """Answer ``Expect: 100-continue``: the client may now send the body."""
     if request.headers.get("Expect", "").lower() == "100-continue":
@@ -120,7 +194,7 @@ class UpstreamClient:
             sock_read=self.settings.read_timeout,
         )
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1024, ttl_dns_cache=60),
+            connector=_Connector(limit=1024, ttl_dns_cache=60),
             timeout=timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # never carry one app's cookies to another
@@ -149,7 +223,7 @@ class UpstreamClient:
                 data=data,
                 allow_redirects=False,
             ) as upstream:
-                headers = end_to_end(upstream.headers)
+                headers = answer_headers(upstream)
                 if upstream.content.is_eof():
                     # The whole body has already arrived with the headers: send both at once.
                     body = upstream.content.read_nowait() or None
@@ -185,8 +259,7 @@ class UpstreamClient:
             ) as upstream:
                 too_large = UpstreamUnavailable(f"upstream answer over {limit} bytes")
                 whole = await read_limited(upstream.content, limit, too_large)
-                headers = end_to_end(upstream.headers)
-                return Fetched(upstream.status, upstream.reason, headers, whole)
+                return Fetched(upstream.status, upstream.reason, answer_headers(upstream), whole)
         except _UPSTREAM_FAILURES as error:
             raise self._failure(error, target) from error
 

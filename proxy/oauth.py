@@ -125,13 +125,13 @@ def read_token_response(body: bytes, now: float | None = None) -> LearnedToken |
 def revoked_token_digest(form: bytes) -> str | None:
     """Digest of the one token a revoke request names (form field ``token``), as the form
     parser reads it: decoded once, exactly as the OAuth server decodes it. Anything else (no
-    token, several, a body that is not a form) names nothing to forget."""
+    token, two different ones, a body that is not a form) names nothing to forget."""
     try:
         fields = parse_qsl(form.decode("ascii"), keep_blank_values=True)
     except (UnicodeDecodeError, ValueError):
         return None
-    tokens = [value for name, value in fields if name == "token" and value]
-    return token_digest(tokens[0]) if len(tokens) == 1 else None
+    tokens = {value for name, value in fields if name == "token" and value}
+    return token_digest(tokens.pop()) if len(tokens) == 1 else None
 
 
 def rewrite_api_domain(body: bytes, public_url: str) -> bytes:

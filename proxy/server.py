@@ -6,9 +6,10 @@
    message, one log event (``proxy.observe.refuse_unparsed``).
 2. The compiled parser and the pure-Python one (``AIOHTTP_NO_EXTENSIONS=1``, or platforms
    without the compiled extension) must not disagree on what reaches the proxy. The pure-Python
-   one accepts any method token (upper-casing it) and raw non-ASCII bytes in the request line,
-   where the compiled one (llhttp) accepts only the methods it knows, in upper case, and ASCII;
-   here it refuses what llhttp refuses. ``CONNECT`` (a tunnel, whose bytes the pure-Python
+   one accepts any method token (upper-casing it), raw non-ASCII bytes in the request line and
+   any HTTP/1.x version, where the compiled one (llhttp) accepts only the methods it knows, in
+   upper case, ASCII, and HTTP/1.0 or 1.1 (and 0.9, which the app refuses); here it refuses
+   what llhttp refuses. ``CONNECT`` (a tunnel, whose bytes the pure-Python
    parser would wait for) is refused by both as a malformed request.
 
 Request bodies are never decompressed (``auto_decompress=False``, set on the application by
@@ -17,14 +18,16 @@ Request bodies are never decompressed (``auto_decompress=False``, set on the app
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, InvalidURLError
+from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine, InvalidHeader, InvalidURLError
 from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
 
 from proxy.observe import refuse_unparsed
 
+_LENGTH = re.compile(rb"[0-9]{1,18}")
 # The methods llhttp (aiohttp's compiled parser) accepts, less CONNECT; a test holds this to it.
 LLHTTP_METHODS = frozenset(
     b"DELETE GET HEAD POST PUT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH SEARCH "
@@ -71,6 +74,12 @@ class _ProxyProtocol(web.RequestHandler):
                     raise BadHttpMethod("method")  # generic: the message is never shown
                 if not rest.isascii():
                     raise InvalidURLError("target")
+                if not rest.endswith((b" HTTP/1.1", b" HTTP/1.0")):
+                    raise BadStatusLine("version")
+                for line in lines[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length" and not _LENGTH.fullmatch(value.strip()):
+                        raise InvalidHeader("Content-Length")  # llhttp refuses what overflows
                 return parse_message(lines)
 
             parser.parse_message = parse_strictly  # type: ignore[method-assign]

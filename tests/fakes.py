@@ -95,10 +95,13 @@ class EagerUpstream:
 
     ``ignore_get_body``: read no body on GET and HEAD, whatever their head declares, as servers
     open to CL.0 and TE.0 desynchronisation do: such a body is read as the next request.
-    Every head it parses is recorded, garbage included, with the connection it came on.
+    ``unsolicited``: bytes written, a moment after its first answer, on each connection that is
+    then idle (a misbehaving upstream or middlebox). Every head it parses is recorded, garbage
+    included, with the connection it came on.
     """
 
     ignore_get_body: bool = False
+    unsolicited: bytes = b""
     received: list[Parsed] = field(default_factory=list)
     cut_mid_body: list[int] = field(default_factory=list)  # connections closed inside a body
     connections: int = 0
@@ -139,6 +142,8 @@ class EagerUpstream:
                     b"Content-Length: " + str(len(answer)).encode() + b"\r\n\r\n" + answer
                 )
                 await writer.drain()
+                if self.unsolicited and len(self.received) == 1:
+                    asyncio.get_running_loop().call_later(0.1, writer.write, self.unsolicited)
                 if self.ignore_get_body and request.method in ("GET", "HEAD"):
                     continue
                 try:

@@ -104,6 +104,7 @@ def test_revocation_forgets_only_the_token_the_form_parser_reads() -> None:
     assert revoked_token_digest(b"token=v1u%253Aab") == sha("v1u%3Aab")
     assert revoked_token_digest(b"token_type_hint=access_token") is None
     assert revoked_token_digest(b"token=a&token=b") is None
+    assert revoked_token_digest(b"token=a&token=a") == sha("a"), "the same token twice is one"
     assert revoked_token_digest(b"token=\xff") is None
 
 

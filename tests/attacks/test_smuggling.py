@@ -231,3 +231,31 @@ async def test_a_body_shorter_than_declared_is_never_followed_on_its_connection(
     assert (status, body["request_id"]) == (200, "next")
     assert body["connection"] != eager.received[0].connection
     assert [r.request_id for r in eager.received] == ["s", "next"]
+
+
+async def test_an_upstream_writing_on_an_idle_connection_never_answers_the_next_client(
+    make_proxy: ProxyFactory,
+) -> None:
+    """Response desync: bytes an upstream sends on a pooled connection while it is idle must
+    not be read as the answer to the next request on it (that client would get them, and every
+    later client the previous one's answer)."""
+    injected = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"
+    eager = EagerUpstream(unsolicited=injected)
+    await eager.start()
+    try:
+        client = await make_proxy(tokens=TOKENS, upstream={"api_url": eager.url})
+        assert client.server.port is not None
+        port = client.server.port
+        status, first = await one_call(
+            port, request("GET", "/v1/deals", "reader", headers={"X-Request-Id": "first"})
+        )
+        assert (status, first["request_id"]) == (200, "first")
+        await asyncio.sleep(0.3)  # the upstream has written on the idle connection by now
+        for n in range(4):
+            status, answer = await one_call(
+                port, request("GET", f"/v1/deals/{n}", "writer", headers={"X-Request-Id": f"n{n}"})
+            )
+            assert (status, answer["request_id"]) == (200, f"n{n}")
+            assert answer["connection"] != first["connection"]
+    finally:
+        await eager.close()
