@@ -21,7 +21,7 @@ from proxy.decision import Decision, authorize
 from proxy.errors import MalformedRequest, MethodNotAllowed, NotFound, StoreUnavailable
 from proxy.forward import UpstreamClient
 from proxy.internal import handle_internal
-from proxy.logs import get_logger
+from proxy.logs import SINK, get_logger
 from proxy.metrics import Metrics
 from proxy.observe import mark_decision, observe
 from proxy.reasons import Reason
@@ -126,9 +126,10 @@ def create_app(
     app.on_response_prepare.append(mark_decision)
     app[RUNTIME] = RuntimeHolder(Runtime.build(config, catalogue))
     app[METRICS] = Metrics()
-    app[UPSTREAM] = UpstreamClient(config.upstream)
+    SINK.on_error = app[METRICS].log_errors.inc
+    app[UPSTREAM] = UpstreamClient(config.upstream, config.limits.body_timeout)
     app[STORE] = store if store is not None else open_store(config.store, clock)
-    app[RECORDER] = Recorder(app[STORE])
+    app[RECORDER] = Recorder(app[STORE], config.limits.report_tokens)
     app[CLOCK] = clock
     app.cleanup_ctx.append(_resources)
     app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_early_continue)

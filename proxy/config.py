@@ -52,6 +52,17 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one client may hold: time to send a head, idle time, body stalls, connections."""
+
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    body_timeout: float = 30.0
+    max_connections: int = 1024
+    report_tokens: int = 100  # tokens with a report section of their own; the rest: "other"
+
+
+@dataclass(frozen=True)
 class StaticGrant:
     name: str
     digest: str
@@ -116,6 +127,7 @@ class Config:
     rewrite_api_domain: bool = True
     catalog_extra: tuple[Path, ...] = ()
     logging: Logging = field(default_factory=Logging)
+    limits: Limits = field(default_factory=Limits)
     source: str = "<defaults>"
     # Every list of scope names, with its key path, for ``check_scopes``.
     scope_lists: tuple[tuple[str, tuple[str, ...]], ...] = field(default=(), compare=False)
@@ -200,7 +212,42 @@ def _grant(
 _TOP = {
     "listen", "upstream", "mode", "app_scopes", "tokens", "unknown_tokens", "api_tokens",
     "unknown_endpoints", "store", "public_url", "rewrite_api_domain", "catalog_extra", "logging",
+    "limits",
 }  # fmt: skip
+
+
+def _limits(value: Any) -> Limits:
+    raw = _mapping(value, "limits", set(Limits.__dataclass_fields__))
+    defaults = Limits()
+    connections = _require(
+        raw.get("max_connections", defaults.max_connections),
+        int,
+        "limits.max_connections",
+        "a number of connections",
+    )
+    if not 1 <= connections <= 1_000_000:
+        raise ConfigError("limits.max_connections", "expected between 1 and 1000000")
+    report_tokens = _require(
+        raw.get("report_tokens", defaults.report_tokens),
+        int,
+        "limits.report_tokens",
+        "a number of tokens",
+    )
+    if not 1 <= report_tokens <= 100_000:
+        raise ConfigError("limits.report_tokens", "expected between 1 and 100000")
+    return Limits(
+        report_tokens=report_tokens,
+        header_timeout=_seconds(
+            raw.get("header_timeout", defaults.header_timeout), "limits.header_timeout"
+        ),
+        keepalive_timeout=_seconds(
+            raw.get("keepalive_timeout", defaults.keepalive_timeout), "limits.keepalive_timeout"
+        ),
+        body_timeout=_seconds(
+            raw.get("body_timeout", defaults.body_timeout), "limits.body_timeout"
+        ),
+        max_connections=connections,
+    )
 
 
 def parse_config(
@@ -284,6 +331,7 @@ def parse_config(
         ),
         catalog_extra=extra,
         logging=logging,
+        limits=_limits(top.get("limits")),
         source=source,
         scope_lists=tuple(scope_lists),
     )

@@ -122,6 +122,26 @@ class ApiTokenNotScoped(ProxyError):
     )
 
 
+class RequestTimeout(ProxyError):
+    """The client stopped sending its body: the call is cut off, upstream included."""
+
+    status = 408
+    reason = Reason.REQUEST_TIMEOUT
+    error = "Request timeout"
+
+
+class HeaderTimeout(RequestTimeout):
+    """The client did not send a whole request head in time."""
+
+    reason = Reason.HEADER_TIMEOUT
+
+
+class TooManyConnections(ProxyError):
+    status = 503
+    reason = Reason.TOO_MANY_CONNECTIONS
+    error = "Service unavailable: too many connections"
+
+
 class RequestTooLarge(ProxyError):
     status = 413
     reason = Reason.REQUEST_TOO_LARGE

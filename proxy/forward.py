@@ -8,6 +8,7 @@ the proxy's errors in ONE ``try``.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config import UpstreamSettings
-from proxy.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import RequestTimeout, UpstreamFailure, UpstreamTimeout, UpstreamUnavailable
 
 HOP_BY_HOP = frozenset(
     {
@@ -109,20 +110,41 @@ class IncompleteBody(Exception):
     sent on must not carry another request."""
 
 
-async def exact_body(stream: StreamReader, declared: int | None) -> AsyncIterator[bytes]:
-    """The client's request body, chunk by chunk as it arrives, checked against its length.
+class BodyStalled(Exception):
+    """The client sent no body bytes for the stall timeout."""
+
+
+class ClientBody:
+    """The client's request body, passed upstream chunk by chunk as it arrives.
 
     The server's parser already delivers exactly ``Content-Length`` bytes (bodies are never
-    decompressed) and raises when the client goes away mid-body. This is the second line: a body
-    that somehow ends early or runs long raises, so aiohttp's client closes the upstream
-    connection instead of pooling one whose next request the upstream would misread.
+    decompressed) and raises when the client goes away mid-body. Here a body that somehow ends
+    early or runs long raises, so aiohttp's client closes the upstream connection instead of
+    pooling one whose next request the upstream would misread; and a client that sends nothing
+    for ``stall_timeout`` seconds has its call cut off, upstream included (``stalled``).
     """
-    sent = 0
-    async for chunk in stream.iter_any():
-        sent += len(chunk)
-        yield chunk
-    if declared is not None and sent != declared:
-        raise IncompleteBody(f"request body of {sent} bytes where {declared} were declared")
+
+    def __init__(self, stream: StreamReader, declared: int | None, stall_timeout: float) -> None:
+        self.stream = stream
+        self.declared = declared
+        self.stall_timeout = stall_timeout
+        self.stalled = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        sent = 0
+        while True:
+            try:
+                async with asyncio.timeout(self.stall_timeout):
+                    chunk = await self.stream.readany()
+            except TimeoutError:
+                self.stalled = True
+                raise BodyStalled() from None  # not a TimeoutError: aiohttp would call it ours
+            if not chunk:
+                break
+            sent += len(chunk)
+            yield chunk
+        if self.declared is not None and sent != self.declared:
+            raise IncompleteBody(f"request body of {sent} bytes where {self.declared} declared")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,23 +189,34 @@ async def send_continue(request: web.Request) -> None:
         await request.writer.write(_CONTINUE)
 
 
-async def read_limited(stream: StreamReader, limit: int, too_large: Exception) -> bytes:
-    """A whole (small) body; ``too_large`` is raised past ``limit`` bytes."""
-    chunks, size = [], 0
-    async for chunk in stream.iter_any():
+async def read_limited(
+    stream: StreamReader, limit: int, too_large: Exception, stall_timeout: float | None = None
+) -> bytes:
+    """A whole (small) body; ``too_large`` past ``limit`` bytes, ``RequestTimeout`` when no
+    byte comes for ``stall_timeout`` seconds."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            async with asyncio.timeout(stall_timeout):
+                chunk = await stream.readany()
+        except TimeoutError:
+            raise RequestTimeout(f"no body bytes for {stall_timeout:g} s") from None
+        if not chunk:
+            return b"".join(chunks)
         size += len(chunk)
         if size > limit:
             raise too_large
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class UpstreamClient:
     """The pooled upstream client, owned by the app's ``cleanup_ctx``. It knows nothing of
     decisions: it sends what it is given and maps the upstream's failures to the proxy's."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, body_timeout: float) -> None:
         self.settings = settings
+        self.body_timeout = body_timeout
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -210,9 +243,9 @@ class UpstreamClient:
         back. Raises ``UpstreamFailure`` before the answer starts, ``StreamAborted`` after."""
         assert self._session is not None, "UpstreamClient.start() was not awaited"
         target = URL(url, encoded=True)
-        data: AsyncIterator[bytes] | None = None
+        body: ClientBody | None = None
         if request.body_exists:
-            data = exact_body(request.content, request.content_length)
+            body = ClientBody(request.content, request.content_length, self.body_timeout)
             await send_continue(request)  # only now that the call is authorized
         response: web.StreamResponse | None = None
         try:
@@ -220,15 +253,15 @@ class UpstreamClient:
                 request.method,
                 target,
                 headers=end_to_end(request.headers),
-                data=data,
+                data=body.chunks() if body is not None else None,
                 allow_redirects=False,
             ) as upstream:
                 headers = answer_headers(upstream)
                 if upstream.content.is_eof():
                     # The whole body has already arrived with the headers: send both at once.
-                    body = upstream.content.read_nowait() or None
+                    whole = upstream.content.read_nowait() or None
                     return web.Response(
-                        status=upstream.status, reason=upstream.reason, headers=headers, body=body
+                        status=upstream.status, reason=upstream.reason, headers=headers, body=whole
                     )
                 response = web.StreamResponse(
                     status=upstream.status, reason=upstream.reason, headers=headers
@@ -239,6 +272,10 @@ class UpstreamClient:
                 await response.write_eof()
                 return response
         except _UPSTREAM_FAILURES as error:
+            if body is not None and body.stalled:
+                if response is not None and response.prepared:
+                    raise StreamAborted(response, "client_stalled") from error
+                raise RequestTimeout(f"no body bytes for {self.body_timeout:g} s") from error
             if response is not None and response.prepared:
                 kind = _mid_body_kind(request, error)
                 if request.transport is not None:  # the client sees a truncated body

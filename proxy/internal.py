@@ -65,7 +65,8 @@ async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
     except StoreError as error:
         request.app[METRICS].store_errors.labels("report").inc()
         raise StoreUnavailable("cannot read the report's counters now") from error
-    report = build_report(calls, request.app[RUNTIME].current.config.policy.app_scopes)
+    config = request.app[RUNTIME].current.config
+    report = build_report(calls, config.policy.app_scopes, config.limits.report_tokens)
     if path.endswith(".html"):
         return web.Response(text=render_html(report), content_type="text/html")
     return json_response(report)

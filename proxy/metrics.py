@@ -47,6 +47,17 @@ class Metrics:
             ["operation"],
             registry=self.registry,
         )
+        self.connections_dropped = Counter(
+            "scope_proxy_connections_dropped",
+            "Client connections closed by a limit (too_many_connections, header_timeout).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.log_errors = Counter(
+            "scope_proxy_log_errors",
+            "Log lines the sink could not write (a closed pipe, a full disk); serving goes on.",
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, str, str], MetricWrapperBase] = {}
 
     def observe(self, verdict: str, reason: str, version: str | None, seconds: float) -> None:

@@ -37,6 +37,8 @@ from proxy.responses import DECISION_HEADER, error_response
 from proxy.state import DECISION, METRICS, RECORDER
 
 _LOG = get_logger()  # bound once configured; cheap on the hot path
+# Answers cut off mid-body by the client's side rather than the upstream's.
+_CUT_OFF = {"client_gone": "client_gone", "client_stalled": "request_timeout_mid_body"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +120,7 @@ def record(app: web.Application, outcome: Outcome) -> None:
     metrics.observe(outcome.verdict, outcome.reason, fields["version"], outcome.seconds)
     failed = outcome.upstream_failed
     kind = outcome.cut_off or (failed.kind if failed is not None else None)
-    if kind is not None:
+    if kind is not None and kind != "client_stalled":
         metrics.upstream_errors.labels(kind).inc()
     call = Call.from_decision(outcome.decision) if outcome.decision is not None else None
     if call is not None:
@@ -137,8 +139,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response, cut_off = aborted.response, aborted.kind  # the client sees a truncated answer
     except ProxyError as error:
         refusal, response = error, error_response(error)
-        if error.status in (400, 405):
+        if error.status in (400, 405, 408):
             response.force_close()  # the rest of what this client sends cannot be trusted either
+        if error.status == 408:
+            request.content.feed_eof()  # a stalled body: do not linger waiting for the rest
     except web.HTTPException as error:  # raised by aiohttp itself, e.g. a target it cannot route
         refusal = _from_http(request, error)
         response = error_response(refusal)

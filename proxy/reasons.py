@@ -25,8 +25,11 @@ class Reason(StrEnum):
     REQUEST_TOO_LARGE = "request_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     STORE_UNAVAILABLE = "store_unavailable"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    HEADER_TIMEOUT = "header_timeout"
     INTERNAL_ERROR = "internal_error"
     # Failures after the call was let through.
+    REQUEST_TIMEOUT = "request_timeout"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     OAUTH_RESPONSE_UNREADABLE = "oauth_response_unreadable"

@@ -1,7 +1,9 @@
 """Counting decided calls for the overreach report, without a store round trip per request.
 
 Each process counts in memory and adds its counts to the store about once a second (and before
-every report it serves), so replicas sharing a Redis report together.
+every report it serves), so replicas sharing a Redis report together. The store keeps the
+calls of at most ``STORED_TOKENS_PER_SHOWN`` times as many tokens as the report shows (the
+busiest; the rest are counted as ``other``), so a storm of new tokens cannot grow it for ever.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from proxy.report import Call
 from proxy.stores import CallCounts, StoreError
 
 FLUSH_SECONDS = 1.0
+STORED_TOKENS_PER_SHOWN = 10
 
 
 class Recorder:
-    def __init__(self, counts: CallCounts) -> None:
+    def __init__(self, counts: CallCounts, shown_tokens: int) -> None:
         self.counts = counts
+        self.stored_tokens = shown_tokens * STORED_TOKENS_PER_SHOWN
         self._pending: Counter[Call] = Counter()
+        self._new_tokens: set[str] = set()  # flushed since the store was last compacted
         self._task: asyncio.Task[None] | None = None
 
     def record(self, call: Call) -> None:
@@ -37,13 +42,18 @@ class Recorder:
         except StoreError:
             self._pending.update(batch)
             raise
+        self._new_tokens.update(call.token_fp for call in batch)
+        if len(self._new_tokens) > self.stored_tokens:
+            self._new_tokens.clear()
+            await self.counts.compact_calls(self.stored_tokens)
 
     async def calls(self) -> Counter[Call]:
         """Every call counted by every process sharing the store, this one's included."""
         await self.flush()
-        return Counter(
-            {Call.from_key(key): n for key, n in (await self.counts.call_counts()).items()}
-        )
+        found: Counter[Call] = Counter()
+        for key, count in (await self.counts.call_counts()).items():
+            found[Call.from_key(key)] += count
+        return found
 
     async def reset(self) -> None:
         self._pending.clear()

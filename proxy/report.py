@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.decision import BASE, Decision
 from proxy.reasons import DECIDED
+
+MAX_TOKENS = 100  # tokens with a report section of their own (config: limits.report_tokens)
+OTHER_TOKENS = "other"  # the fingerprint under which the rest are counted together
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -35,16 +38,19 @@ class Call:
         return self.decision in ("deny", "report")
 
     def key(self) -> str:
-        """A stable string form, for counters kept in a store."""
-        return json.dumps(
-            [self.token_fp, self.method, self.version, self.endpoint, self.decision, self.reason,
+        """A stable string form, for counters kept in a store: the token's fingerprint, a tab,
+        the rest as JSON (a store can fold tokens together without reading JSON)."""
+        rest = json.dumps(
+            [self.method, self.version, self.endpoint, self.decision, self.reason,
              list(self.accepted_scopes), self.token_cost],
             separators=(",", ":"),
         )  # fmt: skip
+        return f"{self.token_fp}\t{rest}"
 
     @classmethod
     def from_key(cls, key: str) -> Call:
-        fp, method, version, endpoint, decision, reason, accepted, cost = json.loads(key)
+        fp, _, rest = key.partition("\t")
+        method, version, endpoint, decision, reason, accepted, cost = json.loads(rest)
         return cls(fp, method, version, endpoint, decision, reason, tuple(accepted), cost)
 
     @classmethod
@@ -160,17 +166,41 @@ def _section(calls: Mapping[Call, int], app_scopes: frozenset[str] | None) -> di
     }  # fmt: skip
 
 
-def build_report(calls: Mapping[Call, int], app_scopes: frozenset[str] | None) -> dict[str, Any]:
-    """The report document (its keys are a contract: see README, "The report")."""
-    by_token: dict[str, dict[Call, int]] = {}
+def fold_tokens(calls: Mapping[Call, int], keep: int) -> Counter[Call]:
+    """The calls with all but the ``keep`` busiest tokens counted as one, ``other``."""
+    totals: Counter[str] = Counter()
     for call, count in calls.items():
+        totals[call.token_fp] += count
+    totals.pop(OTHER_TOKENS, None)
+    if len(totals) <= keep:
+        return Counter(calls)
+    busiest = {fp for fp, _ in sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:keep]}
+    folded: Counter[Call] = Counter()
+    for call, count in calls.items():
+        if call.token_fp in busiest:
+            folded[call] += count
+        else:
+            folded[replace(call, token_fp=OTHER_TOKENS)] += count
+    return folded
+
+
+def build_report(
+    calls: Mapping[Call, int], app_scopes: frozenset[str] | None, max_tokens: int = MAX_TOKENS
+) -> dict[str, Any]:
+    """The report document (its keys are a contract: see README, "The report"). At most
+    ``max_tokens`` tokens have a section of their own; the rest share one, ``other``."""
+    folded = fold_tokens(calls, max_tokens)
+    by_token: dict[str, dict[Call, int]] = {}
+    for call, count in folded.items():
         by_token.setdefault(call.token_fp, {})[call] = count
     return {
         "app_scopes": sorted(app_scopes) if app_scopes is not None else None,
-        "overall": _section(calls, app_scopes),
+        "overall": _section(folded, app_scopes),
         "tokens": [
             {"fingerprint": fp, **_section(token_calls, app_scopes)}
-            for fp, token_calls in sorted(by_token.items())
+            for fp, token_calls in sorted(
+                by_token.items(), key=lambda item: (item[0] == OTHER_TOKENS, item[0])
+            )
         ],
     }
 

@@ -6,7 +6,9 @@ from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 
-from proxy.report import endpoint_label, findings
+from proxy.report import OTHER_TOKENS, endpoint_label, findings
+
+SHOWN_TOKENS = 20  # token sections on the page; the JSON has every one
 
 _STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; color: #1d2330;
@@ -102,16 +104,29 @@ def _section(section: Mapping[str, Any], app_scopes: list[str] | None, level: st
     return "\n".join(parts)
 
 
+def _token_name(fingerprint: str) -> str:
+    if fingerprint == OTHER_TOKENS:
+        return "Other tokens (beyond the busiest)"
+    return f"Token <code>{escape(fingerprint)}</code>"
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The report for people: tables, the recommended scope set, a sentence per finding."""
     app = report["app_scopes"]
     declared = _scopes(app) if app is not None else "<em>app_scopes is not set</em>"
+    busiest = sorted(report["tokens"], key=lambda t: -t["requests"])
+    shown, hidden = busiest[:SHOWN_TOKENS], busiest[SHOWN_TOKENS:]
     tokens = "".join(
-        f"<details><summary>Token <code>{escape(t['fingerprint'])}</code>: {t['requests']} "
+        f"<details><summary>{_token_name(t['fingerprint'])}: {t['requests']} "
         f"requests, needs {_scopes(t['minimal_scopes'])}</summary>{_section(t, app, 'h4')}"
         "</details>"
-        for t in report["tokens"]
+        for t in shown
     )
+    if hidden:
+        tokens += (
+            f"<p>{len(hidden)} more tokens, {sum(t['requests'] for t in hidden)} requests: "
+            'every token is in the <a href="/_proxy/report">JSON report</a>.</p>'
+        )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -7,6 +7,7 @@ forwarded, streamed or refused, from the request's decision.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -48,3 +49,15 @@ def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(
         status=status, body=json.dumps(body).encode(), content_type="application/json"
     )
+
+
+def raw_refusal(error: ProxyError) -> bytes:
+    """A whole HTTP/1.1 refusal as bytes, for a connection the proxy answers before any request
+    exists (a connection over the limit, a head that never arrived). It closes the connection."""
+    body = json.dumps(envelope(error)).encode()
+    head = (
+        f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"{DECISION_HEADER}: deny\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body

@@ -1,4 +1,4 @@
-"""The HTTP server under the app: aiohttp's, with two of its defaults changed for a proxy.
+"""The HTTP server under the app: aiohttp's, with its defaults changed for a proxy.
 
 1. Requests aiohttp's own HTTP parser refuses never reach a handler or a middleware; aiohttp
    answers them in plain text that quotes the offending line, which may hold a token. Here they
@@ -6,11 +6,15 @@
    message, one log event (``proxy.observe.refuse_unparsed``).
 2. The compiled parser and the pure-Python one (``AIOHTTP_NO_EXTENSIONS=1``, or platforms
    without the compiled extension) must not disagree on what reaches the proxy. The pure-Python
-   one accepts any method token (upper-casing it), raw non-ASCII bytes in the request line and
-   any HTTP/1.x version, where the compiled one (llhttp) accepts only the methods it knows, in
-   upper case, ASCII, and HTTP/1.0 or 1.1 (and 0.9, which the app refuses); here it refuses
-   what llhttp refuses. ``CONNECT`` (a tunnel, whose bytes the pure-Python
-   parser would wait for) is refused by both as a malformed request.
+   one accepts any method token (upper-casing it), raw non-ASCII bytes in the request line,
+   any HTTP/1.x version and lengths of any size, where the compiled one (llhttp) accepts only
+   the methods it knows, in upper case, ASCII, HTTP/1.0 or 1.1 (and 0.9, which the app
+   refuses) and lengths that fit; here it refuses what llhttp refuses. ``CONNECT`` (a tunnel,
+   whose bytes the pure-Python parser would wait for) is refused by both as malformed.
+3. Client limits (config ``limits``): a connection past ``max_connections`` gets a 503 and is
+   closed at once; a request head must arrive within ``header_timeout`` (from the connection's
+   start, or from the first byte of a later request); idle keep-alive connections close after
+   ``keepalive_timeout``. (``body_timeout`` is the forwarder's: ``proxy.forward``.)
 
 Request bodies are never decompressed (``auto_decompress=False``, set on the application by
 ``create_app``): a proxy forwards the bytes it received, with the length they were declared with.
@@ -18,14 +22,21 @@ Request bodies are never decompressed (``auto_decompress=False``, set on the app
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine, InvalidHeader, InvalidURLError
 from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
 
+from proxy.config import Limits
+from proxy.errors import HeaderTimeout, TooManyConnections
+from proxy.logs import get_logger
 from proxy.observe import refuse_unparsed
+from proxy.responses import raw_refusal
+from proxy.state import METRICS, RUNTIME
 
 _LENGTH = re.compile(rb"[0-9]{1,18}")
 # The methods llhttp (aiohttp's compiled parser) accepts, less CONNECT; a test holds this to it.
@@ -34,6 +45,9 @@ LLHTTP_METHODS = frozenset(
     b"UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE "
     b"UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
 )
+_TOO_MANY = raw_refusal(TooManyConnections("try again when other calls have finished"))
+_HEAD_TOO_SLOW = raw_refusal(HeaderTimeout("the request head did not arrive in time"))
+_LOG_EVERY = 10.0  # seconds between two log lines about dropped connections
 
 
 class ProxyRunner(web.AppRunner):
@@ -46,24 +60,51 @@ class ProxyRunner(web.AppRunner):
 
 class _ProxyServer(web.Server):
     def __init__(self, app: web.Application, made: web.Server) -> None:
+        self.limits: Limits = app[RUNTIME].current.config.limits
+        options = {
+            **made._kwargs,
+            "keepalive_timeout": self.limits.keepalive_timeout,
+            # After an answer, what is left of a request body is read and dropped for at most
+            # this long (then the connection closes): a stalled upload holds nothing longer.
+            "lingering_time": self.limits.body_timeout,
+        }
         super().__init__(
             made.request_handler,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=made._loop,
-            **made._kwargs,
+            **options,
         )
         self.app = app
+        self._dropped: dict[str, int] = {}
+        self._last_said = 0.0
 
     def __call__(self) -> web.RequestHandler:
         return _ProxyProtocol(self, loop=self._loop, **self._kwargs)
 
+    @property
+    def full(self) -> bool:
+        return len(self._connections) >= self.limits.max_connections
+
+    def dropped(self, reason: str) -> None:
+        """Count a connection closed by a limit; say so in the log, at most every few seconds."""
+        self.app[METRICS].connections_dropped.labels(reason).inc()
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._last_said >= _LOG_EVERY:
+            self._last_said = now
+            get_logger().warning("connections_dropped", **self._dropped)
+            self._dropped = {}
+
 
 class _ProxyProtocol(web.RequestHandler):
-    __slots__ = ()
+    __slots__ = ("_head_begun", "_head_timer", "_refused")
 
     def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_begun = False
+        self._refused = False
         parser = self._parser
         if isinstance(parser, HttpRequestParserPy):
             parse_message = parser.parse_message
@@ -84,6 +125,61 @@ class _ProxyProtocol(web.RequestHandler):
 
             parser.parse_message = parse_strictly  # type: ignore[method-assign]
 
+    @property
+    def _server(self) -> _ProxyServer:
+        manager = self._manager
+        assert isinstance(manager, _ProxyServer)
+        return manager
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._server
+        if server.full:
+            self._refused = True
+            assert isinstance(transport, asyncio.Transport)
+            transport.write(_TOO_MANY)
+            transport.close()
+            server.dropped("too_many_connections")
+            return
+        super().connection_made(transport)
+        self._arm_head_timer(begun=False)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_head_timer()
+        if not self._refused:
+            super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if data and self._current_request is None and not self._messages:
+            if self._head_timer is None:
+                self._arm_head_timer(begun=True)  # the first byte of a later request
+            else:
+                self._head_begun = True  # the first request: its deadline runs from the start
+        super().data_received(data)
+        if self._messages or self._current_request is not None:
+            self._disarm_head_timer()
+
+    def _arm_head_timer(self, begun: bool) -> None:
+        self._disarm_head_timer()
+        self._head_begun = begun
+        self._head_timer = self._loop.call_later(
+            self._server.limits.header_timeout, self._head_too_slow
+        )
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._head_begun:
+            transport.write(_HEAD_TOO_SLOW)  # a partial head: say why before closing
+        self._server.dropped("header_timeout")
+        self.force_close()
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -93,6 +189,4 @@ class _ProxyProtocol(web.RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("the response has started: nothing else can be sent")
-        manager = self._manager
-        assert isinstance(manager, _ProxyServer)
-        return refuse_unparsed(manager.app, exc)
+        return refuse_unparsed(self._server.app, exc)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import signal
 import sys
 import tempfile
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
 
 from aiohttp import web
 
@@ -35,15 +38,16 @@ class ServeError(Exception):
 def serve(config_path: str | None, config: Config, catalogue: Catalogue, workers: int) -> int:
     """Serve until told to stop; with ``workers`` > 1, as that many processes on one port."""
     if workers == 1:
-        asyncio.run(run_worker(config_path, config, catalogue, reuse_port=False))
+        asyncio.run(run_worker(config_path, config, catalogue, supervised=False))
         return 0
-    return supervise(config_path, config.listen, workers)
+    return supervise(config_path, config, workers)
 
 
 async def run_worker(
-    config_path: str | None, config: Config, catalogue: Catalogue, reuse_port: bool
+    config_path: str | None, config: Config, catalogue: Catalogue, supervised: bool
 ) -> None:
-    """Serve until SIGTERM or SIGINT; finish in-flight requests (bounded); SIGHUP reloads."""
+    """Serve until SIGTERM or SIGINT; finish in-flight requests (bounded); SIGHUP reloads.
+    A supervised worker shares its port with its siblings, and stops if its supervisor dies."""
     configure_logging(config.logging.format, config.logging.level)
     app = create_app(config, catalogue)
     runner = ProxyRunner(
@@ -51,7 +55,7 @@ async def run_worker(
     )
     await runner.setup()
     site = web.TCPSite(
-        runner, config.listen.host, config.listen.port, reuse_port=reuse_port or None
+        runner, config.listen.host, config.listen.port, reuse_port=supervised or None
     )
     try:
         await site.start()
@@ -67,11 +71,22 @@ async def run_worker(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload, app, config_path, config)
+    watching = asyncio.create_task(_watch_parent(stop)) if supervised else None
     try:
         await stop.wait()
         get_logger().info("shutting_down", grace_seconds=SHUTDOWN_SECONDS)
     finally:
+        if watching is not None:
+            watching.cancel()
         await runner.cleanup()
+
+
+async def _watch_parent(stop: asyncio.Event) -> None:
+    """Stop when the supervisor is gone (killed, say): no worker outlives it."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells of a parent's death
+        await asyncio.sleep(1.0)
+    stop.set()
 
 
 def reload(app: web.Application, config_path: str | None, running: Config) -> None:
@@ -100,40 +115,105 @@ def _worker_main(config_path: str | None, listen: Listen) -> None:
     try:
         config, catalogue = load(config_path)
         config = replace(config, listen=listen)
-        asyncio.run(run_worker(config_path, config, catalogue, reuse_port=True))
+        asyncio.run(run_worker(config_path, config, catalogue, supervised=True))
     except (ConfigError, ServeError) as error:
         print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(WORKER_CANNOT_START)
 
 
-def supervise(config_path: str | None, listen: Listen, workers: int) -> int:
-    """Run ``workers`` processes on one port (SO_REUSEPORT); stop them all together."""
+WORKER_CANNOT_START = 2  # a worker's exit status that restarting would not mend
+RESTART_FIRST, RESTART_MOST = 0.5, 30.0  # seconds before restarting a worker that died
+STABLE_AFTER = 30.0  # a worker that ran this long starts its backoff afresh when it dies
+
+
+@dataclass
+class _Slot:
+    """One of the N workers the supervisor keeps."""
+
+    index: int
+    process: BaseProcess | None = None
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float = 0.0
+
+
+def supervise(config_path: str | None, config: Config, workers: int) -> int:
+    """Keep ``workers`` processes serving one port (SO_REUSEPORT): one that dies is restarted,
+    with backoff, and the others serve meanwhile. SIGTERM and SIGINT stop them all (each drains
+    its in-flight calls), SIGHUP reaches every one. Exit 0, or 2 when a worker cannot start."""
+    configure_logging(config.logging.format, config.logging.level)
+    log = get_logger()
     # Workers count into files in one directory, so any of them can report the sum.
     metrics_dir = tempfile.mkdtemp(prefix="pipedrive-scope-proxy-metrics-")
     os.environ[MULTIPROCESS_DIR] = metrics_dir
     context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker_main, args=(config_path, listen), name=f"worker-{i}")
-        for i in range(workers)
-    ]
-    for process in processes:
-        process.start()
+    slots = [_Slot(index) for index in range(workers)]
+    stopping: list[int] = []
+    status = 0
 
-    def forward(signum: int, _frame: object) -> None:
-        for process in processes:
-            if process.is_alive() and process.pid is not None:
+    def start(slot: _Slot) -> None:
+        process = context.Process(
+            target=_worker_main, args=(config_path, config.listen), name=f"worker-{slot.index}"
+        )
+        process.start()
+        slot.process, slot.started = process, time.monotonic()
+        log.info("worker_started", worker=slot.index, pid=process.pid)
+
+    def signal_all(signum: int) -> None:
+        for slot in slots:
+            process = slot.process
+            if process is not None and process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signum)
 
+    def on_signal(signum: int, _frame: object) -> None:
+        if signum != signal.SIGHUP:
+            stopping.append(signum)
+        signal_all(signum)
+
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    status = 0
+        signal.signal(signum, on_signal)
     try:
-        while any(process.is_alive() for process in processes):
-            for process in processes:
-                process.join(timeout=0.5)
-                if process.exitcode not in (None, 0) and status == 0:
-                    status = process.exitcode if process.exitcode > 0 else 1
-                    forward(signal.SIGTERM, None)  # one worker failed: stop the rest
+        for slot in slots:
+            start(slot)
+        while True:
+            now = time.monotonic()
+            for slot in slots:
+                process = slot.process
+                if process is not None and process.exitcode is not None:
+                    slot.process = None
+                    if stopping:
+                        continue
+                    if process.exitcode == WORKER_CANNOT_START:
+                        status = WORKER_CANNOT_START
+                        stopping.append(signal.SIGTERM)
+                        signal_all(signal.SIGTERM)
+                        continue
+                    slot.failures = 1 if now - slot.started > STABLE_AFTER else slot.failures + 1
+                    delay = min(RESTART_FIRST * 2 ** (slot.failures - 1), RESTART_MOST)
+                    slot.restart_at = now + delay
+                    log.warning(
+                        "worker_exited",
+                        worker=slot.index,
+                        pid=process.pid,
+                        exit=_exit_description(process.exitcode),
+                        restart_in=delay,
+                    )
+                if slot.process is None and not stopping and now >= slot.restart_at:
+                    start(slot)
+            alive = [slot.process for slot in slots if slot.process is not None]
+            if stopping and not alive:
+                return status
+            sentinels = [process.sentinel for process in alive]
+            multiprocessing.connection.wait(sentinels, timeout=0.2)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    return status
+
+
+def _exit_description(code: int) -> str:
+    """``status 1``, or ``signal SIGKILL`` for a worker a signal ended."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"

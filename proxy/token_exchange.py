@@ -33,7 +33,8 @@ async def handle_oauth(
         raise AmbiguousRequest("an OAuth request body must not be content-encoded")
     await send_continue(request)
     too_large = RequestTooLarge(f"an OAuth request body over {oauth.MAX_BODY} bytes")
-    form = await read_limited(request.content, oauth.MAX_BODY, too_large)
+    stall = runtime.config.limits.body_timeout
+    form = await read_limited(request.content, oauth.MAX_BODY, too_large, stall)
 
     request[DECISION] = Decision("allow", Reason.OAUTH_PASSTHROUGH, canonical.method)
     headers = end_to_end(request.headers)

@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from proxy.report import Call, build_report, calls_from_log, findings, minimal_scopes, render_text
+from proxy.report_html import render_html
 
 S = frozenset
 
@@ -123,3 +124,42 @@ def test_log_reading_skips_what_is_not_a_decided_call() -> None:
     calls, app_scopes, unreadable = calls_from_log(lines)
     assert calls == Counter({call(): 1})
     assert (app_scopes, unreadable) == (["deals:read"], 1)
+
+
+def test_the_busiest_tokens_keep_their_sections_and_the_rest_are_other() -> None:
+    calls = Counter(
+        {
+            Call(
+                f"{n:012x}", "GET", "v1", "GET /v1/deals", "allow", "in_scope", ("deals:read",), 20
+            ): n + 1
+            for n in range(10)
+        }
+    )
+    report = build_report(calls, None, max_tokens=3)
+    assert [t["fingerprint"] for t in report["tokens"]] == [f"{n:012x}" for n in (7, 8, 9)] + [
+        "other"
+    ]
+    assert report["tokens"][-1]["requests"] == sum(range(1, 8))
+    assert report["overall"]["requests"] == sum(range(1, 11)), "the overall counts are unchanged"
+
+
+def test_the_page_stays_small_whatever_the_number_of_tokens() -> None:
+    calls = Counter(
+        {
+            Call(
+                f"{n:012x}",
+                "GET",
+                "v1",
+                f"GET /v1/deals/{{id}}/p{n % 50}",
+                "allow",
+                "in_scope",
+                ("deals:read",),
+                2,
+            ): 1
+            for n in range(5000)
+        }
+    )
+    page = render_html(build_report(calls, frozenset({"deals:read"}), max_tokens=100))
+    assert len(page) < 300_000
+    assert page.count("<details>") == 20
+    assert "more tokens" in page

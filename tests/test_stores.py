@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ from aiohttp.test_utils import TestClient
 
 from proxy.app import create_app
 from proxy.config import StoreUrl
+from proxy.recorder import Recorder
+from proxy.report import Call
 from proxy.stores import CachedStore, MemoryStore, RedisStore, SqliteStore, StoreError, open_store
 from proxy.stores.base import TokenStore
 from tests.conftest import (
@@ -274,3 +277,46 @@ async def test_oversized_oauth_request_is_refused_before_the_oauth_server(
     assert response.status == 413
     assert envelope(await response.read())["scope_proxy"]["reason"] == "request_too_large"
     assert upstream.received == []
+
+
+def call_key(fp: str, path: str = "/v1/deals/{id}") -> str:
+    return Call(fp, "GET", "v1", f"GET {path}", "allow", "in_scope", ("deals:read",), 2).key()
+
+
+async def test_a_storm_of_tokens_is_folded_into_other_keeping_the_busiest(store_url: str) -> None:
+    store = open_store(StoreUrl(store_url))
+    try:
+        counts = {call_key(f"{n:012x}"): n + 1 for n in range(30)}
+        counts[call_key(f"{29:012x}", "/v1/deals")] = 7
+        await store.add_calls(counts)
+        await store.compact_calls(5)
+        after = await store.call_counts()
+        kept = {key.partition("\t")[0] for key in after}
+        assert kept == {f"{n:012x}" for n in range(25, 30)} | {"other"}
+        assert sum(after.values()) == sum(counts.values()), "no call is lost, only folded"
+        assert after[call_key("other")] == sum(range(1, 26))
+        await store.compact_calls(5)  # folding again changes nothing
+        assert await store.call_counts() == after
+    finally:
+        await store.close()
+
+
+async def test_the_recorder_bounds_what_it_stores_and_the_busy_token_stays(store_url: str) -> None:
+    store = open_store(StoreUrl(store_url))
+    recorder = Recorder(store, shown_tokens=2)  # the store keeps 20 tokens at most
+    try:
+        busy = Call(
+            "b" * 12, "GET", "v1", "GET /v1/deals", "allow", "in_scope", ("deals:read",), 20
+        )
+        for n in range(500):  # random tokens, one call each, as unknown_tokens: app_scopes allows
+            recorder.record(replace(busy, token_fp=f"{n:012x}"))
+            recorder.record(busy)
+            if n % 100 == 99:
+                await recorder.flush()
+        calls = await recorder.calls()
+        tokens = {call.token_fp for call in calls}
+        assert len(tokens) <= 21
+        assert busy.token_fp in tokens
+        assert sum(calls.values()) == 1000
+    finally:
+        await store.close()

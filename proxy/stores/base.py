@@ -50,6 +50,33 @@ class CallCounts(Protocol):
     async def reset_calls(self) -> None:
         """Start a new report: drop every counter."""
 
+    async def compact_calls(self, keep: int) -> None:
+        """Count all but the ``keep`` busiest tokens under one, ``other`` (keys are
+        ``<fingerprint>\t<rest>``): what a storm of new tokens leaves is bounded."""
+
 
 class Store(TokenStore, CallCounts, Protocol):
     """A backend: both protocols over one connection."""
+
+
+OTHER_TOKENS = "other"
+
+
+def folded_counts(counts: Mapping[str, int], keep: int) -> dict[str, int] | None:
+    """The counters with all but the ``keep`` busiest tokens moved under ``other``, or None
+    when there is nothing to fold."""
+    totals: dict[str, int] = {}
+    for key, count in counts.items():
+        fp = key.partition("\t")[0]
+        totals[fp] = totals.get(fp, 0) + count
+    totals.pop(OTHER_TOKENS, None)
+    if len(totals) <= keep:
+        return None
+    ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+    busiest = {fp for fp, _ in ranked[:keep]}
+    folded: dict[str, int] = {}
+    for key, count in counts.items():
+        fp, _, rest = key.partition("\t")
+        target = key if fp in busiest else f"{OTHER_TOKENS}\t{rest}"
+        folded[target] = folded.get(target, 0) + count
+    return folded

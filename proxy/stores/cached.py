@@ -53,6 +53,9 @@ class CachedStore:
     async def reset_calls(self) -> None:
         await self.inner.reset_calls()
 
+    async def compact_calls(self, keep: int) -> None:
+        await self.inner.compact_calls(keep)
+
     async def ping(self) -> bool:
         return await self.inner.ping()
 

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
-from proxy.stores.base import Clock, Learned
+from proxy.stores.base import Clock, Learned, folded_counts
 
 
 class MemoryStore:
@@ -39,6 +39,11 @@ class MemoryStore:
 
     async def reset_calls(self) -> None:
         self._calls.clear()
+
+    async def compact_calls(self, keep: int) -> None:
+        folded = folded_counts(self._calls, keep)
+        if folded is not None:
+            self._calls = Counter(folded)
 
     async def ping(self) -> bool:
         return True

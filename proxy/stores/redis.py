@@ -16,6 +16,35 @@ from proxy.stores.base import Clock, Learned
 from proxy.stores.errors import StoreError
 
 REPORT_KEY = "pipedrive-scope-proxy:report"  # hash: Call.key() -> count, shared by replicas
+# Atomically count all but the ARGV[1] busiest tokens of the report under "other": fields are
+# "<fingerprint>\t<rest>", so tokens fold without reading the rest.
+_COMPACT = """
+local all = redis.call('HGETALL', KEYS[1])
+local totals, fps = {}, {}
+for i = 1, #all, 2 do
+  local fp = string.match(all[i], '^[^\t]*')
+  if fp ~= 'other' then
+    if totals[fp] == nil then table.insert(fps, fp); totals[fp] = 0 end
+    totals[fp] = totals[fp] + tonumber(all[i + 1])
+  end
+end
+local keep = tonumber(ARGV[1])
+if #fps <= keep then return 0 end
+table.sort(fps, function(a, b)
+  if totals[a] ~= totals[b] then return totals[a] > totals[b] end
+  return a < b
+end)
+local busiest = {}
+for i = 1, keep do busiest[fps[i]] = true end
+for i = 1, #all, 2 do
+  local fp = string.match(all[i], '^[^\t]*')
+  if fp ~= 'other' and not busiest[fp] then
+    redis.call('HINCRBY', KEYS[1], 'other' .. string.sub(all[i], #fp + 1), all[i + 1])
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return #fps - keep
+"""
 PREFIX = "pipedrive-scope-proxy:token:"  # value: "<expires_at> <scope>,<scope>,..."
 
 
@@ -78,6 +107,10 @@ class RedisStore:
     async def reset_calls(self) -> None:
         async with self._failing():
             await self._client.delete(REPORT_KEY)
+
+    async def compact_calls(self, keep: int) -> None:
+        async with self._failing():
+            await self._client.eval(_COMPACT, 1, REPORT_KEY, keep)
 
     async def ping(self) -> bool:
         try:

@@ -1,0 +1,200 @@
+"""What the benchmarks share: starting the proxy as users do, driving it with wrk, and reading
+a process's memory, CPU and descriptors from /proc."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def require(*binaries: str) -> None:
+    """Stop with one clear line when a tool the benchmark drives is not installed."""
+    missing = [binary for binary in binaries if shutil.which(binary) is None]
+    if missing:
+        sys.exit(
+            f"bench: {', '.join(missing)} not found: "
+            f"apt-get install -y {' '.join(missing)} (Debian's packages)"
+        )
+
+
+def wait_ready(url: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback only
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"bench: {url} did not answer within {seconds:g} s")
+
+
+@contextmanager
+def proxy(
+    document: dict[str, Any],
+    workers: int = 1,
+    stdout: int | IO[bytes] = subprocess.DEVNULL,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``pipedrive-scope-proxy serve`` on a config written from ``document``, until the block ends."""
+    with tempfile.TemporaryDirectory(prefix="scope-proxy-bench-") as folder:
+        config = Path(folder) / "proxy.yaml"
+        config.write_text(yaml.safe_dump(document))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(config),
+             "--workers", str(workers)],
+            cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        listen = document["listen"]
+        try:
+            wait_ready(f"http://{listen['host']}:{listen['port']}/_proxy/health")
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stderr is not None:
+                process.stderr.close()
+
+
+def children(pid: int) -> list[int]:
+    """The process and its descendants (a supervisor and its workers)."""
+    found = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                for child in handle.read().split():
+                    found += children(int(child))
+    except OSError:
+        pass
+    return found
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its descendants, in MiB."""
+    total = 0
+    for each in children(pid):
+        try:
+            with open(f"/proc/{each}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its descendants so far."""
+    total = 0
+    for each in children(pid):
+        try:
+            with open(f"/proc/{each}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / TICKS
+
+
+def open_descriptors(pid: int) -> int:
+    return sum(len(os.listdir(f"/proc/{each}/fd")) for each in children(pid))
+
+
+@dataclass
+class Load:
+    """What wrk measured."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[str, int]
+    socket_errors: int
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+# Counts every status and prints them as JSON when the run ends, with latency percentiles.
+_REPORTING = """
+local statuses = {}
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  counts = {}
+  if prepare then prepare() end
+end
+function response(status, headers, body)
+  counts[status] = (counts[status] or 0) + 1
+end
+function done(summary, latency, requests)
+  local all = {}
+  for _, thread in ipairs(threads) do
+    local counted = thread:get("counts")
+    for status, n in pairs(counted) do all[tostring(status)] = (all[tostring(status)] or 0) + n end
+  end
+  local parts = {}
+  for status, n in pairs(all) do table.insert(parts, string.format('"%s": %d', status, n)) end
+  local errors = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "micros": %d, "p50": %d, "p99": %d, "errors": %d, "statuses": {%s}}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    errors.connect + errors.read + errors.write + errors.timeout, table.concat(parts, ", ")))
+end
+"""
+
+
+def wrk(url: str, connections: int, seconds: float, threads: int = 1, script: str = "") -> Load:
+    """Drive ``url`` with wrk; ``script`` (Lua) may define ``request()`` to vary the calls, and
+    ``prepare()`` to build them once per thread (where ``wrk.format`` knows the Host)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script + _REPORTING)
+        lua = handle.name
+    try:
+        result = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
+             "-s", lua, url],
+            capture_output=True, text=True, check=False, timeout=seconds + 60,
+        )  # fmt: skip
+    finally:
+        os.unlink(lua)
+    line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"bench: wrk failed: {result.stderr.strip() or result.stdout.strip()}")
+    found = json.loads(line.removeprefix("RESULT "))
+    return Load(
+        requests=found["requests"],
+        seconds=found["micros"] / 1e6,
+        p50_ms=found["p50"] / 1000,
+        p99_ms=found["p99"] / 1000,
+        statuses=found["statuses"],
+        socket_errors=found["errors"],
+    )

@@ -1,0 +1,221 @@
+"""An upstream that misbehaves: every fault gets the right answer and the proxy keeps serving.
+
+The upstream is raw sockets, told what to do by the id in the path (``/v1/deals/<fault>``):
+refuse, never answer, reset or close mid-body, send a malformed status line, a 200 KB header or
+a control character in one, drip its answer, close kept-alive connections without a word. The
+right answer is a 502 or 504 in Pipedrive's envelope while nothing was sent yet, a visibly
+truncated body once the answer has started; and afterwards the proxy's descriptors are back
+where they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import ProxyFactory, envelope, free_port, grants
+
+TOKENS = grants(reader=["deals:read"])
+AUTH = {"Authorization": "Bearer reader"}
+BODY = b'{"success": true, "data": {"id": 1, "title": "a deal with a long enough title"}}'
+
+
+def answer(body: bytes = BODY, length: int | None = None, extra: bytes = b"") -> bytes:
+    declared = len(body) if length is None else length
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {declared}\r\n".encode() + extra + b"\r\n" + body
+    )  # fmt: skip
+
+
+class FaultyUpstream:
+    """Answers each request as its path's last segment says."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                fault = head.split(b" ", 2)[1].rsplit(b"/", 1)[-1].decode()
+                if not await self.behave(fault, reader, writer):
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def behave(
+        self, fault: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Answer as ``fault`` says; False when the connection is done with."""
+        if fault == "silent":
+            await reader.read()  # until the proxy gives up and closes
+            return False
+        if fault == "reset":
+            writer.write(answer()[: len(answer()) - 40])
+            await writer.drain()
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # RST
+            return False
+        if fault == "short":
+            writer.write(answer(length=len(BODY) + 100))
+            await writer.drain()
+            return False  # FIN before the declared length
+        if fault == "stall":
+            writer.write(answer()[: len(answer()) - 40])
+            await writer.drain()
+            await reader.read()  # until the proxy gives up and closes
+            return False
+        if fault == "status":
+            writer.write(b"HTTP/1.1 two hundred OK\r\nContent-Length: 0\r\n\r\n")
+        elif fault == "hugeheader":
+            writer.write(answer(extra=b"X-Big: " + b"a" * 200_000 + b"\r\n"))
+        elif fault == "control":
+            writer.write(answer(extra=b"X-Note: a\x01b\r\n"))
+        elif fault == "drip":
+            for byte in answer():
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.002)
+        elif fault == "hangup":
+            writer.write(answer())  # keep-alive, then close without saying so
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            return False
+        else:
+            writer.write(answer())
+        await writer.drain()
+        return True
+
+
+@pytest.fixture
+async def faulty() -> AsyncIterator[FaultyUpstream]:
+    upstream = FaultyUpstream()
+    await upstream.start()
+    yield upstream
+    await upstream.close()
+
+
+async def fetch(client: TestClient[Any, Any], fault: str) -> tuple[int, bytes, str]:
+    """Status, body and how the body ended: ``whole`` or ``truncated``. Each call on a
+    connection of its own, closed after it, so that only the proxy holds descriptors."""
+    url = client.make_url(f"/v1/deals/{fault}")
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+        session.get(url, headers=AUTH) as response,
+    ):
+        try:
+            body = await response.read()
+            ending = "whole"
+        except aiohttp.ClientPayloadError:  # the client saw the answer cut off
+            body, ending = b"", "truncated"
+        return response.status, body, ending
+
+
+UPFRONT = [
+    ("never answers", "silent", 504, "upstream_timeout"),
+    ("malformed status line", "status", 502, "upstream_unavailable"),
+    ("200 KB header", "hugeheader", 502, "upstream_unavailable"),
+    ("control character in a header", "control", 502, "upstream_unavailable"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "reason"), [u[1:] for u in UPFRONT], ids=[u[0] for u in UPFRONT]
+)
+async def test_a_fault_before_the_answer_is_a_502_or_504_in_the_envelope(
+    fault: str, status: int, reason: str, make_proxy: ProxyFactory, faulty: FaultyUpstream
+) -> None:
+    client = await make_proxy(tokens=TOKENS, upstream={"api_url": faulty.url, "read_timeout": 0.5})
+    got, body, _ = await fetch(client, fault)
+    assert got == status
+    document = envelope(body)
+    assert (document["errorCode"], document["scope_proxy"]["reason"]) == (status, reason)
+    assert (await fetch(client, "fine"))[:2] == (200, BODY), "and it keeps serving"
+
+
+MID_BODY = [
+    ("reset mid-answer", "reset"),
+    ("closed before the declared length", "short"),
+    ("stalls mid-answer", "stall"),
+]
+
+
+@pytest.mark.parametrize("fault", [m[1] for m in MID_BODY], ids=[m[0] for m in MID_BODY])
+async def test_a_fault_mid_answer_leaves_a_visibly_truncated_body(
+    fault: str, make_proxy: ProxyFactory, faulty: FaultyUpstream
+) -> None:
+    client = await make_proxy(tokens=TOKENS, upstream={"api_url": faulty.url, "read_timeout": 0.5})
+    status, _, ending = await fetch(client, fault)
+    assert (status, ending) == (200, "truncated")
+    assert (await fetch(client, "fine"))[:2] == (200, BODY)
+
+
+async def test_a_dripped_answer_arrives_whole(
+    make_proxy: ProxyFactory, faulty: FaultyUpstream
+) -> None:
+    client = await make_proxy(tokens=TOKENS, upstream={"api_url": faulty.url, "read_timeout": 0.5})
+    assert await fetch(client, "drip") == (200, BODY, "whole")
+
+
+async def test_kept_alive_connections_closed_by_the_upstream_are_not_reused(
+    make_proxy: ProxyFactory, faulty: FaultyUpstream
+) -> None:
+    client = await make_proxy(tokens=TOKENS, upstream={"api_url": faulty.url})
+    for _ in range(5):
+        assert (await fetch(client, "hangup"))[:2] == (200, BODY)
+        await asyncio.sleep(0.1)  # the upstream has closed the pooled connection by now
+
+
+async def test_an_upstream_refusing_connections_is_a_502(make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(
+        tokens=TOKENS, upstream={"api_url": f"http://127.0.0.1:{free_port()}"}
+    )
+    status, body, _ = await fetch(client, "fine")
+    assert (status, envelope(body)["scope_proxy"]["reason"]) == (502, "upstream_unavailable")
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_descriptors_return_to_their_baseline_after_many_faults(
+    make_proxy: ProxyFactory, faulty: FaultyUpstream
+) -> None:
+    client = await make_proxy(tokens=TOKENS, upstream={"api_url": faulty.url, "read_timeout": 0.3})
+    await fetch(client, "fine")  # the pool and the client hold their one connection
+    await asyncio.sleep(0.05)
+    gc.collect()
+    baseline = open_descriptors()
+    faults = ["reset", "short", "stall", "status", "hugeheader", "control", "silent", "hangup"]
+    for _ in range(5):
+        await asyncio.gather(*(fetch(client, fault) for fault in faults))
+    await fetch(client, "fine")
+    for _ in range(50):  # connections close as the loop gets to them
+        await asyncio.sleep(0.05)
+        gc.collect()
+        if open_descriptors() <= baseline:
+            break
+    assert open_descriptors() <= baseline
