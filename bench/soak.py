@@ -113,7 +113,8 @@ def main() -> int:
         time.sleep(1)
         warm_rss = rss_mib(pid)
         print(f"warm-up: {warm.requests} requests, {warm.rate:.0f}/s; resident {warm_rss:.1f} MiB")
-        total, unexpected, socket_errors, statuses = 0, 0, 0, dict(warm.statuses)
+        total, unexpected, socket_errors = 0, 0, 0
+        statuses: dict[str, int] = {}
         started_cpu, started = cpu_seconds(pid), time.monotonic()
         rounds = []
         while total < args.requests:
@@ -145,7 +146,7 @@ def main() -> int:
             final_fds = open_descriptors(pid)
     upstream.terminate()
     growth = final_rss / warm_rss - 1
-    print(f"statuses: {json.dumps(dict(sorted(statuses.items())))}")
+    print(f"statuses after the warm-up: {json.dumps(dict(sorted(statuses.items())))}")
     print(
         f"measured: {total} requests in {elapsed:.0f} s ({total / elapsed:.0f}/s), "
         f"{1000 * cpu / total:.2f} CPU s per 1000 requests"

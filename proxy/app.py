@@ -7,6 +7,7 @@ decision header, and one log event, the metrics and the report entry for every r
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -23,7 +24,7 @@ from proxy.forward import UpstreamClient
 from proxy.internal import handle_internal
 from proxy.logs import SINK, get_logger
 from proxy.metrics import Metrics
-from proxy.observe import mark_decision, observe
+from proxy.observe import mark_decision
 from proxy.reasons import Reason
 from proxy.recorder import Recorder
 from proxy.state import (
@@ -76,7 +77,7 @@ async def authorize_call(
     """Decide an API call, record the decision on the request, and raise its refusal."""
     if canonical.method not in METHODS:
         raise MethodNotAllowed(allowed_methods(runtime, route))
-    credential = extract_credential(request.raw_headers, canonical.query_pairs)
+    credential = extract_credential(canonical.credential_headers, canonical.query_pairs)
     static = runtime.grants.get(credential.digest)
     stored = None
     if static is None and credential.kind == "oauth":
@@ -120,9 +121,10 @@ async def _no_early_continue(request: web.Request) -> None:
 def create_app(
     config: Config, catalogue: Catalogue, store: Store | None = None, clock: Clock = time.time
 ) -> web.Application:
-    """The proxy as an aiohttp application; tests and ``serve`` both start here."""
+    """The proxy as an aiohttp application; tests and ``serve`` both start here, and both
+    serve it with ``proxy.server.ProxyRunner``, which wraps every request in ``observe``."""
     # Request bodies are forwarded as received: never inflated (see proxy.server).
-    app = web.Application(middlewares=[observe], handler_args={"auto_decompress": False})
+    app = web.Application(handler_args={"auto_decompress": False})
     app.on_response_prepare.append(mark_decision)
     app[RUNTIME] = RuntimeHolder(Runtime.build(config, catalogue))
     app[METRICS] = Metrics()
@@ -139,6 +141,7 @@ def create_app(
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     await app[UPSTREAM].start()
     await app[RECORDER].start()
+    await app[METRICS].start()
     config = app[RUNTIME].current.config
     app_scopes = config.policy.app_scopes
     log = get_logger()
@@ -149,11 +152,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app_scopes=sorted(app_scopes) if app_scopes is not None else None,
         catalogue_size=len(app[RUNTIME].current.catalogue),
         store=config.store.kind,
+        event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     if not await app[STORE].ping():
         # Serve anyway: static grants work, the rest is refused (503) until the store answers.
         log.warning("store_unavailable", store=config.store.redacted)
     yield
+    await app[METRICS].stop()
     await app[RECORDER].stop()
     await app[UPSTREAM].close()
     await app[STORE].close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 from proxy.errors import AmbiguousRequest, MalformedRequest
@@ -64,10 +64,17 @@ _SENSITIVE_HEADERS = (
 )
 _CONNECTION_HEADERS = frozenset({"connection", "proxy-connection"})
 _LENGTH = re.compile(rb"[0-9]{1,18}")  # what llhttp reads as a length: digits, no overflow
+# The header names (lower case) a rule looks at, credentials included; and any name with '_'.
+_WATCHED = (
+    OVERRIDE_NAMES
+    | PATH_OVERRIDE_NAMES
+    | _CONNECTION_HEADERS
+    | CREDENTIAL_HEADERS
+    | {"upgrade", "transfer-encoding", "content-length"}
+)
 
 
-@dataclass(frozen=True, slots=True)
-class CanonicalRequest:
+class CanonicalRequest(NamedTuple):
     """A request that passed every check. ``target`` is forwarded byte for byte."""
 
     method: str
@@ -75,6 +82,7 @@ class CanonicalRequest:
     path: str
     query: str
     query_pairs: tuple[tuple[str, str], ...]
+    credential_headers: tuple[tuple[str, bytes], ...]  # Authorization, x-api-token
 
 
 def canonicalize(
@@ -84,7 +92,7 @@ def canonicalize(
     path takes is for its handler to say (a 405 lists them)."""
     if method == "CONNECT":
         raise MalformedRequest("CONNECT asks for a tunnel, which the proxy does not open")
-    check_headers(method, headers)
+    credential_headers = check_headers(method, headers)
     if len(target) > MAX_TARGET_LENGTH:
         raise AmbiguousRequest(f"request target longer than {MAX_TARGET_LENGTH} bytes")
     if not target.startswith("/"):
@@ -96,44 +104,64 @@ def canonicalize(
         raise AmbiguousRequest("an empty query ('?' with nothing after it)")
     check_path(path)
     pairs = parse_query(query)
-    return CanonicalRequest(method, target, path, query, pairs)
+    return CanonicalRequest(method, target, path, query, pairs, credential_headers)
 
 
-def check_headers(method: str, headers: Sequence[tuple[bytes, bytes]]) -> None:
+def check_headers(
+    method: str, headers: Sequence[tuple[bytes, bytes]]
+) -> tuple[tuple[str, bytes], ...]:
     """Refuse overrides, upgrades, disguised headers, hidden bodies, a deceiving Connection,
-    and body framing the two HTTP parsers (or the next hop) could read differently."""
-    bodyless = method in BODYLESS_METHODS
+    and body framing the two HTTP parsers (or the next hop) could read differently; return the
+    headers that carry a credential, by lower-case name, for ``extract_credential``."""
     framing = 0
+    credentials: list[tuple[str, bytes]] = []
+    names = _HEADER_NAMES
     for raw_name, raw_value in headers:
-        name = raw_name.decode("latin-1").lower()
-        if name in OVERRIDE_NAMES:
-            raise AmbiguousRequest(f"method-override header {name} is not accepted")
-        if name in PATH_OVERRIDE_NAMES:
-            raise AmbiguousRequest(f"path-override header {name} is not accepted")
-        if name == "upgrade":
-            raise AmbiguousRequest("protocol upgrades are not proxied")
-        if "_" in name and name.replace("_", "-") in _SENSITIVE_HEADERS:
-            raise AmbiguousRequest(
-                f"a header name that reads as {name.replace('_', '-')} when '_' is read as '-'"
-            )
         if not raw_value.isascii():
             raise AmbiguousRequest("a header value has non-ASCII bytes")
-        if name in _CONNECTION_HEADERS:
-            _check_connection(name, raw_value)
-        if name == "transfer-encoding":
-            framing += 1
-            if bodyless:
-                raise AmbiguousRequest(f"{method} takes no body (Transfer-Encoding)")
-            if raw_value.strip().lower() != b"chunked":
-                raise MalformedRequest("Transfer-Encoding other than chunked")
-        elif name == "content-length":
-            framing += 1
-            if not _LENGTH.fullmatch(raw_value.strip()):
-                raise MalformedRequest("Content-Length is not a length")
-            if bodyless and raw_value.strip() != b"0":
-                raise AmbiguousRequest(f"{method} takes no body (Content-Length)")
+        name = names.get(raw_name)
+        if name is None:
+            name = raw_name.decode("latin-1").lower()
+            if len(names) < _HEADER_NAMES_KEPT:
+                names[raw_name] = name
+        if name in _WATCHED or "_" in name:  # most headers are neither: nothing more to see
+            if name in CREDENTIAL_HEADERS:
+                credentials.append((name, raw_value))
+            else:
+                framing += _check_header(method, name, raw_value)
     if framing > 1:
         raise MalformedRequest("more than one of Content-Length and Transfer-Encoding")
+    return tuple(credentials)
+
+
+def _check_header(method: str, name: str, raw_value: bytes) -> int:
+    """Check one header the rules name; 1 if it frames a body, else 0."""
+    if name in OVERRIDE_NAMES:
+        raise AmbiguousRequest(f"method-override header {name} is not accepted")
+    if name in PATH_OVERRIDE_NAMES:
+        raise AmbiguousRequest(f"path-override header {name} is not accepted")
+    if name == "upgrade":
+        raise AmbiguousRequest("protocol upgrades are not proxied")
+    if "_" in name and name.replace("_", "-") in _SENSITIVE_HEADERS:
+        raise AmbiguousRequest(
+            f"a header name that reads as {name.replace('_', '-')} when '_' is read as '-'"
+        )
+    if name in _CONNECTION_HEADERS:
+        _check_connection(name, raw_value)
+    bodyless = method in BODYLESS_METHODS
+    if name == "transfer-encoding":
+        if bodyless:
+            raise AmbiguousRequest(f"{method} takes no body (Transfer-Encoding)")
+        if raw_value.strip().lower() != b"chunked":
+            raise MalformedRequest("Transfer-Encoding other than chunked")
+        return 1
+    if name == "content-length":
+        if not _LENGTH.fullmatch(raw_value.strip()):
+            raise MalformedRequest("Content-Length is not a length")
+        if bodyless and raw_value.strip() != b"0":
+            raise AmbiguousRequest(f"{method} takes no body (Content-Length)")
+        return 1
+    return 0
 
 
 def _check_connection(name: str, value: bytes) -> None:
@@ -145,7 +173,22 @@ def _check_connection(name: str, value: bytes) -> None:
             )
 
 
+# Header names as sent -> lower case: the same few names come on every request.
+_HEADER_NAMES: dict[bytes, str] = {}
+_HEADER_NAMES_KEPT = 1024  # a client inventing names does not grow it past this
+
+# Paths made of plain segments only (unreserved and sub-delim characters, no escapes, no dot
+# or empty segments): what nearly every call is, accepted by one match; the rest get each check.
+_PLAIN_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,=:@]+)+")
+
+
 def check_path(path: str) -> None:
+    if not _PLAIN_PATH.fullmatch(path):
+        check_path_fully(path)
+
+
+def check_path_fully(path: str) -> None:
+    """Every path rule, one by one, so that a refusal says which."""
     raw = path.encode("utf-8", "surrogateescape")
     if not raw.isascii():
         raise AmbiguousRequest("non-ASCII bytes in the path")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -29,8 +29,7 @@ DISPLAY_PREFIX = {"v1": "/v1", "v2": "/api/v2"}
 _PARAM = re.compile(r"\{[^{}/]+\}")
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     """An API call's version and its path segments after the version prefix."""
 
     version: str
@@ -38,20 +37,26 @@ class Route:
 
 
 def api_route(path: str) -> Route | None:
-    """The route of a path under one of the API prefixes, else None."""
-    for prefix, version in API_PREFIXES:
-        if path.startswith(prefix):
-            return Route(version, tuple(path[len(prefix) :].split("/")))
+    """The route of a path under one of the API prefixes (``API_PREFIXES``), else None."""
+    parts = path.split("/")  # "/api/v2/deals" -> "", "api", "v2", "deals"
+    if len(parts) > 2 and parts[1] == "v1":
+        return Route("v1", tuple(parts[2:]))
+    if len(parts) > 3 and parts[1] == "api" and parts[2] in _API_VERSIONS:
+        return Route(parts[2], tuple(parts[3:]))
     return None
+
+
+_API_VERSIONS = frozenset(VERSIONS)
 
 
 class CatalogueError(ValueError):
     """A catalogue file that cannot be used; the message names the file and the entry."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Endpoint:
-    """One (version, method, template) and the scopes that accept it."""
+    """One (version, method, template) and the scopes that accept it. Compared and hashed by
+    identity: each is one object of the compiled catalogue, counted on the hot path."""
 
     version: str
     method: str

@@ -174,7 +174,7 @@ def _url(value: Any, key: str) -> str:
 def _seconds(value: Any, key: str) -> float:
     number: float = _require(value, (int, float), key, "a number of seconds")
     if not 0 < number <= 3600:
-        raise ConfigError(key, "expected seconds between 0 and 3600")
+        raise ConfigError(key, "expected more than 0 and at most 3600 seconds")
     return float(number)
 
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from proxy.canonical import parameter_readings
 from proxy.errors import (
@@ -47,22 +46,13 @@ def fingerprint(digest: str) -> str:
     return digest[:12]
 
 
-@dataclass(frozen=True, slots=True)
-class Credential:
+class Credential(NamedTuple):
     kind: CredentialKind
     digest: str
 
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.digest)
-
-
-@dataclass(frozen=True, slots=True)
-class _Found:
-    kind: CredentialKind
-    token: str
-    where: str  # how the proxy names the place, never the request's own bytes
-    canonical: bool = True
 
 
 def parameter_credential(name: str) -> CredentialKind | None:
@@ -75,24 +65,25 @@ def parameter_credential(name: str) -> CredentialKind | None:
 
 
 def extract_credential(
-    headers: Sequence[tuple[bytes, bytes]], query_pairs: Sequence[tuple[str, str]]
+    headers: Sequence[tuple[str, bytes]], query_pairs: Sequence[tuple[str, str]]
 ) -> Credential:
-    """The request's single credential; raises if it has none, several, or an unusable one."""
-    found: list[_Found] = []
-    for raw_name, raw_value in headers:
-        name = raw_name.lower()
-        if name == b"authorization":
+    """The request's single credential, from its credential headers (lower-case names, as
+    ``canonicalize`` collects them) and its query; raises if it has none, several, or an
+    unusable one."""
+    found: list[tuple[CredentialKind, str, str, bool]] = []  # kind, token, where, canonical
+    for name, raw_value in headers:
+        if name == "authorization":
             scheme, _, token = raw_value.decode("ascii").partition(" ")
-            if scheme.lower() != "bearer":
-                found.append(_Found("oauth", "", "Authorization", canonical=False))
+            if scheme.lower() == "bearer":
+                found.append(("oauth", token, "Authorization: Bearer", True))
             else:
-                found.append(_Found("oauth", token, "Authorization: Bearer"))
-        elif name == b"x-api-token":
-            found.append(_Found("api_token", raw_value.decode("ascii"), "x-api-token"))
+                found.append(("oauth", "", "Authorization", False))
+        elif name == "x-api-token":
+            found.append(("api_token", raw_value.decode("ascii"), "x-api-token", True))
     for parameter, value in query_pairs:
         kind = parameter_credential(parameter)
         if kind is not None:
-            found.append(_Found(kind, value, "query", canonical=parameter == "api_token"))
+            found.append((kind, value, "query", parameter == "api_token"))
     if not found:
         raise MissingCredential("no credential: send Authorization: Bearer <token>")
     if len(found) > 1:
@@ -100,16 +91,16 @@ def extract_credential(
             f"{len(found)} credentials (Authorization, x-api-token, api_token and the query "
             "names servers read as one): send exactly one"
         )
-    [credential] = found
-    if credential.where == "query" and not credential.canonical:
+    [(kind, token, where, canonical)] = found
+    if where == "query" and not canonical:
         raise AmbiguousRequest(
             "a query parameter that some servers read as a credential: send the token as "
             "Authorization: Bearer, x-api-token or api_token"
         )
-    if not credential.canonical:
+    if not canonical:
         raise UnsupportedCredential("only the Bearer authorization scheme is accepted")
-    if not credential.token:
-        raise MissingCredential(f"empty token in {credential.where}")
-    if not _TOKEN.fullmatch(credential.token):
-        raise AmbiguousRequest(f"malformed token in {credential.where}")
-    return Credential(credential.kind, token_digest(credential.token))
+    if not token:
+        raise MissingCredential(f"empty token in {where}")
+    if not _TOKEN.fullmatch(token):
+        raise AmbiguousRequest(f"malformed token in {where}")
+    return Credential(kind, token_digest(token))

@@ -9,8 +9,8 @@ entry of a request are all built from the ``Decision`` it returns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
 from proxy.catalog import Catalogue, Endpoint, Route
 from proxy.credentials import Credential
@@ -44,15 +44,18 @@ class Grant:
 
     scopes: frozenset[str]
     source: str  # "static:<name>", "store", "app_scopes", or how the CLI was told
+    # Derived once, read on every request: the static grant's name if the scopes come from
+    # one, and the scopes sorted.
+    name: str | None = field(init=False, compare=False)
+    scope_list: tuple[str, ...] = field(init=False, compare=False)
 
-    @property
-    def name(self) -> str | None:
-        """The static grant's name, if the scopes come from one."""
-        return self.source.removeprefix("static:") if self.source.startswith("static:") else None
+    def __post_init__(self) -> None:
+        static = self.source.startswith("static:")
+        object.__setattr__(self, "name", self.source.removeprefix("static:") if static else None)
+        object.__setattr__(self, "scope_list", tuple(sorted(self.scopes)))
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What became of a call: forwarded (``allow``, or ``report`` where enforce mode would have
     refused it) or refused (``deny``), why, and the facts the decision was made on."""
 
@@ -73,8 +76,8 @@ class Decision:
         return self.endpoint.scope_list if self.endpoint is not None else ()
 
     @property
-    def granted_scopes(self) -> list[str]:
-        return sorted(self.grant.scopes) if self.grant is not None else []
+    def granted_scopes(self) -> tuple[str, ...]:
+        return self.grant.scope_list if self.grant is not None else ()
 
     @property
     def token_fp(self) -> str | None:

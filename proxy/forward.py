@@ -18,7 +18,6 @@ from typing import Any, cast
 import aiohttp
 from aiohttp import StreamReader, web
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.http_parser import RawResponseMessage
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -41,7 +40,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Headers aiohttp's client would add on its own; the app's request goes up without them.
-_NO_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+_NOT_ADDED: CIMultiDict[None] = CIMultiDict(
+    (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _UPSTREAM_FAILURES = (aiohttp.ClientError, ConnectionError, TimeoutError)
@@ -56,42 +57,49 @@ class _ExactResponses(ResponseHandler):
     aiohttp's pool keeps a connection on which the upstream writes while it is idle (an
     unsolicited or extra answer), and the next request on it would read those bytes as its
     own answer: every later client would get the previous one's. Here a connection that
-    receives a byte when no answer is due, or a second answer to one request, is closed.
+    receives a byte when no answer is due, or a second final answer to one request, is closed.
     """
 
     def __init__(self, loop: Any) -> None:
         super().__init__(loop)
         self._awaiting = False  # an answer is due
-        self._answers = 0  # final answers parsed for the current request
 
     def set_response_params(self, **params: Any) -> None:
-        self._awaiting, self._answers = True, 0
+        self._awaiting = True
         super().set_response_params(**params)
 
     def data_received(self, data: bytes) -> None:
-        if data and not self._awaiting:
-            self._refuse()
+        if not self._awaiting:
+            if data:
+                self._refuse()
             return
         super().data_received(data)
-
-    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
-        message, payload = data
-        super().feed_data(data, size)
-        if 100 <= message.code < 200 and message.code != 101:
-            return  # an interim answer: the final one is still due
-        self._answers += 1
-        if self._answers > 1:
+        queued = self._buffer  # ((message, payload), size) of the answers not yet read
+        if len(queued) > 1 and sum(not _interim(answer[0].code) for answer, _ in queued) > 1:
             self._refuse()
             return
-        payload.on_eof(self._answered)
-
-    def _answered(self) -> None:
-        self._awaiting = False
+        payload = self._payload
+        last_interim = bool(queued) and _interim(queued[-1][0][0].code)
+        if payload is not None and payload.is_eof() and not last_interim:
+            self._awaiting = False  # the final answer is whole: nothing more is due
 
     def _refuse(self) -> None:
         self.force_close()
         if self.transport is not None:
             self.transport.close()
+
+
+def _interim(code: int) -> bool:
+    """1xx answers other than 101 precede the final answer to the same request."""
+    return 100 <= code < 200 and code != 101
+
+
+class _AsSent(aiohttp.ClientRequest):
+    """A request that goes upstream with the app's headers only (aiohttp adds none of its own);
+    the set it skips is built once, not per request as ``skip_auto_headers`` would."""
+
+    def update_auto_headers(self, skip_auto_headers: Any) -> None:
+        self._skip_auto_headers = _NOT_ADDED
 
 
 class _Connector(aiohttp.TCPConnector):
@@ -176,9 +184,7 @@ def answer_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
     """The upstream answer's end-to-end headers; a control character in them, or in its reason
     phrase, is a malformed answer (the server could not send it on)."""
     headers = end_to_end(upstream.headers)
-    if _CONTROL.search(upstream.reason or "") or any(
-        _CONTROL.search(value) for value in headers.values()
-    ):
+    if _CONTROL.search("\t".join(headers.values())) or _CONTROL.search(upstream.reason or ""):
         raise UpstreamUnavailable("upstream sent a malformed header", kind="malformed")
     return headers
 
@@ -231,7 +237,7 @@ class UpstreamClient:
             timeout=timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # never carry one app's cookies to another
-            skip_auto_headers=_NO_AUTO_HEADERS,
+            request_class=_AsSent,
         )
 
     async def close(self) -> None:

@@ -12,10 +12,14 @@ nothing else in the process trips over it.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import errno
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -25,42 +29,64 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 class LogSink:
-    """A structlog logger that writes lines to a stream and never raises."""
+    """A structlog logger that writes lines to a stream and never raises.
+
+    Inside a running event loop the lines of one loop iteration are written together, with one
+    ``os.write``, at the end of it (a busy proxy finishes many requests per iteration); outside
+    one, and for a stream with no descriptor, each line is written as it comes.
+    """
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.errors = 0
-        self.on_error: Callable[[], None] | None = None  # counts into the app's metrics
+        self.on_error: Callable[[int], None] | None = None  # counts into the app's metrics
         self._broken = False
         self._said = False
+        self._pending: list[str] = []
 
     def msg(self, message: str) -> None:
         if self._broken:
-            self._count()
+            self._count(1)
             return
-        line = (message + "\n").encode("utf-8", "backslashreplace")
-        try:
-            self._write(line)
-        except (OSError, ValueError) as error:
-            self._failed(error)
+        pending = self._pending
+        pending.append(message)
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop running: now
+                self.flush()
 
     log = debug = info = warn = warning = msg
     error = err = critical = exception = fatal = msg
 
-    def _write(self, line: bytes) -> None:
+    def flush(self) -> None:
+        """Write the pending lines (the loop calls this once per iteration that logged)."""
+        lines, self._pending = self._pending, []
+        if not lines:
+            return
+        if self._broken:
+            self._count(len(lines))
+            return
+        data = ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
+        try:
+            self._write(data)
+        except (OSError, ValueError) as error:
+            self._failed(error, len(lines))
+
+    def _write(self, data: bytes) -> None:
         try:
             descriptor = self.stream.fileno()
         except (OSError, ValueError, AttributeError):  # a stream with no descriptor (tests)
-            self.stream.write(line.decode("utf-8"))
+            self.stream.write(data.decode("utf-8"))
             self.stream.flush()
             return
-        view = memoryview(line)
+        view = memoryview(data)
         while view:
             written = os.write(descriptor, view)
             view = view[written:]
 
-    def _failed(self, error: Exception) -> None:
-        self._count()
+    def _failed(self, error: Exception, lines: int) -> None:
+        self._count(lines)
         if isinstance(error, OSError) and error.errno == errno.EPIPE:
             self._broken = True  # a pipe whose reader is gone does not come back
             _point_at_devnull(self.stream)
@@ -73,10 +99,10 @@ class LogSink:
             )
             sys.stderr.flush()
 
-    def _count(self) -> None:
-        self.errors += 1
+    def _count(self, lines: int) -> None:
+        self.errors += lines
         if self.on_error is not None:
-            self.on_error()
+            self.on_error(lines)
 
 
 def _point_at_devnull(stream: TextIO) -> None:
@@ -90,10 +116,16 @@ def _point_at_devnull(stream: TextIO) -> None:
 
 
 SINK = LogSink(sys.stdout)
+atexit.register(SINK.flush)  # what the last loop iteration logged, should it not have run
+_fast_requests = False  # render request events directly (JSON lines at level info or below)
+_ENCODER = json.JSONEncoder()
+_second, _second_text = -1, ""
 
 
 def configure_logging(format: str = "json", level: str = "info") -> None:
     """Send structlog events to stdout as JSON lines (or readable lines for ``console``)."""
+    global _fast_requests
+    _fast_requests = format == "json" and _LEVELS.get(level, logging.ERROR) <= logging.INFO
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if format == "json"
@@ -113,3 +145,28 @@ def configure_logging(format: str = "json", level: str = "info") -> None:
 
 def get_logger() -> Any:
     return structlog.get_logger("pipedrive-scope-proxy")
+
+
+def log_request(fields: dict[str, Any]) -> None:
+    """The one event of a request. It is written on every call, so with JSON lines it skips
+    structlog's pipeline and renders the very line structlog would (the same keys, in the same
+    order: the fields, then ``event``, ``level`` and ``timestamp``), with the timestamp's
+    seconds formatted once a second. Otherwise (console, or a level above info, or structlog
+    reconfigured by tests) it goes through structlog."""
+    if not _fast_requests:
+        get_logger().info("request", **fields)
+        return
+    fields["event"] = "request"
+    fields["level"] = "info"
+    fields["timestamp"] = _timestamp()
+    SINK.msg(_ENCODER.encode(fields))
+
+
+def _timestamp() -> str:
+    """UTC now as structlog's ISO stamp: ``2026-11-29T04:43:35.142136Z``."""
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second, _second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second_text}.{int((now - second) * 1_000_000):06d}Z"

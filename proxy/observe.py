@@ -1,6 +1,6 @@
 """Every request's one log event, its metrics and its report entry, built from its outcome.
 
-The ``observe`` middleware wraps the handlers: it renders refusals in Pipedrive's envelope and,
+``observe`` wraps the handler: it renders refusals in Pipedrive's envelope and,
 once the answer is known, records the request exactly once. ``mark_decision`` (the app's
 ``on_response_prepare``) puts the decision header on every response the app sends: forwarded,
 streamed or refused. Both read the request's ``Decision``, which its handler set once.
@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from aiohttp.http_exceptions import (
@@ -30,9 +29,8 @@ from proxy.canonical import canonicalize
 from proxy.decision import Decision, Verdict
 from proxy.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
 from proxy.forward import StreamAborted
-from proxy.logs import get_logger
+from proxy.logs import get_logger, log_request
 from proxy.reasons import Reason
-from proxy.report import Call
 from proxy.responses import DECISION_HEADER, error_response
 from proxy.state import DECISION, METRICS, RECORDER
 
@@ -41,8 +39,7 @@ _LOG = get_logger()  # bound once configured; cheap on the hot path
 _CUT_OFF = {"client_gone": "client_gone", "client_stalled": "request_timeout_mid_body"}
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How a request ended: its decision (when one was made), the refusal or upstream failure
     that answered it instead, the status the client got, how long it took, and, when the answer
     was cut off mid-body, why."""
@@ -61,7 +58,7 @@ class Outcome:
     @property
     def reason(self) -> Reason:
         if self.decision is not None:
-            return self.decision.reason  # an upstream failure does not undo the decision
+            return self.decision.reason  # a failure after it does not undo the decision
         return self.refusal.reason if self.refusal is not None else Reason.INTERNAL_ERROR
 
     @property
@@ -72,42 +69,55 @@ class Outcome:
     def error(self) -> str | None:
         """What went wrong after the decision, if anything."""
         if self.cut_off is not None:
-            return (
-                self.cut_off
-                if self.cut_off == "client_gone"
-                else f"upstream_{self.cut_off}_mid_body"
-            )
-        failed = self.upstream_failed
-        return str(failed.reason) if failed is not None else None
-
-    @property
-    def upstream_status(self) -> int | None:
-        """The upstream's status passes through unchanged: it is the client's, if forwarded."""
-        forwarded = self.decision is not None and self.decision.forwards
-        return self.status if forwarded and self.refusal is None and self.status != 499 else None
+            return _CUT_OFF.get(self.cut_off, f"upstream_{self.cut_off}_mid_body")
+        if self.refusal is not None and self.decision is not None and self.decision.forwards:
+            return str(self.refusal.reason)
+        return None
 
     def fields(self) -> dict[str, Any]:
         """The request event's fields (their names are a contract: see README, "Decision log")."""
-        decision = self.decision
-        endpoint = decision.endpoint if decision is not None else None
-        grant = decision.grant if decision is not None else None
-        return {
-            "decision": self.verdict,
-            "reason": str(self.reason),
-            "method": self.method,
-            "endpoint": endpoint.name if endpoint is not None else None,
-            "version": decision.version if decision is not None else None,
-            "status": self.status,
-            "upstream_status": self.upstream_status,
-            "duration_ms": round(self.seconds * 1000, 3),
-            "token_fp": decision.token_fp if decision is not None else None,
-            "grant": grant.name if grant is not None else None,
-            "accepted_scopes": decision.accepted_scopes if decision is not None else (),
-            "granted_scopes": decision.granted_scopes if decision is not None else [],
-            "token_cost": endpoint.token_cost if endpoint is not None else None,
-            "error": self.error,
-            "problem": self.refusal.detail if self.refusal is not None else None,
-        }
+        decision, refusal, status = self.decision, self.refusal, self.status
+        fields: dict[str, Any]
+        if decision is None:
+            fields = dict(_UNDECIDED)
+            fields["reason"] = refusal.reason if refusal is not None else Reason.INTERNAL_ERROR
+        else:
+            endpoint, grant, credential = decision.endpoint, decision.grant, decision.credential
+            forwarded = decision.forwards and refusal is None and status != _CLIENT_GONE
+            fields = {
+                "decision": decision.verdict,
+                "reason": decision.reason,
+                "method": None,
+                "endpoint": endpoint.name if endpoint is not None else None,
+                "version": decision.version,
+                "status": None,
+                "upstream_status": status if forwarded else None,
+                "duration_ms": None,
+                "token_fp": credential.fingerprint if credential is not None else None,
+                "grant": grant.name if grant is not None else None,
+                "accepted_scopes": endpoint.scope_list if endpoint is not None else (),
+                "granted_scopes": grant.scope_list if grant is not None else (),
+                "token_cost": endpoint.token_cost if endpoint is not None else None,
+                "error": None,
+                "problem": None,
+            }
+        fields["method"] = self.method
+        fields["status"] = status
+        fields["duration_ms"] = round(self.seconds * 1000, 3)
+        if self.cut_off is not None or refusal is not None:
+            fields["error"] = self.error
+            fields["problem"] = refusal.detail if refusal is not None else None
+        return fields
+
+
+_CLIENT_GONE = 499
+# The fields of a request refused before any decision: what is filled in is the same each time.
+_UNDECIDED: dict[str, Any] = {
+    "decision": "deny", "reason": None, "method": None, "endpoint": None, "version": None,
+    "status": None, "upstream_status": None, "duration_ms": None, "token_fp": None,
+    "grant": None, "accepted_scopes": (), "granted_scopes": (), "token_cost": None,
+    "error": None, "problem": None,
+}  # fmt: skip
 
 
 def record(app: web.Application, outcome: Outcome) -> None:
@@ -115,19 +125,17 @@ def record(app: web.Application, outcome: Outcome) -> None:
     if outcome.reason is Reason.INTERNAL:
         return  # health checks and scrapes are not traffic
     fields = outcome.fields()
-    _LOG.info("request", **fields)
+    log_request(fields)
     metrics = app[METRICS]
     metrics.observe(outcome.verdict, outcome.reason, fields["version"], outcome.seconds)
     failed = outcome.upstream_failed
     kind = outcome.cut_off or (failed.kind if failed is not None else None)
     if kind is not None and kind != "client_stalled":
         metrics.upstream_errors.labels(kind).inc()
-    call = Call.from_decision(outcome.decision) if outcome.decision is not None else None
-    if call is not None:
-        app[RECORDER].record(call)
+    if outcome.decision is not None:
+        app[RECORDER].record(outcome.decision)
 
 
-@web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render refusals, then record the request once, whatever became of it."""
     started = time.perf_counter()
@@ -147,7 +155,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         refusal = _from_http(request, error)
         response = error_response(refusal)
     except asyncio.CancelledError:
-        _finish(request, None, 499, started, cut_off="client_gone")
+        _finish(request, None, _CLIENT_GONE, started, cut_off="client_gone")
         raise
     except Exception as error:  # the safety net: any surprise is a refusal, never a forward
         _log_unhandled(error)

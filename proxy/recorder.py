@@ -12,9 +12,15 @@ import asyncio
 import contextlib
 from collections import Counter
 
+from proxy.catalog import Endpoint
+from proxy.decision import Decision
 from proxy.logs import get_logger
+from proxy.reasons import DECIDED
 from proxy.report import Call
 from proxy.stores import CallCounts, StoreError
+
+# What a decided call is counted by on the hot path; made a ``Call`` when flushed.
+_Kind = tuple[str, str, str, Endpoint | None, str, str]
 
 FLUSH_SECONDS = 1.0
 STORED_TOKENS_PER_SHOWN = 10
@@ -24,13 +30,18 @@ class Recorder:
     def __init__(self, counts: CallCounts, shown_tokens: int) -> None:
         self.counts = counts
         self.stored_tokens = shown_tokens * STORED_TOKENS_PER_SHOWN
-        self._pending: Counter[Call] = Counter()
+        self._pending: Counter[_Kind] = Counter()
         self._new_tokens: set[str] = set()  # flushed since the store was last compacted
         self._task: asyncio.Task[None] | None = None
 
-    def record(self, call: Call) -> None:
-        """Count one call; cheap enough for the hot path."""
-        self._pending[call] += 1
+    def record(self, decision: Decision) -> None:
+        """Count a decided call (the others are not in the report); cheap on the hot path."""
+        if decision.reason in DECIDED and decision.credential is not None:
+            kind = (
+                decision.credential.fingerprint, decision.method, decision.version or "",
+                decision.endpoint, decision.verdict, decision.reason,
+            )  # fmt: skip
+            self._pending[kind] += 1
 
     async def flush(self) -> None:
         """Add the pending counts to the store; on failure they stay pending for the next try."""
@@ -38,11 +49,11 @@ class Recorder:
             return
         batch, self._pending = self._pending, Counter()
         try:
-            await self.counts.add_calls({call.key(): count for call, count in batch.items()})
+            await self.counts.add_calls({_call(kind).key(): count for kind, count in batch.items()})
         except StoreError:
             self._pending.update(batch)
             raise
-        self._new_tokens.update(call.token_fp for call in batch)
+        self._new_tokens.update(kind[0] for kind in batch)
         if len(self._new_tokens) > self.stored_tokens:
             self._new_tokens.clear()
             await self.counts.compact_calls(self.stored_tokens)
@@ -79,3 +90,19 @@ class Recorder:
                 await self.flush()
             except StoreError as error:
                 get_logger().warning("report_flush_failed", problem=str(error))
+
+
+def _call(kind: _Kind) -> Call:
+    fp, method, version, endpoint, verdict, reason = kind
+    if endpoint is None:
+        return Call(fp, method, version, None, verdict, reason, (), None)
+    return Call(
+        fp,
+        method,
+        version,
+        endpoint.name,
+        verdict,
+        reason,
+        endpoint.scope_list,
+        endpoint.token_cost,
+    )

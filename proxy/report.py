@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from proxy.decision import BASE, Decision
+from proxy.decision import BASE
 from proxy.reasons import DECIDED
 
 MAX_TOKENS = 100  # tokens with a report section of their own (config: limits.report_tokens)
@@ -52,23 +52,6 @@ class Call:
         fp, _, rest = key.partition("\t")
         method, version, endpoint, decision, reason, accepted, cost = json.loads(rest)
         return cls(fp, method, version, endpoint, decision, reason, tuple(accepted), cost)
-
-    @classmethod
-    def from_decision(cls, decision: Decision) -> Call | None:
-        """The call a decision counts as, or None when no scope decision was made."""
-        if decision.reason not in DECIDED or decision.token_fp is None:
-            return None
-        endpoint = decision.endpoint
-        return cls(
-            decision.token_fp,
-            decision.method,
-            str(decision.version),
-            endpoint.name if endpoint is not None else None,
-            decision.verdict,
-            str(decision.reason),
-            decision.accepted_scopes,
-            endpoint.token_cost if endpoint is not None else None,
-        )
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> Call | None:

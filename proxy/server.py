@@ -11,7 +11,10 @@
    the methods it knows, in upper case, ASCII, HTTP/1.0 or 1.1 (and 0.9, which the app
    refuses) and lengths that fit; here it refuses what llhttp refuses. ``CONNECT`` (a tunnel,
    whose bytes the pure-Python parser would wait for) is refused by both as malformed.
-3. Client limits (config ``limits``): a connection past ``max_connections`` gets a 503 and is
+3. Every request is handled inside ``proxy.observe.observe`` (its refusals rendered, its one
+   log event, metrics and report entry recorded), around aiohttp's own routing: cheaper than a
+   middleware, and it sees the requests the router turns away too.
+4. Client limits (config ``limits``): a connection past ``max_connections`` gets a 503 and is
    closed at once; a request head must arrive within ``header_timeout`` (from the connection's
    start, or from the first byte of a later request); idle keep-alive connections close after
    ``keepalive_timeout``. (``body_timeout`` is the forwarder's: ``proxy.forward``.)
@@ -34,7 +37,7 @@ from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
 from proxy.config import Limits
 from proxy.errors import HeaderTimeout, TooManyConnections
 from proxy.logs import get_logger
-from proxy.observe import refuse_unparsed
+from proxy.observe import observe, refuse_unparsed
 from proxy.responses import raw_refusal
 from proxy.state import METRICS, RUNTIME
 
@@ -68,8 +71,13 @@ class _ProxyServer(web.Server):
             # this long (then the connection closes): a stalled upload holds nothing longer.
             "lingering_time": self.limits.body_timeout,
         }
+        app_handler = made.request_handler
+
+        async def observed(request: web.BaseRequest) -> web.StreamResponse:
+            return await observe(request, app_handler)  # type: ignore[arg-type]
+
         super().__init__(
-            made.request_handler,
+            observed,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=made._loop,
@@ -78,6 +86,26 @@ class _ProxyServer(web.Server):
         self.app = app
         self._dropped: dict[str, int] = {}
         self._last_said = 0.0
+        self._sweeping: asyncio.TimerHandle | None = None
+
+    def watch_heads(self) -> None:
+        """Check request heads' deadlines about four times per ``header_timeout`` (one timer
+        for the server, rather than one per request)."""
+        if self._sweeping is None:
+            self._sweeping = self._loop.call_later(self._sweep_every, self._sweep)
+
+    @property
+    def _sweep_every(self) -> float:
+        return min(1.0, self.limits.header_timeout / 4)
+
+    def _sweep(self) -> None:
+        self._sweeping = None
+        deadline = self._loop.time() - self.limits.header_timeout
+        for protocol in list(self._connections):
+            if isinstance(protocol, _ProxyProtocol) and protocol.head_late(deadline):
+                protocol.head_too_slow()
+        if self._connections:
+            self.watch_heads()
 
     def __call__(self) -> web.RequestHandler:
         return _ProxyProtocol(self, loop=self._loop, **self._kwargs)
@@ -98,11 +126,11 @@ class _ProxyServer(web.Server):
 
 
 class _ProxyProtocol(web.RequestHandler):
-    __slots__ = ("_head_begun", "_head_timer", "_refused")
+    __slots__ = ("_head_begun", "_head_since", "_refused")
 
     def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_since: float | None = None  # when the head waited for was due from
         self._head_begun = False
         self._refused = False
         parser = self._parser
@@ -141,37 +169,28 @@ class _ProxyProtocol(web.RequestHandler):
             server.dropped("too_many_connections")
             return
         super().connection_made(transport)
-        self._arm_head_timer(begun=False)
+        self._head_since, self._head_begun = self._loop.time(), False
+        server.watch_heads()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm_head_timer()
+        self._head_since = None
         if not self._refused:
             super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if data and self._current_request is None and not self._messages:
-            if self._head_timer is None:
-                self._arm_head_timer(begun=True)  # the first byte of a later request
-            else:
-                self._head_begun = True  # the first request: its deadline runs from the start
+            if self._head_since is None:
+                self._head_since = self._loop.time()  # the first byte of a later request
+            self._head_begun = True  # the first request's deadline runs from the connection
         super().data_received(data)
         if self._messages or self._current_request is not None:
-            self._disarm_head_timer()
+            self._head_since = None
 
-    def _arm_head_timer(self, begun: bool) -> None:
-        self._disarm_head_timer()
-        self._head_begun = begun
-        self._head_timer = self._loop.call_later(
-            self._server.limits.header_timeout, self._head_too_slow
-        )
+    def head_late(self, deadline: float) -> bool:
+        return self._head_since is not None and self._head_since < deadline
 
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_too_slow(self) -> None:
-        self._head_timer = None
+    def head_too_slow(self) -> None:
+        self._head_since = None
         transport = self.transport
         if transport is None or transport.is_closing():
             return

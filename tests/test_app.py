@@ -168,7 +168,7 @@ async def test_one_log_event_per_request_with_contract_fields_and_no_raw_token(
         "version": "v1", "status": 200, "upstream_status": 200, "token_fp": sha(TOKEN)[:12],
         "token_cost": 2,
     }  # fmt: skip
-    assert allowed["granted_scopes"] == ["deals:read"]
+    assert list(allowed["granted_scopes"]) == ["deals:read"]
     assert (denied["decision"], denied["status"], denied["upstream_status"]) == ("deny", 403, None)
     output = repr(events) + capsys.readouterr().out
     assert TOKEN not in output

@@ -7,7 +7,7 @@ from urllib.parse import unquote
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.canonical import canonicalize
+from proxy.canonical import _PLAIN_PATH, canonicalize, check_path_fully
 from proxy.errors import AmbiguousRequest, ProxyError
 
 # Path material that stresses the checks: separators, dots, escapes of all kinds, letters.
@@ -47,3 +47,11 @@ def test_query_is_forwarded_as_sent_or_refused(query: str) -> None:
     assert request.target == target
     assert "#" not in query
     assert request.query == query
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(PIECES, min_size=1, max_size=12))
+def test_the_plain_path_shortcut_accepts_only_what_every_rule_accepts(pieces: list[str]) -> None:
+    path = "/" + "".join(pieces)
+    if _PLAIN_PATH.fullmatch(path):
+        check_path_fully(path)  # raises if any rule refuses what the shortcut let through

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.catalog import CatalogueError, Route, load_catalogue, shipped_document
+from proxy.catalog import (
+    API_PREFIXES,
+    CatalogueError,
+    Route,
+    api_route,
+    load_catalogue,
+    shipped_document,
+)
 from tests.conftest import CATALOGUE
 
 ROOT = Path(__file__).parent.parent
@@ -166,3 +173,17 @@ def test_bad_extra_files_are_refused_naming_the_entry(
 ) -> None:
     with pytest.raises(CatalogueError, match=message):
         load_catalogue([write(tmp_path, document)])
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1", "/v1/", "/v1/deals", "/api/v1", "/api/v1/", "/api/v1/x/y", "/api/v2/", "/api/v3/x",
+     "/api/v2", "/v2/x", "/", "/api", "/apiv1/x", "/v1x/y", "/api/v2/deals/1", "//v1/x"],
+)  # fmt: skip
+def test_api_route_is_the_path_after_one_of_the_api_prefixes(path: str) -> None:
+    expected = next(
+        (Route(version, tuple(path[len(prefix) :].split("/")))
+         for prefix, version in API_PREFIXES if path.startswith(prefix)),
+        None,
+    )  # fmt: skip
+    assert api_route(path) == expected

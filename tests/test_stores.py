@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +9,17 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from proxy.app import create_app
+from proxy.catalog import Route
 from proxy.config import StoreUrl
+from proxy.credentials import Credential
+from proxy.decision import Decision
+from proxy.reasons import Reason
 from proxy.recorder import Recorder
 from proxy.report import Call
 from proxy.stores import CachedStore, MemoryStore, RedisStore, SqliteStore, StoreError, open_store
 from proxy.stores.base import TokenStore
 from tests.conftest import (
+    CATALOGUE,
     ProxyFactory,
     RedisServer,
     build_config,
@@ -305,18 +309,19 @@ async def test_the_recorder_bounds_what_it_stores_and_the_busy_token_stays(store
     store = open_store(StoreUrl(store_url))
     recorder = Recorder(store, shown_tokens=2)  # the store keeps 20 tokens at most
     try:
-        busy = Call(
-            "b" * 12, "GET", "v1", "GET /v1/deals", "allow", "in_scope", ("deals:read",), 20
+        endpoint = CATALOGUE.match(Route("v1", ("deals",)), "GET")
+        busy = Decision(
+            "allow", Reason.IN_SCOPE, "GET", "v1", endpoint, Credential("oauth", "b" * 64)
         )
         for n in range(500):  # random tokens, one call each, as unknown_tokens: app_scopes allows
-            recorder.record(replace(busy, token_fp=f"{n:012x}"))
+            recorder.record(busy._replace(credential=Credential("oauth", f"{n:064x}")))
             recorder.record(busy)
             if n % 100 == 99:
                 await recorder.flush()
         calls = await recorder.calls()
         tokens = {call.token_fp for call in calls}
         assert len(tokens) <= 21
-        assert busy.token_fp in tokens
+        assert "b" * 12 in tokens
         assert sum(calls.values()) == 1000
     finally:
         await store.close()

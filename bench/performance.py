@@ -1,0 +1,410 @@
+"""What the proxy costs, side by side in one run, with the targets it must meet.
+
+    python bench/performance.py            # about 4 minutes
+    python bench/performance.py --quick    # shorter rounds, for a first look
+
+Everything it needs is started and stopped here: nginx from Debian's packages as the upstream
+(a Pipedrive-shaped JSON answer; a variant that answers in 100 ms, with the echo module), wrk as
+the load generator, and on the same upstream:
+
+- direct: wrk straight at nginx, the floor;
+- nginx: an nginx ``proxy_pass`` hop, what a platform team would deploy otherwise;
+- bare: an aiohttp streaming pass-through that decides nothing, on the proxy's event loop
+  (uvloop when the ``fast`` extra is installed), and "bare asyncio" on asyncio's own loop;
+- proxy, proxy x2: ``pipedrive-scope-proxy serve`` with 1 and 2 workers, enforce mode, JSON
+  decision log on (written to /dev/null);
+- httpx, httpx2: the proxy's own pipeline with httpx or httpx2 as its upstream client.
+
+Rounds alternate between the targets so that all see the same machine; the figures are
+medians. It then measures the latency the proxy adds over calling the 100 ms upstream
+directly, the decision alone over the whole catalogue, and the proxy's memory idle and while
+streaming 1 GiB up and 1 GiB down. It prints every target with its measured value and exits 1
+when one is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import ROOT, cpu_seconds, free_port, proxy, require, rss_mib, wait_ready, wrk
+
+TOKEN = "bench-token"
+BODY = json.dumps(
+    {"success": True, "data": {"id": 42, "title": "Big deal", "value": 1000, "currency": "EUR",
+                               "owner_id": 7, "person_id": 9, "org_id": 11, "stage_id": 2,
+                               "status": "open", "add_time": "2026-11-29 12:00:00"}},
+    separators=(",", ":"),
+)  # fmt: skip
+ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
+AUTH = f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n'
+TARGETS = {"throughput": 0.85, "stretch": 1.0, "workers": 1.6, "p50": 1.0, "p99": 5.0,
+           "decision_us": 10.0, "streaming_mib": 80.0, "idle_mib": 60.0}  # fmt: skip
+
+
+def nginx_config(folder: Path, fast: int, slow: int, relay: int) -> Path:
+    config = folder / "nginx.conf"
+    body = BODY.replace("'", "\\'")
+    config.write_text(f"""
+load_module {ECHO_MODULE};
+worker_processes 1;
+error_log {folder}/error.log warn;
+pid {folder}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream fast {{ server 127.0.0.1:{fast}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{fast};
+    location / {{ default_type application/json; return 200 '{body}'; }} }}
+  server {{ listen 127.0.0.1:{slow};
+    location / {{ default_type application/json; echo_sleep 0.1; echo '{body}'; }} }}
+  server {{ listen 127.0.0.1:{relay};
+    location / {{ proxy_pass http://fast; proxy_http_version 1.1;
+                 proxy_set_header Connection ""; }} }}
+}}
+""")
+    return config
+
+
+@contextmanager
+def process(
+    args: list[str], env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    child = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    try:
+        yield child
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def proxy_document(port: int, upstream: int, folder: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "upstream": {"api_url": f"http://127.0.0.1:{upstream}"},
+        "tokens": [{"name": "bench", "sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+                    "scopes": ["deals:read", "deals:full"]}],
+        "store": f"sqlite://{folder}/tokens-{port}.db",
+        "logging": {"format": "json", "level": "info"},
+        **extra,
+    }  # fmt: skip
+
+
+def worker_pids(pid: int) -> list[int]:
+    from harness import children
+
+    return children(pid)
+
+
+def nginx_worker(master: int) -> int:
+    kids = worker_pids(master)
+    return kids[-1]
+
+
+def throughput(
+    targets: dict[str, tuple[str, int]], rounds: int, seconds: float, connections: int
+) -> dict[str, dict[str, float]]:
+    """Median requests/s, p50, p99 and CPU seconds per 1000 requests of each target."""
+    samples: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in targets}
+    for url, _ in targets.values():
+        wrk(url, connections, 1, script=AUTH)  # warm up
+    for round_number in range(rounds):
+        for name, (url, pid) in targets.items():
+            before = cpu_seconds(pid)
+            load = wrk(url, connections, seconds, script=AUTH)
+            used = cpu_seconds(pid) - before
+            unexpected = sum(n for status, n in load.statuses.items() if status != "200")
+            if unexpected or load.socket_errors:
+                sys.exit(f"bench: {name} answered {load.statuses}, {load.socket_errors} errors")
+            samples[name].append((load.rate, load.p50_ms, load.p99_ms, 1000 * used / load.requests))
+        print(f"  round {round_number + 1}/{rounds}: " + ", ".join(
+            f"{name} {samples[name][-1][0]:.0f}/s" for name in targets))  # fmt: skip
+    return {
+        name: {
+            "rate": statistics.median(s[0] for s in values),
+            "p50": statistics.median(s[1] for s in values),
+            "p99": statistics.median(s[2] for s in values),
+            "cpu": statistics.median(s[3] for s in values),
+        }
+        for name, values in samples.items()
+    }
+
+
+def added_latency(
+    direct: str, hops: dict[str, str], seconds: float
+) -> dict[str, tuple[float, float]]:
+    """p50 and p99 each hop adds over calling the 100 ms upstream directly, 50 connections."""
+    for url in (direct, *hops.values()):
+        wrk(url, 50, 2, script=AUTH)  # warm up
+    floor = wrk(direct, 50, seconds, script=AUTH)
+    added = {}
+    for name, url in hops.items():
+        through = wrk(url, 50, seconds, script=AUTH)
+        added[name] = (through.p50_ms - floor.p50_ms, through.p99_ms - floor.p99_ms)
+    return added
+
+
+def decision_alone() -> tuple[float, int]:
+    """Median microseconds for canonical request, credential, match and decision, over a path
+    for every endpoint of the catalogue: the lowest median of five rounds (the machine's noise
+    only ever adds time)."""
+    from proxy.canonical import canonicalize
+    from proxy.catalog import DISPLAY_PREFIX, api_route, load_catalogue
+    from proxy.credentials import extract_credential
+    from proxy.decision import Grant, Policy, authorize
+
+    catalogue = load_catalogue()
+    policy = Policy()
+    grants = {hashlib.sha256(TOKEN.encode()).hexdigest(): Grant(frozenset({"deals:read"}), "b")}
+    headers = [(b"Host", b"proxy:8080"), (b"Authorization", f"Bearer {TOKEN}".encode()),
+               (b"User-Agent", b"pipedrive-node"), (b"Accept", b"application/json")]  # fmt: skip
+    calls = []
+    for endpoint in catalogue.endpoints:
+        path = DISPLAY_PREFIX[endpoint.version] + endpoint.template
+        for name in ("{id}", "{", "}"):
+            path = path.replace(name, "42" if name == "{id}" else "")
+        calls.append((endpoint.method, path.replace("-42", "-7")))
+
+    def one(method: str, target: str) -> None:
+        canonical = canonicalize(method, target, headers)
+        route = api_route(canonical.path)
+        assert route is not None
+        credential = extract_credential(canonical.credential_headers, canonical.query_pairs)
+        authorize(catalogue, policy, route, method, credential, grants.get(credential.digest), None)
+
+    medians = []
+    for _ in range(5):
+        times = []
+        for _ in range(10):
+            for method, target in calls:
+                started = time.perf_counter_ns()
+                one(method, target)
+                times.append(time.perf_counter_ns() - started)
+        medians.append(statistics.median(times) / 1000)
+    return min(medians), len(calls)
+
+
+def serve_streams(port: int) -> None:
+    """An upstream that swallows uploads and sends 1 GiB downloads, on raw sockets."""
+    chunk = b"x" * (1 << 20)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"POST"):
+                while True:  # chunked upload: read to the last chunk
+                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                    await reader.readexactly(size + 2)
+                    if size == 0:
+                        break
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (1024 * len(chunk)))
+                for _ in range(1024):
+                    writer.write(chunk)
+                    await writer.drain()
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def streaming_memory(folder: Path) -> tuple[float, float]:
+    """The proxy's resident memory idle, and at most while 1 GiB goes up and 1 GiB comes down."""
+    import aiohttp
+
+    upstream_port, port = free_port(), free_port()
+    streams = multiprocessing.get_context("spawn").Process(
+        target=serve_streams, args=(upstream_port,), daemon=True
+    )
+    streams.start()
+    document = proxy_document(port, upstream_port, folder)
+    document["tokens"][0]["scopes"] = ["deals:full", "deals:read"]
+    peak = 0.0
+    with proxy(document) as running:
+        pid = running.pid
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(f"{base}/_proxy/health")
+        for _ in range(200):  # warm up, then idle
+            subprocess.run(["true"], check=False)
+        time.sleep(1)
+        idle = rss_mib(pid)
+
+        async def drive() -> None:
+            nonlocal peak
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+
+            async def gigabyte() -> Any:
+                chunk = b"y" * (1 << 20)
+                for _ in range(1024):
+                    yield chunk
+
+            async def sample() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, rss_mib(pid))
+                    await asyncio.sleep(0.05)
+
+            sampler = asyncio.create_task(sample())
+            timeout = aiohttp.ClientTimeout(total=300)
+            async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as client:
+                async with client.post(f"{base}/v1/files", data=gigabyte(), headers=headers) as up:
+                    assert up.status == 200, up.status
+                async with client.get(f"{base}/v1/files/1/download", headers=headers) as down:
+                    received = 0
+                    async for piece in down.content.iter_chunked(1 << 20):
+                        received += len(piece)
+                    assert received == 1 << 30, received
+            sampler.cancel()
+
+        asyncio.run(drive())
+    streams.terminate()
+    return idle, peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter rounds (noisier figures)")
+    args = parser.parse_args()
+    require("nginx", "wrk")
+    if not Path(ECHO_MODULE).exists():
+        sys.exit("bench: nginx's echo module is missing: apt-get install -y libnginx-mod-http-echo")
+    rounds, seconds = (2, 3.0) if args.quick else (4, 6.0)
+    missed: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="scope-proxy-perf-") as temporary, ExitStack() as stack:
+        folder = Path(temporary)
+        fast, slow, relay = free_port(), free_port(), free_port()
+        config = nginx_config(folder, fast, slow, relay)
+        nginx = stack.enter_context(process(
+            ["nginx", "-p", str(folder), "-c", str(config), "-g", "daemon off;"]))  # fmt: skip
+        wait_ready(f"http://127.0.0.1:{fast}/")
+        names = ("bare", "bare asyncio", "proxy", "workers", "httpx", "httpx2", "slow", "bare slow")
+        ports = {name: free_port() for name in names}
+        bare_process = stack.enter_context(process(
+            [sys.executable, str(ROOT / "bench" / "bare_passthrough.py"), str(ports["bare"]),
+             str(fast)]))  # fmt: skip
+        bare_asyncio = stack.enter_context(process(
+            [sys.executable, str(ROOT / "bench" / "bare_passthrough.py"),
+             str(ports["bare asyncio"]), str(fast)], env={"BARE_LOOP": "asyncio"}))  # fmt: skip
+        one = stack.enter_context(proxy(proxy_document(ports["proxy"], fast, folder)))
+        two = stack.enter_context(proxy(proxy_document(ports["workers"], fast, folder), workers=2))
+        variants = {}
+        for module in ("httpx", "httpx2"):
+            variant_config = folder / f"{module}.yaml"
+            variant_config.write_text(json.dumps(proxy_document(ports[module], fast, folder)))
+            variants[module] = stack.enter_context(process(
+                [sys.executable, str(ROOT / "bench" / "httpx_variant.py"), module,
+                 str(variant_config)]))  # fmt: skip
+        stack.enter_context(proxy(proxy_document(ports["slow"], slow, folder)))
+        stack.enter_context(process(
+            [sys.executable, str(ROOT / "bench" / "bare_passthrough.py"), str(ports["bare slow"]),
+             str(slow)]))  # fmt: skip
+        for name in ("bare", "bare asyncio", "bare slow", "httpx", "httpx2"):
+            wait_ready(f"http://127.0.0.1:{ports[name]}/_proxy/health" if "bare" not in name
+                       else f"http://127.0.0.1:{ports[name]}/ready")  # fmt: skip
+        target = "/v1/deals/42"
+        targets = {
+            "direct": (f"http://127.0.0.1:{fast}{target}", nginx_worker(nginx.pid)),
+            "nginx": (f"http://127.0.0.1:{relay}{target}", nginx_worker(nginx.pid)),
+            "bare": (f"http://127.0.0.1:{ports['bare']}{target}", bare_process.pid),
+            "bare asyncio": (f"http://127.0.0.1:{ports['bare asyncio']}{target}", bare_asyncio.pid),
+            "proxy": (f"http://127.0.0.1:{ports['proxy']}{target}", one.pid),
+            "proxy x2": (f"http://127.0.0.1:{ports['workers']}{target}", two.pid),
+            "httpx": (f"http://127.0.0.1:{ports['httpx']}{target}", variants["httpx"].pid),
+            "httpx2": (f"http://127.0.0.1:{ports['httpx2']}{target}", variants["httpx2"].pid),
+        }
+        print(f"throughput: wrk, 1 thread, 32 connections, {rounds} rounds of {seconds:g} s each")
+        measured = throughput(targets, rounds, seconds, 32)
+        print("latency: 100 ms upstream, 50 connections")
+        latency = added_latency(
+            f"http://127.0.0.1:{slow}{target}",
+            {"proxy": f"http://127.0.0.1:{ports['slow']}{target}",
+             "bare": f"http://127.0.0.1:{ports['bare slow']}{target}"},
+            4 if args.quick else 10,
+        )  # fmt: skip
+        p50, p99 = latency["proxy"]
+    print("decision alone: canonical request, credential, match, decision")
+    decision_us, endpoints = decision_alone()
+    print("memory: idle, and streaming 1 GiB up and 1 GiB down")
+    with tempfile.TemporaryDirectory(prefix="scope-proxy-perf-") as temporary:
+        idle, streaming = streaming_memory(Path(temporary))
+
+    bare = measured["bare"]
+    print()
+    print(f"{'target':13} {'req/s':>8} {'x bare':>7} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'CPU s/1000':>11} {'x bare':>7}")  # fmt: skip
+    for name, values in measured.items():
+        print(f"{name:13} {values['rate']:8.0f} {values['rate'] / bare['rate']:7.2f} "
+              f"{values['p50']:8.2f} {values['p99']:8.2f} {values['cpu']:11.3f} "
+              f"{values['cpu'] / bare['cpu']:7.2f}")  # fmt: skip
+    print()
+    for name, (added50, added99) in latency.items():
+        print(
+            f"added over the 100 ms upstream, {name:5}: p50 {added50:+.2f} ms, p99 {added99:+.2f} ms"
+        )
+    ratio = measured["proxy"]["rate"] / bare["rate"]
+    workers = measured["proxy x2"]["rate"] / measured["proxy"]["rate"]
+    results = [
+        ("throughput, proxy / bare pass-through", f"{ratio:.2f}x", ratio >= TARGETS["throughput"],
+         f">= {TARGETS['throughput']}x"),
+        ("throughput, 2 workers / 1 worker", f"{workers:.2f}x", workers >= TARGETS["workers"],
+         f">= {TARGETS['workers']}x"),
+        ("added latency p50, 100 ms upstream", f"{p50:+.2f} ms", p50 <= TARGETS["p50"],
+         f"<= {TARGETS['p50']:g} ms"),
+        ("added latency p99, 100 ms upstream", f"{p99:+.2f} ms", p99 <= TARGETS["p99"],
+         f"<= {TARGETS['p99']:g} ms"),
+        (f"decision alone, median over {endpoints} endpoints", f"{decision_us:.1f} us",
+         decision_us <= TARGETS["decision_us"], f"<= {TARGETS['decision_us']:g} us"),
+        ("resident memory streaming 2 GiB", f"{streaming:.1f} MiB",
+         streaming < TARGETS["streaming_mib"], f"< {TARGETS['streaming_mib']:g} MiB"),
+        ("resident memory idle", f"{idle:.1f} MiB", idle < TARGETS["idle_mib"],
+         f"< {TARGETS['idle_mib']:g} MiB"),
+    ]  # fmt: skip
+    print()
+    print(f"{'target':48} {'measured':>12}  {'wanted':>12}")
+    for name, value, met, wanted in results:
+        print(f"{name:48} {value:>12}  {wanted:>12}  {'ok' if met else 'MISSED'}")
+        if not met:
+            missed.append(name)
+    stretch = measured["proxy"]["rate"] / measured["bare asyncio"]["rate"]
+    print(f"{'stretch: proxy / bare pass-through on asyncio':48} {stretch:>11.2f}x  "
+          f"{'>= 1.0x: reached' if stretch >= TARGETS['stretch'] else '>= 1.0x: not reached'}")  # fmt: skip
+    if missed:
+        print(f"performance: missed: {', '.join(missed)}")
+        return 1
+    print("performance: every target met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
