@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/pipedrive-scope-proxy
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN pip install . \
+RUN pip install '.[fast]' \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin proxy
 COPY config/proxy.yaml /etc/pipedrive-scope-proxy/proxy.yaml
 

@@ -18,14 +18,15 @@ from typing import Any, cast
 import aiohttp
 from aiohttp import StreamReader, web
 from aiohttp.client_proto import ResponseHandler
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from proxy.config import UpstreamSettings
 from proxy.errors import RequestTimeout, UpstreamFailure, UpstreamTimeout, UpstreamUnavailable
 
-HOP_BY_HOP = frozenset(
-    {
+HOP_BY_HOP = tuple(  # istr: looked up without being case-folded again on every request
+    istr(name)
+    for name in (
         "connection",
         "keep-alive",
         "proxy-authenticate",
@@ -37,7 +38,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
         "expect",
         "host",
-    }
+    )
 )
 # Headers aiohttp's client would add on its own; the app's request goes up without them.
 _NOT_ADDED: CIMultiDict[None] = CIMultiDict(
@@ -168,15 +169,14 @@ class Fetched:
 def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Headers minus hop-by-hop ones and those the ``Connection`` header names."""
     kept: CIMultiDict[str] = CIMultiDict(headers)  # a copy made in C; then remove, rarely
-    named = [
-        token.strip()
-        for value in headers.getall("Connection", ())
-        for token in value.split(",")
-        if token.strip()
-    ]
-    for name in (*HOP_BY_HOP, *named):
+    for name in HOP_BY_HOP:
         if name in kept:
             kept.popall(name)
+    for value in headers.getall("Connection", ()):
+        for token in value.split(","):
+            token = token.strip()
+            if token and token in kept:
+                kept.popall(token)
     return kept
 
 

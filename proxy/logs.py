@@ -118,7 +118,6 @@ def _point_at_devnull(stream: TextIO) -> None:
 SINK = LogSink(sys.stdout)
 atexit.register(SINK.flush)  # what the last loop iteration logged, should it not have run
 _fast_requests = False  # render request events directly (JSON lines at level info or below)
-_ENCODER = json.JSONEncoder()
 _second, _second_text = -1, ""
 
 
@@ -127,7 +126,7 @@ def configure_logging(format: str = "json", level: str = "info") -> None:
     global _fast_requests
     _fast_requests = format == "json" and _LEVELS.get(level, logging.ERROR) <= logging.INFO
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_dumps)
         if format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -159,7 +158,28 @@ def log_request(fields: dict[str, Any]) -> None:
     fields["event"] = "request"
     fields["level"] = "info"
     fields["timestamp"] = _timestamp()
-    SINK.msg(_ENCODER.encode(fields))
+    SINK.msg(_dumps(fields))
+
+
+def _dumps_stdlib(event: Any, default: Callable[[Any], Any] | None = None) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=default)
+
+
+def _dumps_orjson(event: Any, default: Callable[[Any], Any] | None = None) -> str:
+    try:
+        return orjson.dumps(event, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # what orjson will not take (an integer over 64 bits): the slow way
+        return _dumps_stdlib(event, default)
+
+
+# A log line is the same compact UTF-8 JSON whichever renders it: orjson (the ``fast`` extra),
+# about ten times quicker, or the standard library.
+try:
+    import orjson
+except ImportError:  # pragma: no cover - the fast extra is not installed
+    _dumps = _dumps_stdlib
+else:
+    _dumps = _dumps_orjson
 
 
 def _timestamp() -> str:

@@ -7,6 +7,7 @@ The CLI's ``serve`` checks what the user asked for and hands over to ``serve`` h
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -78,6 +79,7 @@ async def run_worker(
         where = f"{config.listen.host}:{config.listen.port}"
         problem = os.strerror(error.errno) if error.errno else str(error)
         raise ServeError(f"cannot listen on {where}: {problem}") from None
+    settle_heap()
     for address in runner.addresses:
         get_logger().info("listening", host=address[0], port=address[1], pid=os.getpid())
     loop = asyncio.get_running_loop()
@@ -94,6 +96,17 @@ async def run_worker(
             watching.cancel()
         await runner.cleanup()
         SINK.flush()
+
+
+def settle_heap() -> None:
+    """Move what start-up (or a reload) built, the catalogue above all, out of the garbage
+    collector's sight: it lives as long as the process, and a full collection walking its ~55,000
+    objects stalls every request in flight (about 15 ms on a 2-core machine; under 1 ms once
+    frozen). What an earlier call froze is released first, so that a reload's old catalogue
+    can still be reclaimed."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 async def _watch_parent(stop: asyncio.Event) -> None:
@@ -113,6 +126,7 @@ def reload(app: web.Application, config_path: str | None, running: Config) -> No
         return
     config = replace(config, listen=running.listen)
     app[RUNTIME].current = Runtime.build(config, catalogue)
+    settle_heap()
     restart_only = [
         key
         for key in ("upstream", "store", "logging")

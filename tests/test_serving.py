@@ -4,6 +4,7 @@ what can break it (a closed log pipe, a worker killed, Ctrl-C with a call in fli
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -425,3 +427,33 @@ async def test_ctrl_c_on_serve_piped_to_tee_drains_without_a_traceback(
     assert code == 0
     assert "Traceback" not in errors
     assert "request" in (tmp_path / "decisions.jsonl").read_text() or "log sink" in errors
+
+
+def test_a_reload_freezes_the_new_catalogue_and_lets_the_old_one_go(tmp_path: Path) -> None:
+    """The catalogue is kept out of the collector's full passes, but not forever: a reload's
+    old one is reclaimed."""
+    from proxy.app import create_app
+    from proxy.config import load
+    from proxy.serving import reload, settle_heap
+    from proxy.state import RUNTIME
+
+    path = write_config(tmp_path, upstream={"api_url": "http://127.0.0.1:9"}, tokens=grants(t=[]))
+    config, catalogue = load(path)
+    app = create_app(config, catalogue)
+    cyclic = _Cyclic()  # stands for whatever of the old runtime only the collector can free
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > len(catalogue.endpoints), "the catalogue is frozen"
+        old, old_cyclic = weakref.ref(catalogue), weakref.ref(cyclic)
+        del catalogue, cyclic
+        reload(app, path, config)
+        assert app[RUNTIME].current.catalogue is not old()
+        assert old() is None, "the old catalogue was reclaimed"
+        assert old_cyclic() is None, "frozen garbage is collected at the next reload"
+    finally:
+        gc.unfreeze()
+
+
+class _Cyclic:
+    def __init__(self) -> None:
+        self.me = self

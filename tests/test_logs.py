@@ -1,0 +1,115 @@
+"""The log line: one rendering whichever path or serializer writes it, and a sink that never
+raises."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from proxy import logs
+from proxy.reasons import Reason
+
+# A request event as ``Outcome.fields`` builds it: tuples, a StrEnum, None, a float.
+REQUEST = {
+    "decision": "deny", "reason": Reason.OUT_OF_SCOPE, "method": "DELETE",
+    "endpoint": "DELETE /v1/deals/{id}", "version": "v1", "status": 403, "upstream_status": None,
+    "duration_ms": 0.412, "token_fp": "0123456789ab", "grant": "crm-sync",
+    "accepted_scopes": ("deals:full",), "granted_scopes": ("deals:read", "contacts:read"),
+    "token_cost": 3, "error": None, "problem": None,
+}  # fmt: skip
+
+EVENTS: list[dict[str, Any]] = [
+    REQUEST,
+    {"event": "config_loaded", "path": "/etc/proxy/ünïcode.yaml", "workers": 2},
+    {"event": "x", "nested": {"a": [1, 2.5, None, True]}, "by_status": {200: 3, 403: 1}},
+    {
+        "event": "x",
+        "quote": 'say "hi"\n\tand\\go',
+        "control": "\x00\x1f\x7f",
+        "emoji": "\U0001f600",
+    },
+    {"event": "x", "huge": 2**70, "negative": -(2**63)},
+]
+
+
+@pytest.fixture
+def sink() -> Iterator[io.StringIO]:
+    """The process sink writing to a buffer; logging configured as ``serve`` does."""
+    stream, saved = io.StringIO(), logs.SINK.stream
+    logs.SINK.stream = stream
+    logs.configure_logging("json", "info")
+    yield stream
+    logs.SINK.flush()
+    logs.SINK.stream = saved
+    structlog.reset_defaults()
+
+
+def test_the_request_fast_path_writes_the_line_structlog_would(
+    sink: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs.log_request(dict(REQUEST))
+    monkeypatch.setattr(logs, "_fast_requests", False)
+    logs.get_logger().info("request", **REQUEST)
+    logs.SINK.flush()
+    fast, slow = sink.getvalue().splitlines()
+    fast_event, slow_event = json.loads(fast), json.loads(slow)
+    assert list(fast_event) == list(slow_event), "the same keys in the same order"
+    del fast_event["timestamp"], slow_event["timestamp"]
+    assert fast_event == slow_event
+    assert fast_event["reason"] == "out_of_scope"
+    assert fast_event["granted_scopes"] == ["deals:read", "contacts:read"]
+
+
+def test_timestamps_are_utc_iso_with_microseconds(sink: io.StringIO) -> None:
+    logs.log_request(dict(REQUEST))
+    logs.SINK.flush()
+    stamp = json.loads(sink.getvalue())["timestamp"]
+    assert len(stamp) == len("2026-11-29T04:43:35.142136Z")
+    assert (stamp[4], stamp[10], stamp[19], stamp[-1]) == ("-", "T", ".", "Z")
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda event: str(event.get("event", "request")))
+def test_orjson_and_the_standard_library_write_the_same_line(event: dict[str, Any]) -> None:
+    pytest.importorskip("orjson")
+    line = logs._dumps_orjson(event)
+    assert line == logs._dumps_stdlib(event)
+    assert "\n" not in line, "one event, one line"
+    assert json.loads(line) == json.loads(json.dumps(event)), "and it reads back as the event"
+
+
+def test_what_neither_serializer_knows_is_rendered_by_the_fallback() -> None:
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    event = {"event": "x", "thing": Opaque()}
+    for dumps in (logs._dumps_stdlib, logs._dumps_orjson):
+        assert json.loads(dumps(event, default=repr))["thing"] == "<opaque>"
+
+
+def test_a_sink_whose_reader_is_gone_drops_and_counts_lines_and_says_so_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stream = os.fdopen(write_end, "w")
+    sink = logs.LogSink(stream)
+    counted: list[int] = []
+    sink.on_error = counted.append
+    try:
+        sink.msg("first")  # no loop running: written at once, and the pipe is broken
+        sink.msg("second")
+        sink.msg("third")
+    finally:
+        stream.close()
+    assert sink.errors == 3
+    assert sum(counted) == 3
+    said = capsys.readouterr().err
+    assert said.count("the log sink failed") == 1
+    assert "Broken pipe" in said
