@@ -1,8 +1,10 @@
 """The aiohttp application: one handler that runs the pipeline top to bottom.
 
 canonical request -> the one credential -> its scopes -> ``authorize`` (endpoint and decision)
--> forward or refuse. ``proxy.observe`` wraps it: refusals rendered in Pipedrive's envelope, the
-decision header, and one log event, the metrics and the report entry for every request.
+-> forward or refuse; or, for Envoy's check of a call (``/_proxy/authz/<target>``), the same
+decision answered without forwarding. ``proxy.observe`` wraps it: refusals rendered in
+Pipedrive's envelope, the decision header, and one log event, the metrics and the report entry
+for every request.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy import __version__, oauth
 from proxy.canonical import METHODS, SERVED_METHODS, CanonicalRequest, canonicalize
-from proxy.catalog import API_PREFIXES, Catalogue, Route, api_route
+from proxy.catalog import API_PREFIXES, AUTHZ_PREFIX, Catalogue, Route, api_route
 from proxy.config import Config
 from proxy.credentials import Credential, extract_credential
 from proxy.decision import Decision, authorize
@@ -28,6 +30,7 @@ from proxy.observe import mark_decision
 from proxy.reasons import Reason
 from proxy.recorder import Recorder
 from proxy.state import (
+    CHECK,
     CLOCK,
     DECISION,
     METRICS,
@@ -44,13 +47,17 @@ from proxy.token_exchange import handle_oauth
 OAUTH_PATHS = oauth.TOKEN_PATHS | {oauth.REVOKE_PATH}
 _HTTP_VERSIONS = (HttpVersion10, HttpVersion11)
 _API_PATHS = ", ".join(prefix for prefix, _ in API_PREFIXES)
+_CHECK_PATH = AUTHZ_PREFIX + "/"
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME].current
     if request.version not in _HTTP_VERSIONS:  # llhttp reads a request line with none as 0.9
         raise MalformedRequest("HTTP version other than 1.0 or 1.1")
-    canonical = canonicalize(request.method, request.raw_path, request.raw_headers)
+    raw_path = request.raw_path
+    if raw_path.startswith(_CHECK_PATH):
+        return await handle_check(request, runtime, raw_path[len(AUTHZ_PREFIX) :])
+    canonical = canonicalize(request.method, raw_path, request.raw_headers)
     route = api_route(canonical.path)
     if route is not None:
         return await handle_api(request, runtime, canonical, route)
@@ -69,6 +76,23 @@ async def handle_api(
     await authorize_call(request, runtime, canonical, route)
     url = runtime.config.upstream.api_url + canonical.target
     return await request.app[UPSTREAM].forward(request, url)
+
+
+async def handle_check(request: web.Request, runtime: Runtime, target: str) -> web.Response:
+    """Envoy's external-authorization check of the call ``target`` (its path and query), with
+    the call's method and headers: decided exactly as forwarding would decide it, and recorded
+    alike; 200 when the call may go on, else the refusal, which Envoy hands to the client.
+
+    Envoy sends at most one byte of the call's body (the bootstrap asks for that much), so
+    that a body on a GET shows in the check's own framing and is refused as it would be here.
+    """
+    request[CHECK] = True
+    canonical = canonicalize(request.method, target, request.raw_headers)
+    route = api_route(canonical.path)
+    if route is None:
+        raise NotFound(f"not a Pipedrive API path: checks are for {_API_PATHS}")
+    await authorize_call(request, runtime, canonical, route)
+    return web.Response()
 
 
 async def authorize_call(

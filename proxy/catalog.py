@@ -24,6 +24,8 @@ VERSIONS = ("v1", "v2")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 # The URL prefixes apps call each API version by (PHP client, Node client, v2)...
 API_PREFIXES = (("/v1/", "v1"), ("/api/v1/", "v1"), ("/api/v2/", "v2"))
+# Envoy's external-authorization check of an API call: this prefix, then the call's own target.
+AUTHZ_PREFIX = "/_proxy/authz"
 # ... and how each version is spelled in front of a template, for people and logs.
 DISPLAY_PREFIX = {"v1": "/v1", "v2": "/api/v2"}
 _PARAM = re.compile(r"\{[^{}/]+\}")

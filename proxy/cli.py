@@ -1,4 +1,5 @@
-"""Command line: ``serve`` (the default), ``check``, ``explain`` and ``report``.
+"""Command line: ``serve`` (the default), ``check``, ``explain``, ``report`` and
+``envoy-config``.
 
 Every user error (a bad config key, an unknown scope, malformed YAML) is one line on stderr
 naming what is wrong, and exit status 2; never a traceback. Only ``serve`` loads the server
@@ -56,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--app-scopes", help="comma-separated declared scopes (default: the log's startup event)"
     )
+
+    envoy = commands.add_parser(
+        "envoy-config", help="print an Envoy bootstrap that asks this proxy about every call"
+    )
+    _add_config(envoy)
+    envoy.add_argument(
+        "--listen", default="0.0.0.0:10000", help="where Envoy listens (default 0.0.0.0:10000)"
+    )
+    envoy.add_argument(
+        "--authz", help="the proxy's URL as Envoy reaches it (default: the config's listen)"
+    )
     return parser
 
 
@@ -67,7 +79,7 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve", "check", "explain", "report", "-h", "--help", "--version"}
+    commands = {"serve", "check", "explain", "report", "envoy-config", "-h", "--help", "--version"}
     if not words or words[0] not in commands:
         words.insert(0, "serve")  # serve is the default command
     args = build_parser().parse_args(words)
@@ -79,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return explain(args.config, args.method, args.path, args.scopes)
         if command == "report":
             return report(args.log, args.format, args.app_scopes)
+        if command == "envoy-config":
+            return envoy_config(args.config, args.listen, args.authz)
         return serve(args.config, args.host, args.port, args.workers)
     except (ConfigError, UsageError) as error:
         print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
@@ -188,6 +202,20 @@ def report(log: str, format: str, app_scopes: str | None) -> int:
         print(json.dumps(document, indent=2))
     else:
         print(render_text(document), end="")
+    return 0
+
+
+def envoy_config(config_path: str | None, listen: str, authz: str | None) -> int:
+    """Print the Envoy bootstrap for "Envoy in front" (see ``proxy.envoy``)."""
+    from proxy import envoy
+
+    config, _ = load(config_path)
+    try:
+        where = envoy.parse_listen(listen)
+        checker = envoy.parse_origin(authz or envoy.default_authz(config), "--authz")
+        print(envoy.render(config, where, checker), end="")
+    except envoy.EnvoyConfigError as error:
+        raise UsageError(str(error)) from None
     return 0
 
 

@@ -101,6 +101,8 @@ def extract_credential(
         raise UnsupportedCredential("only the Bearer authorization scheme is accepted")
     if not token:
         raise MissingCredential(f"empty token in {where}")
+    if "," in token:  # what a proxy in front (Envoy) makes of the same header sent twice
+        raise MultipleCredentials(f"a comma in {where}: two credentials joined into one header")
     if not _TOKEN.fullmatch(token):
         raise AmbiguousRequest(f"malformed token in {where}")
     return Credential(kind, token_digest(token))

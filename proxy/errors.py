@@ -1,14 +1,15 @@
 """The conditions under which the proxy answers by itself, each with its HTTP status.
 
-Every refusal is one of these exceptions; ``proxy.responses`` renders them, in one place, in
-Pipedrive's error envelope. No module imports aiohttp here: the decision core raises them too.
+Every refusal is one of these exceptions; ``envelope`` is the body of each, in Pipedrive's error
+envelope, and ``proxy.responses`` makes that an HTTP response (Envoy's bootstrap uses the body
+too). Nothing here imports aiohttp: the decision core raises them too.
 Messages never quote the request (a header or parameter may hold a token): they name the rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from proxy.reasons import Reason
 
@@ -189,3 +190,26 @@ class UpstreamTimeout(UpstreamFailure):
     status = 504
     reason = Reason.UPSTREAM_TIMEOUT
     error = "Gateway timeout: upstream did not answer in time"
+
+
+DECISION_HEADER = "X-Scope-Proxy-Decision"
+ERROR_INFO = "Please check developers.pipedrive.com"
+
+
+def envelope(error: ProxyError) -> dict[str, Any]:
+    """The JSON body for a refusal: Pipedrive's keys first, the proxy's own under scope_proxy."""
+    body: dict[str, Any] = {
+        "success": False,
+        "error": error.message,
+        "errorCode": error.status,
+        "error_info": ERROR_INFO,
+    }
+    details: dict[str, Any] = {"reason": str(error.reason)}
+    if isinstance(error, OutOfScope):
+        details["endpoint"] = error.endpoint
+        details["accepted_scopes"] = error.accepted_scopes
+        details["granted_scopes"] = error.granted_scopes
+    if error.detail:
+        details["detail"] = error.detail
+    body["scope_proxy"] = details
+    return body

@@ -32,7 +32,7 @@ from proxy.forward import StreamAborted
 from proxy.logs import get_logger, log_request
 from proxy.reasons import Reason
 from proxy.responses import DECISION_HEADER, error_response
-from proxy.state import DECISION, METRICS, RECORDER
+from proxy.state import CHECK, DECISION, METRICS, RECORDER
 
 _LOG = get_logger()  # bound once configured; cheap on the hot path
 # Answers cut off mid-body by the client's side rather than the upstream's.
@@ -50,6 +50,7 @@ class Outcome(NamedTuple):
     status: int
     seconds: float
     cut_off: str | None = None  # timeout | disconnect | client_gone
+    check: bool = False  # Envoy's check of a call: decided, never forwarded
 
     @property
     def verdict(self) -> Verdict:
@@ -83,7 +84,9 @@ class Outcome(NamedTuple):
             fields["reason"] = refusal.reason if refusal is not None else Reason.INTERNAL_ERROR
         else:
             endpoint, grant, credential = decision.endpoint, decision.grant, decision.credential
-            forwarded = decision.forwards and refusal is None and status != _CLIENT_GONE
+            forwarded = (
+                decision.forwards and refusal is None and status != _CLIENT_GONE and not self.check
+            )
             fields = {
                 "decision": decision.verdict,
                 "reason": decision.reason,
@@ -100,8 +103,11 @@ class Outcome(NamedTuple):
                 "token_cost": endpoint.token_cost if endpoint is not None else None,
                 "error": None,
                 "problem": None,
+                "via": "proxy",
             }
         fields["method"] = self.method
+        if self.check:
+            fields["via"] = "ext_authz"
         fields["status"] = status
         fields["duration_ms"] = round(self.seconds * 1000, 3)
         if self.cut_off is not None or refusal is not None:
@@ -116,7 +122,7 @@ _UNDECIDED: dict[str, Any] = {
     "decision": "deny", "reason": None, "method": None, "endpoint": None, "version": None,
     "status": None, "upstream_status": None, "duration_ms": None, "token_fp": None,
     "grant": None, "accepted_scopes": (), "granted_scopes": (), "token_cost": None,
-    "error": None, "problem": None,
+    "error": None, "problem": None, "via": "proxy",
 }  # fmt: skip
 
 
@@ -218,6 +224,7 @@ def _finish(
         status,
         time.perf_counter() - started,
         cut_off,
+        CHECK in request,
     )
     record(request.app, outcome)
 

@@ -12,29 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.errors import MethodNotAllowed, OutOfScope, ProxyError
+from proxy.errors import DECISION_HEADER, MethodNotAllowed, ProxyError, envelope
 
-DECISION_HEADER = "X-Scope-Proxy-Decision"
-ERROR_INFO = "Please check developers.pipedrive.com"
-
-
-def envelope(error: ProxyError) -> dict[str, Any]:
-    """The JSON body for a refusal: Pipedrive's keys first, the proxy's own under scope_proxy."""
-    body: dict[str, Any] = {
-        "success": False,
-        "error": error.message,
-        "errorCode": error.status,
-        "error_info": ERROR_INFO,
-    }
-    details: dict[str, Any] = {"reason": str(error.reason)}
-    if isinstance(error, OutOfScope):
-        details["endpoint"] = error.endpoint
-        details["accepted_scopes"] = error.accepted_scopes
-        details["granted_scopes"] = error.granted_scopes
-    if error.detail:
-        details["detail"] = error.detail
-    body["scope_proxy"] = details
-    return body
+__all__ = ["DECISION_HEADER", "envelope", "error_response", "json_response", "raw_refusal"]
 
 
 def error_response(error: ProxyError) -> web.Response:

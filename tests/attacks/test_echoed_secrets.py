@@ -26,7 +26,7 @@ CASES = [
      b"GET /v1/deals HTTP/1.1\r\n" + HOST + b"Authorization: " + SECRET + b"\r\n"),
     ("a Basic Authorization", 401, "unsupported_credential",
      b"GET /v1/deals HTTP/1.1\r\n" + HOST + b"Authorization: Basic " + SECRET + b"\r\n"),
-    ("a Bearer token with a comma", 400, "ambiguous_request",
+    ("a Bearer token with a comma", 400, "multiple_credentials",
      b"GET /v1/deals HTTP/1.1\r\n" + HOST + b"Authorization: Bearer " + SECRET + b",x\r\n"),
     ("a NUL in an x-api-token value", 400, "malformed_request",
      b"GET /v1/deals HTTP/1.1\r\n" + HOST + b"x-api-token: " + SECRET + b"\x00\r\n"),

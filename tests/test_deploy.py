@@ -1,0 +1,182 @@
+"""The deployment examples under ``deploy/``, checked as far as schemas allow: Kubernetes'
+own resources against Kubernetes' schemas (kubernetes-validate), Istio's against the schemas of
+Istio's CRDs (a copy in ``tests/schemas``), the Istio extension provider against the fields
+and rules of Istio's ext_authz builder, the Envoy bootstrap against Envoy itself and against
+what ``envoy-config`` prints, and every proxy config against ``check``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from proxy.canonical import _WATCHED
+from proxy.catalog import AUTHZ_PREFIX
+from proxy.config import parse_config
+from proxy.envoy import Origin, bootstrap, parse_listen
+from tests.processes import ROOT, envoy_validate, run
+
+DEPLOY = ROOT / "deploy"
+KUBERNETES_VERSION = "1.31.0"
+ISTIO_SCHEMAS: dict[str, Any] = json.loads(
+    (ROOT / "tests" / "schemas" / "istio-crds.json").read_text()
+)["schemas"]
+# The manifests (kubectl apply -f / -k): every YAML document in them is a resource.
+MANIFESTS = [
+    DEPLOY / "envoy" / "deployment.yaml",
+    *sorted((DEPLOY / "istio" / "resources").glob("*.yaml")),
+]
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [document for document in yaml.safe_load_all(path.read_text()) if document]
+
+
+RESOURCES = [
+    (f"{path.relative_to(DEPLOY)}:{document['kind']}/{document['metadata']['name']}", document)
+    for path in MANIFESTS
+    for document in documents(path)
+]
+
+
+def strict(schema: Any) -> Any:
+    """A CRD schema that refuses unknown fields, as ``kubectl apply --validate=strict`` does,
+    rather than dropping them silently."""
+    if isinstance(schema, dict):
+        found = {key: strict(value) for key, value in schema.items()}
+        if "properties" in found and not found.get("x-kubernetes-preserve-unknown-fields"):
+            found.setdefault("additionalProperties", False)
+        return found
+    if isinstance(schema, list):
+        return [strict(value) for value in schema]
+    return schema
+
+
+@pytest.mark.parametrize("document", [r[1] for r in RESOURCES], ids=[r[0] for r in RESOURCES])
+def test_each_resource_matches_its_schema(document: dict[str, Any]) -> None:
+    group_version, kind = document["apiVersion"], document["kind"]
+    if group_version.endswith("istio.io/v1"):
+        schema = ISTIO_SCHEMAS[f"{group_version}/{kind}"]
+        jsonschema.validate(document["spec"], strict(schema["properties"]["spec"]))
+        assert set(document) <= {"apiVersion", "kind", "metadata", "spec"}
+    else:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_a_typo_is_caught() -> None:
+    """The checks above refuse what Kubernetes or Istio would not take."""
+    policy = next(d for _, d in RESOURCES if d["kind"] == "AuthorizationPolicy")
+    schema = strict(ISTIO_SCHEMAS["security.istio.io/v1/AuthorizationPolicy"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**policy["spec"], "acton": "CUSTOM"}, schema["properties"]["spec"])
+    deployment = next(d for _, d in RESOURCES if d["kind"] == "Deployment")
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+# The fields of envoyExtAuthzHttp that Istio reads (pilot/pkg/security/authz/builder/extauthz.go)
+# and their types.
+EXT_AUTHZ_HTTP_FIELDS = {
+    "service": str, "port": int, "timeout": str, "pathPrefix": str, "failOpen": bool,
+    "statusOnError": str, "includeRequestHeadersInCheck": list,
+    "includeAdditionalHeadersInCheck": dict, "includeRequestBodyInCheck": dict,
+    "headersToUpstreamOnAllow": list, "headersToDownstreamOnDeny": list,
+    "headersToDownstreamOnAllow": list,
+}  # fmt: skip
+
+
+def istio_provider() -> dict[str, Any]:
+    [operator] = documents(DEPLOY / "istio" / "istio-operator.yaml")
+    assert operator["kind"] == "IstioOperator"
+    [provider] = operator["spec"]["meshConfig"]["extensionProviders"]
+    assert provider["name"] == "pipedrive-scope-proxy"
+    found: dict[str, Any] = provider["envoyExtAuthzHttp"]
+    return found
+
+
+def istio_prefix_matches(pattern: str, name: str) -> bool:
+    """How Istio reads a header pattern: ``x*`` a prefix, ``*x`` a suffix, else exact; any case."""
+    name, pattern = name.lower(), pattern.lower()
+    if pattern.startswith("*"):
+        return name.endswith(pattern[1:])
+    if pattern.endswith("*"):
+        return name.startswith(pattern[:-1])
+    return name == pattern
+
+
+def test_the_istio_provider_asks_the_way_envoy_config_does() -> None:
+    provider = istio_provider()
+    for field, value in provider.items():
+        assert isinstance(value, EXT_AUTHZ_HTTP_FIELDS[field]), field
+    # Istio's own rules for the provider.
+    assert provider["pathPrefix"].startswith("/")
+    assert int(provider["statusOnError"]) == 503
+    patterns = [*provider["includeRequestHeadersInCheck"], *provider["headersToDownstreamOnDeny"],
+                *provider["headersToDownstreamOnAllow"]]  # fmt: skip
+    assert "*" not in patterns, "Istio refuses a lone '*'"
+    # The same check as the bootstrap envoy-config prints.
+    config = parse_config({}, env={})
+    generated = bootstrap(config, parse_listen("0.0.0.0:10000"), Origin("http", "proxy", 8080))
+    manager = generated["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    check = manager["typed_config"]["http_filters"][0]["typed_config"]
+    assert provider["pathPrefix"] == AUTHZ_PREFIX == check["http_service"]["path_prefix"]
+    assert provider["failOpen"] is check["failure_mode_allow"] is False
+    body = provider["includeRequestBodyInCheck"]
+    assert (body["maxRequestBytes"], body["allowPartialMessage"]) == (1, True)
+    response = check["http_service"]["authorization_response"]
+    on_deny = {p["exact"].lower() for p in response["allowed_client_headers"]["patterns"]}
+    on_allow = {
+        p["exact"].lower() for p in response["allowed_client_headers_on_success"]["patterns"]
+    }
+    assert set(provider["headersToDownstreamOnDeny"]) == on_deny
+    assert set(provider["headersToDownstreamOnAllow"]) == on_allow
+    # Every header the proxy decides on reaches the check, whatever its spelling's first letter.
+    decided = {name for name in _WATCHED if "_" not in name} | {"x-api-token", "authorization"}
+    for name in decided | {"X-Anything", "9lives", "-dash", "~tilde"}:
+        assert any(
+            istio_prefix_matches(p, name) for p in provider["includeRequestHeadersInCheck"]
+        ), name
+
+
+def test_the_istio_pieces_name_each_other() -> None:
+    provider = istio_provider()
+    found = {d["kind"] + "/" + d["metadata"]["name"]: d for _, d in RESOURCES}
+    policy = found["AuthorizationPolicy/pipedrive-scopes"]["spec"]
+    assert (policy["action"], policy["provider"]["name"]) == ("CUSTOM", "pipedrive-scope-proxy")
+    service = found["Service/pipedrive-scope-proxy"]
+    host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    assert provider["service"] == host
+    assert provider["port"] in {port["port"] for port in service["spec"]["ports"]}
+    config = found["ConfigMap/pipedrive-scope-proxy"]["data"]["proxy.yaml"]
+    parse_config(yaml.safe_load(config), env={})  # a config the proxy accepts
+    assert yaml.safe_load(config)["listen"]["port"] == provider["port"]
+
+
+def test_the_envoy_sidecar_bootstrap_is_what_envoy_config_prints_and_envoy_accepts() -> None:
+    folder = DEPLOY / "envoy"
+    checked = run("check", "--config", str(folder / "proxy.yaml"))
+    assert checked.returncode == 0, checked.stderr
+    printed = run(
+        "envoy-config", "--config", str(folder / "proxy.yaml"), "--listen", "127.0.0.1:10000",
+        "--authz", "http://127.0.0.1:8080",
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    shipped = (folder / "envoy.yaml").read_text()
+    assert yaml.safe_load(shipped) == yaml.safe_load(printed.stdout), (
+        "deploy/envoy/envoy.yaml is stale: print it again with envoy-config (see kustomization)"
+    )
+    envoy_validate(folder / "envoy.yaml")
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    [generator] = kustomization["configMapGenerator"]
+    assert sorted(generator["files"]) == ["envoy.yaml", "proxy.yaml"]
+    assert all((folder / name).exists() for name in kustomization["resources"])
+    deployment = documents(folder / "deployment.yaml")[0]
+    [volume] = deployment["spec"]["template"]["spec"]["volumes"]
+    assert volume["configMap"]["name"] == generator["name"]

@@ -1,0 +1,327 @@
+"""Envoy in front: a real Envoy, on the bootstrap ``envoy-config`` prints, asks a real proxy
+process about every call (``/_proxy/authz/...``) and forwards what it allows to the fake
+Pipedrive. Whatever reaches the upstream must be a call the token may make, byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.canonical import canonicalize
+from proxy.catalog import DISPLAY_PREFIX, api_route
+from proxy.credentials import extract_credential
+from proxy.decision import Grant, Policy, authorize
+from proxy.errors import ProxyError
+from tests.conftest import CATALOGUE, free_port, grants, sha
+from tests.fakes import FakeOAuth, FakePipedrive, Received
+from tests.processes import (
+    envoy_bootstrap,
+    envoy_running,
+    serving,
+    wait_listening,
+    wait_ready,
+    write_config,
+)
+from tests.refusals import REFUSED
+from tests.test_every_endpoint import PIPEDRIVE_403, concrete
+
+ALL_SCOPES = sorted(CATALOGUE.scopes)
+# Every third endpoint of the catalogue, v1 and v2 alike.
+SAMPLE = CATALOGUE.endpoints[::3]
+
+
+@dataclass
+class Front:
+    """Envoy on ``url``, the proxy it asks on ``proxy_port``, the proxy's log file."""
+
+    url: str
+    proxy_port: int
+    envoy_port: int
+    log: Path
+    proxy: subprocess.Popen[str]
+
+    def events(self) -> list[dict[str, Any]]:
+        lines = self.log.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+@asynccontextmanager
+async def envoy_front(
+    tmp_path: Path, upstream: FakePipedrive, **document: Any
+) -> AsyncIterator[Front]:
+    document.setdefault("upstream", {"api_url": upstream.url, "oauth_url": upstream.url})
+    config_path = write_config(tmp_path, **document)
+    proxy_port, envoy_port = free_port(), free_port()
+    log = tmp_path / "proxy.log"
+    bootstrap = envoy_bootstrap(
+        tmp_path, config_path, f"127.0.0.1:{envoy_port}", f"http://127.0.0.1:{proxy_port}"
+    )
+    with serving(config_path, proxy_port, log=log) as proxy:
+        await wait_ready(proxy_port)
+        with envoy_running(bootstrap) as envoy:
+            await wait_listening(envoy_port, envoy)
+            yield Front(f"http://127.0.0.1:{envoy_port}", proxy_port, envoy_port, log, proxy)
+
+
+async def call(
+    url: str, method: str, target: str, headers: dict[str, str], body: bytes = b""
+) -> tuple[int, CIMultiDict[str], bytes]:
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as client,
+        client.request(
+            method, URL(url + target, encoded=True), headers=headers, data=body or None
+        ) as response,
+    ):
+        return response.status, CIMultiDict(response.headers), await response.read()
+
+
+async def raw_exchange(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+
+
+def scope_tokens() -> list[dict[str, object]]:
+    return grants(**{f"only-{scope}": [scope] for scope in ALL_SCOPES})
+
+
+async def test_in_scope_calls_reach_the_upstream_byte_for_byte_and_out_of_scope_ones_get_403(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    async with envoy_front(tmp_path, upstream, tokens=scope_tokens()) as front:
+        for endpoint in SAMPLE:
+            prefix = DISPLAY_PREFIX[endpoint.version]
+            target = prefix + concrete(endpoint.template) + "?limit=5&term=caf%C3%A9+au+lait"
+            body = (
+                b'{"title": "x", "value": 1}'
+                if endpoint.method in ("POST", "PUT", "PATCH")
+                else b""
+            )
+            accepting = sorted(endpoint.scopes)[0]
+            before = len(upstream.received)
+            status, headers, _ = await call(
+                front.url, endpoint.method, target, {"Authorization": f"Bearer only-{accepting}"},
+                body,
+            )  # fmt: skip
+            assert status == 200, (endpoint.name, status)
+            assert headers["X-Scope-Proxy-Decision"] == "allow"
+            [seen] = upstream.received[before:]
+            assert (seen.method, seen.raw_path, seen.body) == (endpoint.method, target, body)
+            assert seen.header("Authorization") == [f"Bearer only-{accepting}"]
+            if "base" in endpoint.scopes:
+                continue  # every token holds base: nothing can refuse it
+            refused = sorted(set(ALL_SCOPES) - endpoint.scopes)[0]
+            status, headers, answer = await call(
+                front.url, endpoint.method, target, {"Authorization": f"Bearer only-{refused}"},
+                body,
+            )  # fmt: skip
+            assert status == 403, endpoint.name
+            assert headers["X-Scope-Proxy-Decision"] == "deny"
+            assert headers["Content-Type"].startswith("application/json")
+            document = json.loads(answer)
+            assert {key: document[key] for key in PIPEDRIVE_403} == PIPEDRIVE_403
+            assert document["scope_proxy"] == {
+                "reason": "out_of_scope",
+                "endpoint": endpoint.name,
+                "accepted_scopes": list(endpoint.scope_list),
+                "granted_scopes": [refused],
+            }
+            assert len(upstream.received) == before + 1, "the refused call never reached it"
+
+
+async def test_missing_unknown_and_double_credentials_are_refused_before_the_upstream(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    cases = [
+        ({}, 401, "missing_credential"),
+        ({"Authorization": "Bearer nobody-knows-me"}, 401, "unknown_token"),
+        ({"Authorization": "Bearer reader", "x-api-token": "abc"}, 400, "multiple_credentials"),
+    ]
+    async with envoy_front(tmp_path, upstream, tokens=grants(reader=["deals:read"])) as front:
+        for headers, status, reason in cases:
+            got, answer_headers, answer = await call(front.url, "GET", "/v1/deals", headers)
+            assert (got, json.loads(answer)["scope_proxy"]["reason"]) == (status, reason)
+            assert answer_headers["X-Scope-Proxy-Decision"] == "deny"
+        # The same header twice: Envoy joins the two into one value, which the check refuses.
+        for name in (b"Authorization: Bearer reader", b"x-api-token: abc"):
+            request = (
+                b"GET /v1/deals HTTP/1.1\r\nHost: envoy.test\r\n" + name + b"\r\n" + name
+                + b"2\r\nConnection: close\r\n\r\n"
+            )  # fmt: skip
+            head, _, body = (await raw_exchange(front.envoy_port, request)).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 "), head
+            assert json.loads(body)["scope_proxy"]["reason"] == "multiple_credentials"
+    assert upstream.received == []
+
+
+async def test_the_oauth_exchange_through_envoy_teaches_the_proxy_and_points_apps_at_envoy(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    oauth = FakeOAuth(scope="base,deals:read")
+    upstream.respond = oauth.respond
+    async with envoy_front(tmp_path, upstream) as front:
+        status, _, answer = await call(
+            front.url, "POST", "/oauth/token",
+            {"Authorization": "Basic Y2k6Y3M=", "Content-Type": "application/x-www-form-urlencoded"},
+            b"grant_type=authorization_code&code=abc",
+        )  # fmt: skip
+        assert status == 200
+        exchanged = json.loads(answer)
+        assert exchanged["api_domain"] == front.url, "apps are sent back to Envoy, not around it"
+        learned = {"Authorization": f"Bearer {exchanged['access_token']}"}
+        assert (await call(front.url, "GET", "/v1/deals/7", learned))[0] == 200
+        assert (await call(front.url, "DELETE", "/v1/deals/7", learned))[0] == 403
+    assert [seen.raw_path for seen in upstream.received] == ["/oauth/token", "/v1/deals/7"]
+    assert exchanged["access_token"] not in front.log.read_text()
+
+
+async def test_hostile_requests_through_envoy_reach_the_upstream_only_as_calls_the_token_may_make(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    """The proxy's table of hostile requests, sent to Envoy as raw bytes with a token that may
+    only read deals. Envoy refuses some itself and rewrites a few harmlessly (it drops Upgrade);
+    the rest the check refuses as the proxy alone would. Whatever reaches the upstream is read
+    again here, as the proxy would read it: one canonical form, and a call the token may make."""
+    handled_by: dict[str, str] = {}
+    async with envoy_front(tmp_path, upstream, tokens=grants(everything=["deals:read"])) as front:
+        for name, request, status, reason in REFUSED:
+            before = len(upstream.received)
+            answer = await raw_exchange(front.envoy_port, request)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            got = int(head.split(b" ", 2)[1])
+            reached = upstream.received[before:]
+            for seen in reached:
+                assert_may_call(seen, grant=frozenset({"deals:read"}))
+            try:
+                checked_reason = json.loads(body)["scope_proxy"]["reason"]
+            except (ValueError, KeyError):
+                checked_reason = None
+            if checked_reason is not None:
+                assert (got, checked_reason) in ((status, reason), (404, "not_found")), name
+                handled_by[name] = "proxy" if checked_reason == reason else "envoy route"
+            elif reached:
+                handled_by[name] = "envoy rewrote it"
+            else:
+                assert got >= 400, name
+                handled_by[name] = "envoy refused it"
+    assert handled_by["Upgrade header"] == "envoy rewrote it"
+    assert handled_by["X_Api_Token header"] == "envoy refused it"
+    assert handled_by["dot-dot escaping the prefix"] == "proxy"
+    assert handled_by["second Authorization header"] == "proxy"
+    assert list(handled_by.values()).count("proxy") >= len(REFUSED) * 2 // 3
+
+
+def assert_may_call(seen: Received, grant: frozenset[str]) -> None:
+    headers = [(name.encode(), value.encode()) for name, value in seen.headers]
+    try:
+        canonical = canonicalize(seen.method, seen.raw_path, headers)
+        credential = extract_credential(canonical.credential_headers, canonical.query_pairs)
+    except ProxyError as error:
+        raise AssertionError(f"the upstream got {seen.method} {seen.raw_path}: {error}") from None
+    route = api_route(canonical.path)
+    assert route is not None, seen.raw_path
+    decision = authorize(
+        CATALOGUE, Policy(), route, seen.method, credential, Grant(grant, "test"), None
+    )
+    assert decision.verdict == "allow", (seen.method, seen.raw_path, decision.reason)
+
+
+async def test_bodies_stream_through_envoy_and_a_get_with_a_body_is_refused(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    upload = bytes(range(256)) * 4096  # 1 MiB
+    async with envoy_front(tmp_path, upstream, tokens=grants(writer=["deals:full"])) as front:
+        auth = {"Authorization": "Bearer writer", "Content-Type": "application/octet-stream"}
+        status, _, _ = await call(front.url, "POST", "/v1/deals", auth, upload)
+        assert status == 200
+        assert upstream.received[-1].body == upload
+        # Envoy hands the check one byte of the body: enough to see that a GET has one.
+        request = (
+            b"GET /v1/deals HTTP/1.1\r\nHost: envoy.test\r\nAuthorization: Bearer writer\r\n"
+            b"Content-Length: 24\r\nConnection: close\r\n\r\nGET /v1/users HTTP/1.1\r\n"
+        )
+        head, _, body = (await raw_exchange(front.envoy_port, request)).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        assert json.loads(body)["scope_proxy"]["detail"] == "GET takes no body (Content-Length)"
+        status, _, _ = await call(
+            front.url, "HEAD", "/v1/deals/1", {"Authorization": "Bearer writer"}
+        )
+        assert status == 200
+    assert [(seen.method, seen.raw_path) for seen in upstream.received] == [
+        ("POST", "/v1/deals"),
+        ("HEAD", "/v1/deals/1"),
+    ]
+
+
+async def test_checks_are_counted_in_the_report_metrics_and_log_like_forwarded_calls(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    async with envoy_front(tmp_path, upstream, tokens=grants(reader=["deals:read"])) as front:
+        auth = {"Authorization": "Bearer reader"}
+        for _ in range(3):
+            assert (await call(front.url, "GET", "/v1/deals/1", auth))[0] == 200
+        assert (await call(front.url, "DELETE", "/v1/deals/1", auth))[0] == 403
+        admin = f"http://127.0.0.1:{front.proxy_port}"
+        _, _, answer = await call(admin, "GET", "/_proxy/report", {})
+        _, _, metrics = await call(admin, "GET", "/_proxy/metrics", {})
+        await asyncio.sleep(0.2)  # the log line of the last check
+        events = [event for event in front.events() if event["event"] == "request"]
+    report = json.loads(answer)["overall"]
+    assert report["requests"] == 4
+    assert {(row["endpoint"], row["count"], row["decision"]) for row in report["endpoints"]} == {
+        ("GET /v1/deals/{id}", 3, "allow"),
+        ("DELETE /v1/deals/{id}", 1, "deny"),
+    }
+    assert report["minimal_scopes"] == ["deals:full"]
+    assert 'scope_proxy_requests_total{decision="allow",reason="in_scope",version="v1"} 3.0' in (
+        metrics.decode()
+    )
+    checks = [event for event in events if event["via"] == "ext_authz"]
+    assert [(event["method"], event["status"], event["upstream_status"]) for event in checks] == [
+        ("GET", 200, None), ("GET", 200, None), ("GET", 200, None), ("DELETE", 403, None),
+    ]  # fmt: skip
+    assert {event["token_fp"] for event in checks} == {sha("reader")[:12]}
+    assert len(upstream.received) == 3
+
+
+async def test_no_answer_from_the_proxy_refuses_the_call(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    """Fail closed: with the proxy gone, or its store unreachable, nothing reaches Pipedrive."""
+    closed = free_port()
+    async with envoy_front(
+        tmp_path,
+        upstream,
+        tokens=grants(reader=["deals:read"]),
+        store=f"redis://127.0.0.1:{closed}/0",
+    ) as front:
+        # A static grant needs no store; a token only the store could know is refused.
+        assert (await call(front.url, "GET", "/v1/deals", {"Authorization": "Bearer reader"}))[
+            0
+        ] == 200
+        status, _, _ = await call(
+            front.url, "GET", "/v1/deals", {"Authorization": "Bearer learned"}
+        )
+        assert status == 503
+        front.proxy.kill()
+        front.proxy.wait(timeout=10)
+        status, headers, _ = await call(
+            front.url, "GET", "/v1/deals", {"Authorization": "Bearer reader"}
+        )
+        assert status == 503
+        assert "X-Scope-Proxy-Decision" not in headers
+    assert len(upstream.received) == 1
