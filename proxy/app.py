@@ -33,16 +33,18 @@ from proxy.state import (
     CHECK,
     CLOCK,
     DECISION,
+    LISTENERS,
     METRICS,
     RECORDER,
     RUNTIME,
     STORE,
     UPSTREAM,
+    Listeners,
     Runtime,
     RuntimeHolder,
 )
 from proxy.stores import Clock, Store, StoreError, open_store
-from proxy.token_exchange import handle_oauth
+from proxy.token_exchange import handle_oauth, redirect_to_consent
 
 OAUTH_PATHS = oauth.TOKEN_PATHS | {oauth.REVOKE_PATH}
 _HTTP_VERSIONS = (HttpVersion10, HttpVersion11)
@@ -55,6 +57,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if request.version not in _HTTP_VERSIONS:  # llhttp reads a request line with none as 0.9
         raise MalformedRequest("HTTP version other than 1.0 or 1.1")
     raw_path = request.raw_path
+    admin_ports = request.app[LISTENERS].admin_ports
+    if admin_ports and _local_port(request) in admin_ports:
+        return await handle_admin(request, raw_path)
     if raw_path.startswith(_CHECK_PATH):
         return await handle_check(request, runtime, raw_path[len(AUTHZ_PREFIX) :])
     canonical = canonicalize(request.method, raw_path, request.raw_headers)
@@ -63,11 +68,33 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await handle_api(request, runtime, canonical, route)
     if canonical.path in OAUTH_PATHS:
         return await handle_oauth(request, runtime, canonical)
+    if canonical.path == oauth.AUTHORIZE_PATH:
+        return redirect_to_consent(request, runtime, canonical)
     if canonical.path.startswith("/_proxy/"):
-        response = await handle_internal(request, canonical)
-        request[DECISION] = Decision("allow", Reason.INTERNAL, canonical.method)
-        return response
+        if admin_ports:
+            raise NotFound("the proxy's own endpoints are served on its admin listener")
+        return await _internal(request, canonical)
     raise NotFound(f"not a Pipedrive API path: the proxy serves {_API_PATHS}")
+
+
+async def handle_admin(request: web.Request, raw_path: str) -> web.StreamResponse:
+    """A request on the admin listener: the proxy's own endpoints, and nothing else."""
+    canonical = canonicalize(request.method, raw_path, request.raw_headers)
+    if not canonical.path.startswith("/_proxy/") or raw_path.startswith(_CHECK_PATH):
+        raise NotFound("the admin listener serves the proxy's own endpoints (/_proxy/...) only")
+    return await _internal(request, canonical)
+
+
+async def _internal(request: web.Request, canonical: CanonicalRequest) -> web.StreamResponse:
+    response = await handle_internal(request, canonical)
+    request[DECISION] = Decision("allow", Reason.INTERNAL, canonical.method)
+    return response
+
+
+def _local_port(request: web.Request) -> int | None:
+    transport = request.transport
+    address = transport.get_extra_info("sockname") if transport is not None else None
+    return address[1] if isinstance(address, tuple) else None
 
 
 async def handle_api(
@@ -157,6 +184,7 @@ def create_app(
     app[STORE] = store if store is not None else open_store(config.store, clock)
     app[RECORDER] = Recorder(app[STORE], config.limits.report_tokens)
     app[CLOCK] = clock
+    app[LISTENERS] = Listeners()
     app.cleanup_ctx.append(_resources)
     app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_early_continue)
     return app

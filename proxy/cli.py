@@ -221,6 +221,8 @@ def envoy_config(config_path: str | None, listen: str, authz: str | None) -> int
 
 def serve(config_path: str | None, host: str | None, port: int | None, workers: int) -> int:
     """Check what was asked, then serve (see ``proxy.serving``)."""
+    if port is not None and not 0 <= port <= 65535:
+        raise UsageError(f"--port: expected a port number between 0 and 65535, not {port}")
     config, catalogue = load(config_path)
     listen = Listen(host or config.listen.host, config.listen.port if port is None else port)
     config = replace(config, listen=listen)

@@ -128,6 +128,7 @@ class Config:
     catalog_extra: tuple[Path, ...] = ()
     logging: Logging = field(default_factory=Logging)
     limits: Limits = field(default_factory=Limits)
+    admin_listen: Listen | None = None  # where /_proxy/* is served instead of the main port
     source: str = "<defaults>"
     # Every list of scope names, with its key path, for ``check_scopes``.
     scope_lists: tuple[tuple[str, tuple[str, ...]], ...] = field(default=(), compare=False)
@@ -166,9 +167,34 @@ def _url(value: Any, key: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(key, "not an absolute http(s) URL")
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not one
+    except ValueError:
+        raise ConfigError(key, "not a valid port in the URL") from None
     if parts.query or parts.fragment or "@" in parts.netloc:
         raise ConfigError(key, "must not carry a query, fragment or credentials")
     return text.rstrip("/")
+
+
+def _origin(value: Any, key: str) -> str:
+    """A ``scheme://host[:port]``: the request's own path is appended to it as it is, so a path
+    here (``https://api.pipedrive.com/v1``, a common paste) would double it (``/v1/v1/...``)."""
+    text = _url(value, key)
+    path = urlsplit(text).path
+    if path:
+        raise ConfigError(
+            key,
+            f"must be an origin (scheme://host[:port]) without a path, not one ending in {path!r}",
+        )
+    return text
+
+
+def _listen(value: Any, key: str, defaults: Listen) -> Listen:
+    raw = _mapping(value, key, {"host", "port"})
+    port = _require(raw.get("port", defaults.port), int, f"{key}.port", "a port number")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{key}.port", "expected a port number between 0 and 65535")
+    return Listen(_require(raw.get("host", defaults.host), str, f"{key}.host", "a host"), port)
 
 
 def _seconds(value: Any, key: str) -> float:
@@ -212,7 +238,7 @@ def _grant(
 _TOP = {
     "listen", "upstream", "mode", "app_scopes", "tokens", "unknown_tokens", "api_tokens",
     "unknown_endpoints", "store", "public_url", "rewrite_api_domain", "catalog_extra", "logging",
-    "limits",
+    "limits", "admin_listen",
 }  # fmt: skip
 
 
@@ -259,19 +285,22 @@ def parse_config(
     """Validate a parsed YAML document into a ``Config`` (scope names are checked apart)."""
     env = os.environ if env is None else env
     top = _mapping(document, "", _TOP)
-    listen_raw = _mapping(top.get("listen"), "listen", {"host", "port"})
-    port = _require(listen_raw.get("port", 8080), int, "listen.port", "a port number")
-    if not 0 <= port <= 65535:
-        raise ConfigError("listen.port", "expected a port number between 0 and 65535")
-    listen = Listen(_require(listen_raw.get("host", "0.0.0.0"), str, "listen.host", "a host"), port)
+    listen = _listen(top.get("listen"), "listen", Listen())
+    admin_listen = None
+    if top.get("admin_listen") is not None:
+        admin_listen = _listen(top["admin_listen"], "admin_listen", Listen("127.0.0.1", 0))
+        if admin_listen.port == 0:
+            raise ConfigError("admin_listen.port", "expected a port number (probes must find it)")
+        if admin_listen.port == listen.port:
+            raise ConfigError("admin_listen.port", f"the main port is {listen.port} already")
 
     up = _mapping(
         top.get("upstream"), "upstream", {"api_url", "oauth_url", "connect_timeout", "read_timeout"}
     )
     defaults = UpstreamSettings()
     upstream = UpstreamSettings(
-        _url(up.get("api_url", defaults.api_url), "upstream.api_url"),
-        _url(up.get("oauth_url", defaults.oauth_url), "upstream.oauth_url"),
+        _origin(up.get("api_url", defaults.api_url), "upstream.api_url"),
+        _origin(up.get("oauth_url", defaults.oauth_url), "upstream.oauth_url"),
         _seconds(up.get("connect_timeout", 5), "upstream.connect_timeout"),
         _seconds(up.get("read_timeout", 60), "upstream.read_timeout"),
     )
@@ -332,6 +361,7 @@ def parse_config(
         catalog_extra=extra,
         logging=logging,
         limits=_limits(top.get("limits")),
+        admin_listen=admin_listen,
         source=source,
         scope_lists=tuple(scope_lists),
     )

@@ -21,6 +21,7 @@ from proxy.credentials import token_digest
 
 TOKEN_PATHS = frozenset({"/oauth/token", "/oauth/token/"})
 REVOKE_PATH = "/oauth/revoke"
+AUTHORIZE_PATH = "/oauth/authorize"  # the browser's consent page: redirected, never forwarded
 MAX_BODY = 256 * 1024  # token requests and responses are a few hundred bytes
 # What the proxy asks the OAuth server for: it must read every token answer (brotli, which
 # axios and so the official Node client accept, it could not).

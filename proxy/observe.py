@@ -85,7 +85,11 @@ class Outcome(NamedTuple):
         else:
             endpoint, grant, credential = decision.endpoint, decision.grant, decision.credential
             forwarded = (
-                decision.forwards and refusal is None and status != _CLIENT_GONE and not self.check
+                decision.forwards
+                and refusal is None
+                and status != _CLIENT_GONE
+                and not self.check
+                and decision.reason is not Reason.OAUTH_REDIRECT  # answered here
             )
             fields = {
                 "decision": decision.verdict,

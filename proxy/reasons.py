@@ -35,6 +35,7 @@ class Reason(StrEnum):
     OAUTH_RESPONSE_UNREADABLE = "oauth_response_unreadable"
     # Not scope decisions at all.
     OAUTH_PASSTHROUGH = "oauth_passthrough"
+    OAUTH_REDIRECT = "oauth_redirect"  # GET /oauth/authorize: the browser sent to Pipedrive
     INTERNAL = "internal"  # the proxy's own endpoints: not traffic, not logged
 
 

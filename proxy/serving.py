@@ -25,11 +25,11 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.catalog import Catalogue, CatalogueError
-from proxy.config import Config, ConfigError, Listen, load
+from proxy.config import Config, ConfigError, Listen, load, load_config
 from proxy.logs import SINK, configure_logging, get_logger
 from proxy.metrics import MULTIPROCESS_DIR
 from proxy.server import ProxyRunner
-from proxy.state import RUNTIME, Runtime
+from proxy.state import LISTENERS, RUNTIME, Runtime
 
 SHUTDOWN_SECONDS = 30.0
 
@@ -65,6 +65,7 @@ async def run_worker(
     A supervised worker shares its port with its siblings, and stops if its supervisor dies."""
     configure_logging(config.logging.format, config.logging.level)
     app = create_app(config, catalogue)
+    app[STARTED_WITH] = _as_the_file_says(config_path, config)
     runner = ProxyRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
     )
@@ -79,9 +80,25 @@ async def run_worker(
         where = f"{config.listen.host}:{config.listen.port}"
         problem = os.strerror(error.errno) if error.errno else str(error)
         raise ServeError(f"cannot listen on {where}: {problem}") from None
+    main_addresses = list(runner.addresses)
+    admin = config.admin_listen
+    if admin is not None:
+        admin_site = web.TCPSite(runner, admin.host, admin.port, reuse_port=supervised or None)
+        try:
+            await admin_site.start()
+        except OSError as error:
+            await runner.cleanup()
+            problem = os.strerror(error.errno) if error.errno else str(error)
+            raise ServeError(
+                f"cannot listen on {admin.host}:{admin.port} (admin_listen): {problem}"
+            ) from None
+        app[LISTENERS].admin_ports = frozenset({admin.port})
     settle_heap()
     for address in runner.addresses:
-        get_logger().info("listening", host=address[0], port=address[1], pid=os.getpid())
+        listener = "main" if address in main_addresses else "admin"
+        get_logger().info(
+            "listening", host=address[0], port=address[1], pid=os.getpid(), listener=listener
+        )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -117,21 +134,35 @@ async def _watch_parent(stop: asyncio.Event) -> None:
     stop.set()
 
 
+# The config as its file gave it at start, before --host and --port: what a reload compares with.
+STARTED_WITH = web.AppKey("started_with", Config)
+
+
+def _as_the_file_says(config_path: str | None, running: Config) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError:  # changed since serve read it a moment ago: compare with what runs
+        return running
+
+
 def reload(app: web.Application, config_path: str | None, running: Config) -> None:
-    """Swap in a new config and catalogue; keep the old ones if the new ones are invalid."""
+    """Swap in a new config and catalogue; keep the old ones if the new ones are invalid.
+
+    What a running process cannot change (where it listens, its upstream client, its store,
+    its logging) stays as it started, and the ``reloaded`` event names those the file now sets
+    differently from the file the process started with: they take a restart. (``--host`` and
+    ``--port`` override the file's ``listen`` for as long as the process runs.)"""
     try:
         config, catalogue = load(config_path)
     except (ConfigError, CatalogueError) as error:
         get_logger().error("reload_failed", problem=str(error))
         return
-    config = replace(config, listen=running.listen)
+    started = app.get(STARTED_WITH, running)
+    kept = ("listen", "admin_listen", "upstream", "store", "logging")
+    restart_only = [key for key in kept if getattr(config, key) != getattr(started, key)]
+    config = replace(config, **{key: getattr(running, key) for key in kept})
     app[RUNTIME].current = Runtime.build(config, catalogue)
     settle_heap()
-    restart_only = [
-        key
-        for key in ("upstream", "store", "logging")
-        if getattr(config, key) != getattr(running, key)
-    ]
     get_logger().info(
         "reloaded",
         mode=config.policy.mode,

@@ -33,7 +33,17 @@ class RuntimeHolder:
         self.current = runtime
 
 
+class Listeners:
+    """The ports of the admin listener (``admin_listen``), once serving has started; none
+    without one. A request that came in on one of them may see only ``/_proxy/*``, and the
+    main port then answers 404 for those."""
+
+    def __init__(self) -> None:
+        self.admin_ports: frozenset[int] = frozenset()
+
+
 RUNTIME = web.AppKey("runtime", RuntimeHolder)
+LISTENERS = web.AppKey("listeners", Listeners)
 METRICS = web.AppKey("metrics", Metrics)
 UPSTREAM = web.AppKey("upstream", UpstreamClient)
 STORE = web.AppKey("store", Store)

@@ -1,4 +1,5 @@
-"""The OAuth token endpoints: passed through to Pipedrive's OAuth server, read on the way back.
+"""The OAuth endpoints: the token exchange passed through to Pipedrive's OAuth server and read
+on the way back; the browser's consent page redirected there.
 
 A successful exchange teaches the proxy the new access token's scopes (see ``proxy.oauth`` for
 the reading itself); a revocation makes it forget the token; ``api_domain`` is pointed at the
@@ -59,6 +60,19 @@ async def handle_oauth(
     public_url = runtime.config.public_url or f"{request.scheme}://{request.host}"
     answer.headers.popall("Content-Encoding", None)
     return _respond(answer, oauth.rewrite_api_domain(plain, public_url))
+
+
+def redirect_to_consent(
+    request: web.Request, runtime: Runtime, canonical: CanonicalRequest
+) -> web.Response:
+    """``GET /oauth/authorize``: an SDK whose OAuth host is the proxy builds the browser's consent
+    URL from it, and the browser must reach Pipedrive's consent page. A redirect to the OAuth
+    server, path and query as they came; nothing is forwarded."""
+    if canonical.method not in ("GET", "HEAD"):
+        raise MethodNotAllowed(("GET", "HEAD"))
+    request[DECISION] = Decision("allow", Reason.OAUTH_REDIRECT, canonical.method)
+    location = runtime.config.upstream.oauth_url + canonical.target
+    return web.Response(status=302, headers={"Location": location})
 
 
 async def _learn(request: web.Request, plain: bytes) -> None:

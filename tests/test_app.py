@@ -206,6 +206,7 @@ async def test_health_ready_and_metrics(make_proxy: ProxyFactory) -> None:
 
 ALLOW = [
     ("GET", "/oauth/token", "POST"),
+    ("POST", "/oauth/authorize", "GET, HEAD"),
     ("PUT", "/oauth/revoke", "POST"),
     ("POST", "/_proxy/health", "GET, HEAD"),
     ("DELETE", "/_proxy/report", "GET, HEAD"),
@@ -267,3 +268,24 @@ async def test_the_log_event_names_the_static_grant_and_every_refusal_its_proble
     assert (refused["reason"], refused["problem"]) == (
         "ambiguous_request", "method-override header x-http-method-override is not accepted",
     )  # fmt: skip
+
+
+async def test_the_consent_page_is_a_redirect_to_pipedrive_never_a_forward(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    """SDKs whose OAuth host is the proxy build the browser's consent URL from it."""
+    client = await make_proxy(
+        upstream={"api_url": upstream.url, "oauth_url": "https://oauth.example"}
+    )
+    query = "client_id=abc&redirect_uri=https%3A%2F%2Fapp.example%2Fcallback&state=x%20y"
+    request = f"GET /oauth/authorize?{query} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n"
+    with capture_logs() as events:
+        status, headers, _ = await raw_request(client, request.encode())
+    assert status == 302
+    assert headers["location"] == f"https://oauth.example/oauth/authorize?{query}", "as it came"
+    assert headers["x-scope-proxy-decision"] == "allow"
+    [event] = [e for e in events if e["event"] == "request"]
+    assert (event["reason"], event["status"], event["upstream_status"]) == (
+        "oauth_redirect", 302, None,
+    )  # fmt: skip
+    assert upstream.received == []

@@ -103,3 +103,12 @@ def test_commands_other_than_serve_do_not_load_the_server(command: list[str]) ->
         capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
     )  # fmt: skip
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_a_port_out_of_range_is_one_line_and_status_2(port: str) -> None:
+    result = run("serve", "--config", "config/proxy.yaml", "--port", port)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"pipedrive-scope-proxy: --port: expected a port number between 0 and 65535, not {port}"
+    )

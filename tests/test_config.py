@@ -49,6 +49,18 @@ def test_static_grants_by_sha256_and_by_environment_variable() -> None:
         ({"colour": "blue"}, "colour: unknown key"),
         ({"upstream": {"api_url": "api.pipedrive.com"}}, "upstream.api_url: not an absolute http"),
         ({"upstream": {"api_url": "ftp://x"}}, "upstream.api_url: not an absolute http"),
+        (
+            {"upstream": {"api_url": "https://api.pipedrive.com/v1"}},
+            "upstream.api_url: must be an origin .* without a path, not one ending in '/v1'",
+        ),
+        (
+            {"upstream": {"oauth_url": "https://oauth.pipedrive.com/oauth/token"}},
+            "upstream.oauth_url: must be an origin",
+        ),
+        ({"upstream": {"api_url": "https://x:99999"}}, "upstream.api_url: not a valid port"),
+        ({"admin_listen": {"port": 8080}}, "admin_listen.port: the main port is 8080 already"),
+        ({"admin_listen": {"host": "127.0.0.1"}}, "admin_listen.port: expected a port number"),
+        ({"admin_listen": {"port": 9, "path": "/x"}}, "admin_listen.path: unknown key"),
         ({"upstream": {"apiurl": "https://x"}}, "upstream.apiurl: unknown key"),
         ({"upstream": {"read_timeout": 0}}, "upstream.read_timeout: expected more than 0"),
         ({"listen": {"port": "eighty"}}, "listen.port: expected a port number"),

@@ -457,3 +457,80 @@ def test_a_reload_freezes_the_new_catalogue_and_lets_the_old_one_go(tmp_path: Pa
 class _Cyclic:
     def __init__(self) -> None:
         self.me = self
+
+
+async def test_the_admin_listener_takes_the_proxys_own_endpoints_off_the_main_port(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    port, admin = free_port(), free_port()
+    config_path = write_config(
+        tmp_path,
+        upstream={"api_url": upstream.url, "oauth_url": upstream.url},
+        tokens=grants(reader=["deals:read"]),
+        admin_listen={"host": "127.0.0.1", "port": admin},
+    )
+    auth = {"Authorization": "Bearer reader"}
+    main_url, admin_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
+    json_body = {"Content-Type": "application/json"}
+    with serving(config_path, port) as process:
+        await wait_ready(admin)
+        async with session() as client:
+
+            async def status(method: str, url: str, **kwargs: Any) -> int:
+                async with client.request(method, url, **kwargs) as response:
+                    await response.read()
+                    return response.status
+
+            assert await status("GET", f"{main_url}/v1/deals/1", headers=auth) == 200
+            assert await status("GET", f"{main_url}/_proxy/authz/v1/deals/1", headers=auth) == 200
+            for path in ("/_proxy/health", "/_proxy/ready", "/_proxy/metrics", "/_proxy/report"):
+                assert await status("GET", main_url + path) == 404, path
+                assert await status("GET", admin_url + path) == 200, path
+            assert await status("POST", f"{main_url}/_proxy/report/reset", headers=json_body) == 404
+            assert (
+                await status("POST", f"{admin_url}/_proxy/report/reset", headers=json_body) == 200
+            )
+            # The admin listener serves nothing else: no API calls, no checks.
+            assert await status("GET", f"{admin_url}/v1/deals/1", headers=auth) == 404
+            assert await status("GET", f"{admin_url}/_proxy/authz/v1/deals/1", headers=auth) == 404
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+    assert [raw_path for raw_path in (r.raw_path for r in upstream.received)] == ["/v1/deals/1"]
+    listening = [json.loads(line) for line in out.splitlines() if '"listening"' in line]
+    assert {(event["port"], event["listener"]) for event in listening} == {
+        (port, "main"), (admin, "admin"),
+    }  # fmt: skip
+
+
+async def test_a_reload_names_what_only_a_restart_changes_and_applies_the_rest(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    document: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 8080},  # --port overrides it
+        "upstream": {"api_url": upstream.url, "oauth_url": upstream.url},
+        "tokens": grants(reader=["deals:read"]),
+    }
+    config_path = write_config(tmp_path, **document)
+    port = free_port()
+    auth = {"Authorization": "Bearer reader"}
+    with serving(config_path, port) as process:
+        await wait_ready(port)
+        # Only the mode: applied, nothing to restart (the --port override is no change).
+        Path(config_path).write_text(yaml.safe_dump({**document, "mode": "report"}))
+        process.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        changed = {**document, "listen": {"host": "127.0.0.1", "port": 8081},
+                   "upstream": {**document["upstream"], "read_timeout": 9}, "mode": "report"}  # fmt: skip
+        Path(config_path).write_text(yaml.safe_dump(changed))
+        process.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        async with (
+            session() as client,
+            client.delete(f"http://127.0.0.1:{port}/v1/deals/1", headers=auth) as response,
+        ):
+            assert response.headers["X-Scope-Proxy-Decision"] == "report"
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+    reloads = [json.loads(line) for line in out.splitlines() if '"reloaded"' in line]
+    assert [event["needs_restart"] for event in reloads] == [[], ["listen", "upstream"]]
+    assert [event["mode"] for event in reloads] == ["report", "report"]
