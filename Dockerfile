@@ -1,22 +1,37 @@
-# pipedrive-scope-proxy: slim image, non-root, config mounted at /etc/pipedrive-scope-proxy.
-FROM python:3.11-slim
+# pipedrive-scope-proxy: a slim image that runs as a non-root user, config mounted at
+# /etc/pipedrive-scope-proxy/proxy.yaml. Build: docker build -t pipedrive-scope-proxy .
+# The base image is a build argument, for registry mirrors: --build-arg PYTHON_IMAGE=...
+ARG PYTHON_IMAGE=python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIPEDRIVE_SCOPE_PROXY_CONFIG=/etc/pipedrive-scope-proxy/proxy.yaml
-
-WORKDIR /opt/pipedrive-scope-proxy
+# Stage 1: the proxy and its dependencies in a virtual environment, built from this checkout.
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN pip install '.[fast]' \
-    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin proxy
+RUN python3 -m venv /opt/pipedrive-scope-proxy \
+    && /opt/pipedrive-scope-proxy/bin/pip install --no-cache-dir '.[fast]' \
+    && /opt/pipedrive-scope-proxy/bin/pip uninstall --yes pip setuptools wheel
+
+# Stage 2: only that environment and the default config; no compilers, caches or sources.
+FROM ${PYTHON_IMAGE}
+ENV PATH=/opt/pipedrive-scope-proxy/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIPEDRIVE_SCOPE_PROXY_CONFIG=/etc/pipedrive-scope-proxy/proxy.yaml
+# uid 10001 and the name scope-proxy: Debian's base system already has a user called proxy (13).
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin scope-proxy
+COPY --from=build /opt/pipedrive-scope-proxy /opt/pipedrive-scope-proxy
 COPY config/proxy.yaml /etc/pipedrive-scope-proxy/proxy.yaml
 
-USER proxy
+USER 10001:10001
 EXPOSE 8080
 STOPSIGNAL SIGTERM
+# Reads the same config as the server: the main port, or admin_listen's when it is set.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/_proxy/health', timeout=2)"]
+    CMD ["pipedrive-scope-proxy", "health"]
+# The proxy is PID 1: SIGTERM and SIGINT drain in-flight calls, SIGHUP reloads the config.
 ENTRYPOINT ["pipedrive-scope-proxy"]
 CMD ["serve"]

@@ -1,5 +1,5 @@
-"""Command line: ``serve`` (the default), ``check``, ``explain``, ``report`` and
-``envoy-config``.
+"""Command line: ``serve`` (the default), ``check``, ``explain``, ``report``,
+``envoy-config`` and ``health``.
 
 Every user error (a bad config key, an unknown scope, malformed YAML) is one line on stderr
 naming what is wrong, and exit status 2; never a traceback. Only ``serve`` loads the server
@@ -17,7 +17,7 @@ from dataclasses import replace
 from proxy import __version__
 from proxy.canonical import METHODS, canonicalize
 from proxy.catalog import API_PREFIXES, Catalogue, Endpoint, api_route
-from proxy.config import ConfigError, Listen, load
+from proxy.config import Config, ConfigError, Listen, load, load_config
 from proxy.decision import Grant, authorize
 from proxy.errors import MethodNotAllowed, ProxyError
 from proxy.reasons import Reason
@@ -68,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     envoy.add_argument(
         "--authz", help="the proxy's URL as Envoy reaches it (default: the config's listen)"
     )
+
+    health = commands.add_parser(
+        "health", help="ask a running proxy for /_proxy/health at the port its config sets"
+    )
+    _add_config(health)
+    health.add_argument(
+        "--ready", action="store_true", help="ask /_proxy/ready (catalogue and store) instead"
+    )
+    health.add_argument(
+        "--timeout", type=float, default=2.0, help="seconds to wait for the answer (default 2)"
+    )
     return parser
 
 
@@ -79,7 +90,8 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve", "check", "explain", "report", "envoy-config", "-h", "--help", "--version"}
+    commands = {"serve", "check", "explain", "report", "envoy-config", "health"}
+    commands |= {"-h", "--help", "--version"}
     if not words or words[0] not in commands:
         words.insert(0, "serve")  # serve is the default command
     args = build_parser().parse_args(words)
@@ -93,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return report(args.log, args.format, args.app_scopes)
         if command == "envoy-config":
             return envoy_config(args.config, args.listen, args.authz)
+        if command == "health":
+            return health(args.config, args.timeout, args.ready)
         return serve(args.config, args.host, args.port, args.workers)
     except (ConfigError, UsageError) as error:
         print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
@@ -217,6 +231,50 @@ def envoy_config(config_path: str | None, listen: str, authz: str | None) -> int
     except envoy.EnvoyConfigError as error:
         raise UsageError(str(error)) from None
     return 0
+
+
+def health(config_path: str | None, timeout: float, ready: bool = False) -> int:
+    """Exit 0 if the proxy this config describes answers ``/_proxy/health`` (or, with
+    ``ready``, ``/_proxy/ready``) with 200, else 1 with the reason on stderr: a container's
+    HEALTHCHECK or an exec probe (Docker reserves exit status 2)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        url = health_url(load_config(config_path), "ready" if ready else "health")
+    except ConfigError as error:
+        print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
+        return 1
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 (http only)
+            status, body = answer.status, answer.read(4096)
+    except urllib.error.HTTPError as error:
+        status, body = error.code, b""
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        what = "ready" if ready else "healthy"
+        print(f"pipedrive-scope-proxy: {url}: not {what}: {reason}", file=sys.stderr)
+        return 1
+    try:
+        found = json.loads(body) if status == 200 else {}
+    except ValueError:
+        found = {}
+    if status != 200 or not isinstance(found, dict):
+        what = "ready" if ready else "healthy"
+        print(f"pipedrive-scope-proxy: {url}: not {what}: HTTP {status}", file=sys.stderr)
+        return 1
+    print(f"{url}: " + ", ".join(f"{key} {value}" for key, value in found.items()))
+    return 0
+
+
+def health_url(config: Config, endpoint: str = "health") -> str:
+    """Where ``/_proxy/health`` (or ``/_proxy/ready``) is served: the admin listener if there
+    is one, else the main port; a wildcard listen address is asked on loopback."""
+    where = config.admin_listen or config.listen
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(where.host, where.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{where.port}/_proxy/{endpoint}"
 
 
 def serve(config_path: str | None, host: str | None, port: int | None, workers: int) -> int:

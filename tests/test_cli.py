@@ -5,9 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from proxy.cli import health_url
+from proxy.config import parse_config
+from tests.conftest import free_port
 from tests.processes import ROOT, run
 
 
@@ -87,11 +91,11 @@ def test_several_workers_with_the_memory_store_exit_2() -> None:
     "command",
     [["explain", "GET", "/v1/deals/1", "--scopes", "deals:read"], ["check"],
      ["report", "--log", "config/proxy.yaml", "--format", "json"],
-     ["envoy-config", "--config", "config/proxy.yaml"]],
-    ids=["explain", "check", "report", "envoy-config"],
+     ["envoy-config", "--config", "config/proxy.yaml"], ["health", "--timeout", "0.2"]],
+    ids=["explain", "check", "report", "envoy-config", "health"],
 )  # fmt: skip
 def test_commands_other_than_serve_do_not_load_the_server(command: list[str]) -> None:
-    """explain, check, report and envoy-config start fast: no aiohttp, Redis client or
+    """explain, check, report, envoy-config and health start fast: no aiohttp, Redis client or
     Prometheus."""
     probe = (
         "import sys; from proxy.cli import main; main(sys.argv[1:]); "
@@ -111,4 +115,39 @@ def test_a_port_out_of_range_is_one_line_and_status_2(port: str) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"pipedrive-scope-proxy: --port: expected a port number between 0 and 65535, not {port}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("document", "url"),
+    [({}, "http://127.0.0.1:8080/_proxy/health"),
+     ({"listen": {"host": "10.1.2.3", "port": 9000}}, "http://10.1.2.3:9000/_proxy/health"),
+     ({"listen": {"host": "::", "port": 9000}}, "http://[::1]:9000/_proxy/health"),
+     ({"admin_listen": {"port": 9901}}, "http://127.0.0.1:9901/_proxy/health"),
+     ({"admin_listen": {"host": "0.0.0.0", "port": 9901}}, "http://127.0.0.1:9901/_proxy/health")],
+)  # fmt: skip
+def test_health_asks_where_the_config_serves_it(document: dict[str, Any], url: str) -> None:
+    assert health_url(parse_config(document)) == url
+
+
+def test_health_of_a_proxy_that_is_not_running_is_one_line_and_status_1(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(f"listen: {{port: {port}}}\n")
+    result = run("health", "--config", str(config), "--timeout", "1")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    line = f"pipedrive-scope-proxy: http://127.0.0.1:{port}/_proxy/health: not healthy: "
+    assert result.stderr.startswith(line)
+    assert "refused" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_health_with_a_bad_config_is_unhealthy_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("listen: {port: nine}\n")
+    result = run("health", "--config", str(config))
+    assert result.returncode == 1  # Docker reserves 2; a HEALTHCHECK only knows 0 and 1
+    assert (
+        result.stderr == "pipedrive-scope-proxy: listen.port: expected a port number, got 'nine'\n"
     )

@@ -493,6 +493,13 @@ async def test_the_admin_listener_takes_the_proxys_own_endpoints_off_the_main_po
             # The admin listener serves nothing else: no API calls, no checks.
             assert await status("GET", f"{admin_url}/v1/deals/1", headers=auth) == 404
             assert await status("GET", f"{admin_url}/_proxy/authz/v1/deals/1", headers=auth) == 404
+        # The container's HEALTHCHECK command finds the admin port in the same config.
+        healthy = await asyncio.to_thread(run, "health", "--config", config_path)
+        assert healthy.returncode == 0, healthy.stderr
+        assert healthy.stdout.startswith(f"{admin_url}/_proxy/health: status ok, version ")
+        ready = await asyncio.to_thread(run, "health", "--ready", "--config", config_path)
+        assert ready.returncode == 0, ready.stderr
+        assert ready.stdout == f"{admin_url}/_proxy/ready: catalogue 459, store ok\n"
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=20)
     assert [raw_path for raw_path in (r.raw_path for r in upstream.received)] == ["/v1/deals/1"]
