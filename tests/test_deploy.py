@@ -7,8 +7,10 @@ what ``envoy-config`` prints, and every proxy config against ``check``."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -22,14 +24,23 @@ from proxy.envoy import Origin, bootstrap, parse_listen
 from tests.processes import ROOT, envoy_validate, run
 
 DEPLOY = ROOT / "deploy"
-KUBERNETES_VERSION = "1.31.0"
+KUBERNETES_VERSION = "1.30.0"
 ISTIO_SCHEMAS: dict[str, Any] = json.loads(
     (ROOT / "tests" / "schemas" / "istio-crds.json").read_text()
 )["schemas"]
 # The manifests (kubectl apply -f / -k): every YAML document in them is a resource.
+KUBERNETES = DEPLOY / "kubernetes"
+VARIANTS = sorted(folder.name for folder in KUBERNETES.iterdir() if folder.is_dir())
 MANIFESTS = [
     DEPLOY / "envoy" / "deployment.yaml",
     *sorted((DEPLOY / "istio" / "resources").glob("*.yaml")),
+    *(
+        KUBERNETES / variant / name
+        for variant in VARIANTS
+        for name in yaml.safe_load((KUBERNETES / variant / "kustomization.yaml").read_text())[
+            "resources"
+        ]
+    ),
 ]
 
 
@@ -180,3 +191,100 @@ def test_the_envoy_sidecar_bootstrap_is_what_envoy_config_prints_and_envoy_accep
     deployment = documents(folder / "deployment.yaml")[0]
     [volume] = deployment["spec"]["template"]["spec"]["volumes"]
     assert volume["configMap"]["name"] == generator["name"]
+
+
+# The image's user (Dockerfile USER) and where it reads its config.
+IMAGE_UID = 10001
+CONFIG_DIR = "/etc/pipedrive-scope-proxy"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_kubernetes_sidecar_agrees_with_its_config(variant: str) -> None:
+    """Probes, ports, mounts, secrets and annotations name what the proxy config inside the
+    ConfigMap really sets; ``check`` accepts that config."""
+    folder = KUBERNETES / variant
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    [generator] = kustomization["configMapGenerator"]
+    assert generator["files"] == ["proxy.yaml"]
+    resources = {
+        f"{d['kind']}/{d['metadata']['name']}": d
+        for name in kustomization["resources"]
+        for d in documents(folder / name)
+    }
+    pod = resources["Deployment/my-app"]["spec"]["template"]
+    [sidecar] = [c for c in pod["spec"]["containers"] if c["name"] == "scope-proxy"]
+    [app] = [c for c in pod["spec"]["containers"] if c["name"] == "app"]
+
+    # The config, with every token_env the sidecar is given from its Secret.
+    env = {}
+    for variable in sidecar.get("env", []):
+        reference = variable["valueFrom"]["secretKeyRef"]
+        secret = resources[f"Secret/{reference['name']}"]
+        env[variable["name"]] = secret["stringData"][reference["key"]]
+    checked = run("check", "--config", str(folder / "proxy.yaml"), env=env)
+    assert checked.returncode == 0, checked.stderr
+    config = parse_config(yaml.safe_load((folder / "proxy.yaml").read_text()), env=env)
+
+    # The ConfigMap is mounted where the image reads its config.
+    [mount] = sidecar["volumeMounts"]
+    assert mount["mountPath"] == CONFIG_DIR
+    [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == generator["name"]
+    assert sidecar["args"] == ["serve"]  # the image's default config path
+
+    # The app reaches the proxy on the pod's loopback, at the port the config listens on.
+    assert config.listen.host == "127.0.0.1"
+    [base_url] = [e["value"] for e in app["env"] if e["name"] == "PIPEDRIVE_BASE_URL"]
+    assert base_url == f"http://127.0.0.1:{config.listen.port}"
+
+    # Probes and scrapes on the admin listener, which the kubelet can reach.
+    assert config.admin_listen is not None
+    assert config.admin_listen.host == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    assert ports == {"admin": config.admin_listen.port}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/_proxy/health", "port": "admin"}
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/_proxy/ready", "port": "admin"}
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == config.admin_listen.port
+    assert annotations["prometheus.io/path"] == "/_proxy/metrics"
+
+    # The image's user, by number, so that runAsNonRoot can check it.
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert sidecar["securityContext"]["runAsUser"] == IMAGE_UID
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"\nUSER {IMAGE_UID}:{IMAGE_UID}\n" in dockerfile
+    assert f"PIPEDRIVE_SCOPE_PROXY_CONFIG={CONFIG_DIR}/proxy.yaml" in dockerfile
+
+    # Resources above what bench/proxy_overhead.py measured (README, Performance).
+    requests, limits = sidecar["resources"]["requests"], sidecar["resources"]["limits"]
+    measured = max(readme_memory_figures())
+    assert mebibytes(requests["memory"]) >= measured
+    assert mebibytes(limits["memory"]) >= 2 * measured
+
+    replicas = resources["Deployment/my-app"]["spec"]["replicas"]
+    if replicas > 1:
+        # Several proxies learn and share tokens through one Redis, the one deployed here.
+        assert config.store.kind == "redis"
+        store = urlsplit(config.store.url)
+        service = resources[f"Service/{store.hostname}"]
+        assert store.port in {p["port"] for p in service["spec"]["ports"]}
+        assert (
+            resources[f"Deployment/{store.hostname}"]["spec"]["template"]["metadata"][
+                "labels"
+            ].items()
+            >= service["spec"]["selector"].items()
+        )
+
+
+def mebibytes(quantity: str) -> float:
+    assert quantity.endswith("Mi"), quantity
+    return float(quantity[:-2])
+
+
+def readme_memory_figures() -> list[float]:
+    """The resident memory the README's Performance table reports."""
+    readme = (ROOT / "README.md").read_text()
+    figures = re.findall(r"^\| resident memory [^|]*\| ([0-9.]+) MiB \|", readme, re.MULTILINE)
+    assert len(figures) == 2, figures
+    return [float(figure) for figure in figures]
