@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -288,3 +289,81 @@ def readme_memory_figures() -> list[float]:
     figures = re.findall(r"^\| resident memory [^|]*\| ([0-9.]+) MiB \|", readme, re.MULTILINE)
     assert len(figures) == 2, figures
     return [float(figure) for figure in figures]
+
+
+def readme_section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"\n## {title}\n")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
+def code_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+
+
+def commands(block: str) -> list[list[str]]:
+    """Shell command lines of a block, continuation lines joined, comments dropped."""
+    joined = block.replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in joined.splitlines() if line.strip()]
+
+
+def test_every_file_the_deploy_section_names_exists() -> None:
+    section = readme_section("Deploying")
+    named = set(re.findall(r"`((?:config|deploy|tests|bench)/[\w./-]+|docker-compose[\w.]*\.yml"
+                           r"|Dockerfile)`", section))  # fmt: skip
+    named |= set(re.findall(r"\b((?:config|deploy)/[\w./-]+\w)", section))
+    assert len(named) >= 8, named
+    for name in named:
+        assert (ROOT / name).exists(), name
+
+
+def test_every_command_the_deploy_section_shows_is_the_one_the_tests_run() -> None:
+    """The Deploy section's commands, each matched to what a test does with it: the image
+    (tests/test_image.py builds and runs this Dockerfile), compose (tests/test_compose.py runs
+    these files) and Kubernetes (the kustomizations checked above)."""
+    from tests.test_compose import APP_LINES, STACKS
+
+    section = readme_section("Deploying")
+    shown = [argv for block in code_blocks(section, "sh") for argv in commands(block)]
+    seen = set()
+    for argv in shown:
+        env = [word for word in argv if re.fullmatch(r"[A-Z_]+=.*", word)]
+        argv = argv[len(env) :]
+        if argv[:2] == ["docker", "build"]:
+            assert argv[-1] == "."
+            seen.add("build")
+        elif argv[:2] == ["docker", "run"]:
+            mount = argv[argv.index("-v") + 1].replace("$PWD/", "")
+            source, target, mode = mount.split(":")
+            assert (target, mode) == (CONFIG_DIR + "/proxy.yaml", "ro")
+            checked = run("check", "--config", str(ROOT / source))
+            assert checked.returncode == 0, checked.stderr
+            port = parse_config(yaml.safe_load((ROOT / source).read_text()), env={}).listen.port
+            assert argv[argv.index("-p") + 1] == f"127.0.0.1:{port}:{port}"
+            seen.add("run")
+        elif argv[:2] == ["docker", "compose"]:
+            files = [argv[i + 1] for i, word in enumerate(argv) if word == "-f"]
+            assert files in (STACKS["report"], STACKS["enforce"], []), files
+            assert argv[-2:] == ["up", "--build"]
+            seen.add(f"compose {files}")
+        elif argv[:2] == ["kubectl", "apply"]:
+            assert argv[2] == "-k"
+            assert Path(argv[3]).parent == Path("deploy/kubernetes")
+            assert Path(argv[3]).name in VARIANTS
+            seen.add(argv[3])
+        else:
+            raise AssertionError(f"a command no test covers: {argv}")
+    assert len(seen) == 6, seen
+    # The example app's output, as tests/test_compose.py sees it.
+    [output] = code_blocks(section, "text")
+    assert [line.split("| ", 1)[1] for line in output.splitlines()] == APP_LINES
+    # The admin port's snippet is a config the proxy accepts.
+    [snippet] = code_blocks(section, "yaml")
+    config = parse_config(yaml.safe_load(snippet), env={})
+    assert config.admin_listen is not None
+    assert dockerfile_args() == {"PYTHON_IMAGE": "python:3.11-slim"}
+
+
+def dockerfile_args() -> dict[str, str]:
+    found = re.findall(r"^ARG (\w+)=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    return dict(found)
