@@ -21,12 +21,13 @@ ENV PATH=/opt/pipedrive-scope-proxy/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PIPEDRIVE_SCOPE_PROXY_CONFIG=/etc/pipedrive-scope-proxy/proxy.yaml
 # uid 10001 and the name scope-proxy: Debian's base system already has a user called proxy (13).
-RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin scope-proxy
 COPY --from=build /opt/pipedrive-scope-proxy /opt/pipedrive-scope-proxy
 COPY config/proxy.yaml /etc/pipedrive-scope-proxy/proxy.yaml
 
 USER 10001:10001
+# The default config's port; a config with admin_listen (e.g. 9901) serves /_proxy/* there.
 EXPOSE 8080
 STOPSIGNAL SIGTERM
 # Reads the same config as the server: the main port, or admin_listen's when it is set.

@@ -16,12 +16,24 @@ from collections.abc import AsyncIterator
 from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy import __version__, oauth
-from proxy.canonical import METHODS, SERVED_METHODS, CanonicalRequest, canonicalize
+from proxy.canonical import (
+    BODYLESS_METHODS,
+    METHODS,
+    SERVED_METHODS,
+    CanonicalRequest,
+    canonicalize,
+)
 from proxy.catalog import API_PREFIXES, AUTHZ_PREFIX, Catalogue, Route, api_route
 from proxy.config import Config
 from proxy.credentials import Credential, extract_credential
 from proxy.decision import Decision, authorize
-from proxy.errors import MalformedRequest, MethodNotAllowed, NotFound, StoreUnavailable
+from proxy.errors import (
+    AmbiguousRequest,
+    MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
+    StoreUnavailable,
+)
 from proxy.forward import UpstreamClient
 from proxy.internal import handle_internal
 from proxy.logs import SINK, get_logger
@@ -112,14 +124,24 @@ async def handle_check(request: web.Request, runtime: Runtime, target: str) -> w
 
     Envoy sends at most one byte of the call's body (the bootstrap asks for that much), so
     that a body on a GET shows in the check's own framing and is refused as it would be here.
+    An empty body stream (``Transfer-Encoding: chunked`` and ``0``, or an empty HTTP/2 DATA
+    frame) shows only as Envoy's ``x-envoy-auth-partial-body``, which clients cannot send
+    through Envoy; Envoy would forward it chunked, so it is refused too.
     """
     request[CHECK] = True
     canonical = canonicalize(request.method, target, request.raw_headers)
+    if canonical.method in BODYLESS_METHODS and any(
+        name.lower() == _BODY_STREAM for name, _ in request.raw_headers
+    ):
+        raise AmbiguousRequest(f"{canonical.method} takes no body (an empty one is still a body)")
     route = api_route(canonical.path)
     if route is None:
         raise NotFound(f"not a Pipedrive API path: checks are for {_API_PATHS}")
     await authorize_call(request, runtime, canonical, route)
     return web.Response()
+
+
+_BODY_STREAM = b"x-envoy-auth-partial-body"
 
 
 async def authorize_call(
@@ -206,9 +228,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         store=config.store.kind,
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
-    if not await app[STORE].ping():
+    try:
+        await app[STORE].ping()
+    except StoreError as error:
         # Serve anyway: static grants work, the rest is refused (503) until the store answers.
-        log.warning("store_unavailable", store=config.store.redacted)
+        log.warning("store_unavailable", store=config.store.redacted, problem=str(error))
     yield
     await app[METRICS].stop()
     await app[RECORDER].stop()

@@ -125,7 +125,7 @@ def check(config_path: str | None) -> int:
 
 def explain(config_path: str | None, method: str, path: str, scopes: str | None) -> int:
     """Print the endpoint a call matches, its scopes, and the decision for ``--scopes``."""
-    config, catalogue = load(config_path)
+    config, catalogue = load(config_path, read_tokens=False)
     method = method.upper()
     granted = _parse_scopes(scopes, catalogue) if scopes is not None else None
     try:  # the proxy's own reading of the request, refusals included
@@ -223,7 +223,7 @@ def envoy_config(config_path: str | None, listen: str, authz: str | None) -> int
     """Print the Envoy bootstrap for "Envoy in front" (see ``proxy.envoy``)."""
     from proxy import envoy
 
-    config, _ = load(config_path)
+    config, _ = load(config_path, read_tokens=False)
     try:
         where = envoy.parse_listen(listen)
         checker = envoy.parse_origin(authz or envoy.default_authz(config), "--authz")
@@ -241,7 +241,8 @@ def health(config_path: str | None, timeout: float, ready: bool = False) -> int:
     import urllib.request
 
     try:
-        url = health_url(load_config(config_path), "ready" if ready else "health")
+        config = load_config(config_path, read_tokens=False)
+        url = health_url(config, "ready" if ready else "health")
     except ConfigError as error:
         print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
         return 1
@@ -283,6 +284,8 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         raise UsageError(f"--port: expected a port number between 0 and 65535, not {port}")
     config, catalogue = load(config_path)
     listen = Listen(host or config.listen.host, config.listen.port if port is None else port)
+    if config.admin_listen is not None and listen.port == config.admin_listen.port:
+        raise UsageError(f"--port: {port} is admin_listen's port in {config.source}")
     config = replace(config, listen=listen)
     if workers < 1:
         raise UsageError("--workers: expected at least 1")

@@ -212,7 +212,10 @@ def _scope_names(value: Any, key: str) -> tuple[str, ...]:
 
 
 def _grant(
-    raw: Any, key: str, env: Mapping[str, str], scope_lists: list[tuple[str, tuple[str, ...]]]
+    raw: Any,
+    key: str,
+    env: Mapping[str, str] | None,
+    scope_lists: list[tuple[str, tuple[str, ...]]],
 ) -> StaticGrant:
     entry = _mapping(raw, key, {"name", "sha256", "token_env", "scopes"})
     name = _require(entry.get("name"), str, f"{key}.name", "a name for this grant")
@@ -224,10 +227,13 @@ def _grant(
             raise ConfigError(f"{key}.sha256", "expected the token's SHA-256 as 64 hex characters")
     else:
         variable = _require(entry["token_env"], str, f"{key}.token_env", "a variable name")
-        token = env.get(variable, "")
-        if not token:
-            raise ConfigError(f"{key}.token_env", f"environment variable {variable} is not set")
-        digest = token_digest(token)
+        if env is None:
+            digest = ""  # not read: this config will not decide on tokens (no digest is "")
+        else:
+            token = env.get(variable, "")
+            if not token:
+                raise ConfigError(f"{key}.token_env", f"environment variable {variable} is not set")
+            digest = token_digest(token)
     if "scopes" not in entry:
         raise ConfigError(f"{key}.scopes", "missing: list the scopes this token holds")
     names = _scope_names(entry["scopes"], f"{key}.scopes")
@@ -281,8 +287,11 @@ def parse_config(
     base_dir: Path = Path("."),
     source: str = "<defaults>",
     env: Mapping[str, str] | None = None,
+    read_tokens: bool = True,
 ) -> Config:
-    """Validate a parsed YAML document into a ``Config`` (scope names are checked apart)."""
+    """Validate a parsed YAML document into a ``Config`` (scope names are checked apart).
+    ``read_tokens=False``: for commands that decide on no token (``explain``, ``envoy-config``,
+    ``health``), the ``token_env`` variables are not read, so they need not be set."""
     env = os.environ if env is None else env
     top = _mapping(document, "", _TOP)
     listen = _listen(top.get("listen"), "listen", Listen())
@@ -332,7 +341,8 @@ def parse_config(
 
     tokens_raw = _require(top.get("tokens") or [], list, "tokens", "a list of static grants")
     tokens = tuple(
-        _grant(raw, f"tokens[{i}]", env, scope_lists) for i, raw in enumerate(tokens_raw)
+        _grant(raw, f"tokens[{i}]", env if read_tokens else None, scope_lists)
+        for i, raw in enumerate(tokens_raw)
     )
     digests = [t.digest for t in tokens]
     if len(set(digests)) != len(digests):
@@ -367,12 +377,14 @@ def parse_config(
     )
 
 
-def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | None = None, env: Mapping[str, str] | None = None, read_tokens: bool = True
+) -> Config:
     """Read the config: ``--config``, else ``$PIPEDRIVE_SCOPE_PROXY_CONFIG``, else defaults."""
     env = os.environ if env is None else env
     path = path or env.get(ENV_CONFIG) or None
     if path is None:
-        return parse_config({}, env=env)
+        return parse_config({}, env=env, read_tokens=read_tokens)
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -385,7 +397,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(error, "problem", None) or "syntax error"
         raise ConfigError(str(file), f"malformed YAML: {where}{problem}") from None
-    return parse_config(document, file.parent, str(file), env)
+    return parse_config(document, file.parent, str(file), env, read_tokens)
 
 
 def catalogue_for(
@@ -409,7 +421,9 @@ def check_scopes(config: Config, catalogue: Catalogue) -> None:
                 raise ConfigError(f"{key}[{index}]", f"unknown scope {name!r}")
 
 
-def load(path: str | None = None, env: Mapping[str, str] | None = None) -> tuple[Config, Catalogue]:
+def load(
+    path: str | None = None, env: Mapping[str, str] | None = None, read_tokens: bool = True
+) -> tuple[Config, Catalogue]:
     """The config and its catalogue, both checked: what ``serve``, ``check`` and ``explain`` use."""
-    config = load_config(path, env)
+    config = load_config(path, env, read_tokens)
     return config, catalogue_for(config)

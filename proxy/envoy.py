@@ -58,11 +58,19 @@ class Origin:
 
 
 def parse_listen(text: str) -> Address:
-    """``HOST:PORT`` (``[::]:10000`` for IPv6)."""
+    """``HOST:PORT`` (``[::]:10000`` for IPv6); Envoy listens on an IP address, not a name."""
     host, separator, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not separator or not host or not port.isdigit():
         raise EnvoyConfigError(f"--listen: expected HOST:PORT, e.g. 0.0.0.0:10000, not {text!r}")
+    if not 0 < int(port) < 65536:
+        raise EnvoyConfigError(f"--listen: the port must be between 1 and 65535, not {port}")
+    if not _is_ip(host):
+        hint = " (127.0.0.1 for localhost)" if host == "localhost" else ""
+        raise EnvoyConfigError(
+            f"--listen: Envoy listens on an IP address, e.g. 0.0.0.0 or 127.0.0.1{hint}, "
+            f"not {host!r}"
+        )
     return Address(host, int(port))
 
 
@@ -70,13 +78,20 @@ def parse_origin(text: str, option: str) -> Origin:
     """``http://host:port`` or ``https://host[:port]``: where Envoy sends checks or calls."""
     try:
         parts = urlsplit(text)
-        port = parts.port
     except ValueError:
         raise EnvoyConfigError(f"{option}: not a URL: {text!r}") from None
+    try:
+        port = parts.port
+    except ValueError:
+        raise EnvoyConfigError(
+            f"{option}: the port must be a number between 1 and 65535, in {text!r}"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise EnvoyConfigError(f"{option}: expected http://host:port or https://host, not {text!r}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise EnvoyConfigError(f"{option}: expected an origin with no path, not {text!r}")
+    if port == 0:
+        raise EnvoyConfigError(f"{option}: the port must be between 1 and 65535, in {text!r}")
     default = 443 if parts.scheme == "https" else 80
     return Origin(parts.scheme, parts.hostname, port or default)
 
@@ -106,6 +121,8 @@ def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
                 "timeout": "0s",  # a download may take long; a silent upstream may not:
                 "idle_timeout": _seconds(read_timeout),
             },
+            # The check's verdict was for Envoy (see _verdict_required), not for Pipedrive.
+            "request_headers_to_remove": [VERDICT_HEADER],
         }
         for prefix, _ in API_PREFIXES
     ]
@@ -118,7 +135,7 @@ def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
             "timeout": "0s",
             "idle_timeout": _seconds(read_timeout + config.upstream.connect_timeout + 5),
         },
-        "typed_per_filter_config": {"envoy.filters.http.ext_authz": _CHECK_OFF},
+        "typed_per_filter_config": _UNCHECKED,
     }
     not_found = envelope(NotFound("not a Pipedrive API path"))
     catch_all = {
@@ -128,7 +145,7 @@ def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
             _header("content-type", "application/json"),
             _header(DECISION_HEADER.lower(), "deny"),
         ],
-        "typed_per_filter_config": {"envoy.filters.http.ext_authz": _CHECK_OFF},
+        "typed_per_filter_config": _UNCHECKED,
     }
     connection_manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
@@ -158,7 +175,7 @@ def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
             ],
         },
         "http_filters": [
-            {"name": "envoy.filters.http.ext_authz", "typed_config": _ext_authz(authz)},
+            *_verdict_required(authz),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -207,10 +224,64 @@ def render(config: Config, listen: Address, authz: Origin) -> str:
     return head + document
 
 
-_CHECK_OFF = {
-    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-    "disabled": True,
+# The check's answer names its decision in this header; Envoy requires it (see below).
+VERDICT_HEADER = DECISION_HEADER.lower()
+_VERDICTS = "^(allow|report)$"
+# Routes that are not checked: OAuth (the proxy's own route) and the catch-all 404.
+_UNCHECKED = {
+    "envoy.filters.http.ext_authz": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+        "disabled": True,
+    },
+    # An RBACPerRoute without a policy turns the filter off on the route.
+    "envoy.filters.http.rbac": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+    },
 }
+
+
+def _verdict_required(authz: Origin) -> list[dict[str, Any]]:
+    """The check, and what makes a 200 count only when the proxy gave it.
+
+    ext_authz takes any 200 as "allowed", whoever answers it: an ``--authz`` that points at
+    some other server that answers 200 would let every call through. So the proxy's verdict
+    (``X-Scope-Proxy-Decision: allow`` or ``report``) is copied from the check's answer onto
+    the request, an RBAC filter lets the call on only with it, and the route removes it before
+    the upstream. A client's own copy of that header is removed before the check, so it cannot
+    stand in for the proxy's.
+    """
+    forget_clients_verdict = {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3"
+            ".HeaderMutation",
+            "mutations": {"request_mutations": [{"remove": VERDICT_HEADER}]},
+        },
+    }
+    verdict_required = {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {
+                "action": "ALLOW",
+                "policies": {
+                    "checked-by-pipedrive-scope-proxy": {
+                        "permissions": [{"any": True}],
+                        "principals": [
+                            {
+                                "header": {
+                                    "name": VERDICT_HEADER,
+                                    "string_match": {"safe_regex": {"regex": _VERDICTS}},
+                                }
+                            }
+                        ],
+                    }
+                },
+            },
+        },
+    }
+    check = {"name": "envoy.filters.http.ext_authz", "typed_config": _ext_authz(authz)}
+    return [forget_clients_verdict, check, verdict_required]
 
 
 def _ext_authz(authz: Origin) -> dict[str, Any]:
@@ -219,6 +290,9 @@ def _ext_authz(authz: Origin) -> dict[str, Any]:
         "transport_api_version": "V3",
         "failure_mode_allow": False,  # no answer from the proxy: refused
         "status_on_error": {"code": "ServiceUnavailable"},
+        # Header values go to the check as the client sent them, not with bytes that are not
+        # UTF-8 replaced (which would check one value and forward another).
+        "encode_raw_headers": True,
         # Every request header goes to the check: the proxy decides on all of them.
         "allowed_headers": {"patterns": [{"safe_regex": {"regex": ".*"}}]},
         # The check carries no body, and its Content-Length is that of what it carries. One
@@ -242,6 +316,10 @@ def _ext_authz(authz: Origin) -> dict[str, Any]:
                 },
                 # An allowed call's answer says so too.
                 "allowed_client_headers_on_success": {
+                    "patterns": [{"exact": DECISION_HEADER, "ignore_case": True}]
+                },
+                # The verdict, onto the request for the RBAC filter (see _verdict_required).
+                "allowed_upstream_headers": {
                     "patterns": [{"exact": DECISION_HEADER, "ignore_case": True}]
                 },
             },

@@ -39,7 +39,11 @@ async def handle_internal(request: web.Request, canonical: CanonicalRequest) -> 
         return json_response({"status": "ok", "version": __version__, "pid": os.getpid()})
     if path == "/_proxy/ready":
         runtime = request.app[RUNTIME].current
-        store_ok = await request.app[STORE].ping()
+        try:
+            await request.app[STORE].ping()
+            store_ok = True
+        except StoreError:
+            store_ok = False
         body = {"catalogue": len(runtime.catalogue), "store": "ok" if store_ok else "unavailable"}
         return json_response(body, status=200 if store_ok else 503)
     if path == "/_proxy/metrics":

@@ -60,7 +60,9 @@ class Outcome(NamedTuple):
     def reason(self) -> Reason:
         if self.decision is not None:
             return self.decision.reason  # a failure after it does not undo the decision
-        return self.refusal.reason if self.refusal is not None else Reason.INTERNAL_ERROR
+        if self.refusal is not None:
+            return self.refusal.reason
+        return Reason.CLIENT_GONE if self.cut_off == "client_gone" else Reason.INTERNAL_ERROR
 
     @property
     def upstream_failed(self) -> UpstreamFailure | None:
@@ -81,7 +83,7 @@ class Outcome(NamedTuple):
         fields: dict[str, Any]
         if decision is None:
             fields = dict(_UNDECIDED)
-            fields["reason"] = refusal.reason if refusal is not None else Reason.INTERNAL_ERROR
+            fields["reason"] = self.reason
         else:
             endpoint, grant, credential = decision.endpoint, decision.grant, decision.credential
             forwarded = (
@@ -142,8 +144,8 @@ def record(app: web.Application, outcome: Outcome) -> None:
     kind = outcome.cut_off or (failed.kind if failed is not None else None)
     if kind is not None and kind != "client_stalled":
         metrics.upstream_errors.labels(kind).inc()
-    if outcome.decision is not None:
-        app[RECORDER].record(outcome.decision)
+    if outcome.decision is not None and not (outcome.check and outcome.cut_off is not None):
+        app[RECORDER].record(outcome.decision)  # not a check whose answer Envoy never read
 
 
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -28,6 +28,7 @@ class Reason(StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
     HEADER_TIMEOUT = "header_timeout"
     INTERNAL_ERROR = "internal_error"
+    CLIENT_GONE = "client_gone"  # the client left before the decision (Envoy's check timeout)
     # Failures after the call was let through.
     REQUEST_TIMEOUT = "request_timeout"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"

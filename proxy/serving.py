@@ -201,10 +201,16 @@ def supervise(config_path: str | None, config: Config, workers: int) -> int:
     """Keep ``workers`` processes serving one port (SO_REUSEPORT): one that dies is restarted,
     with backoff, and the others serve meanwhile. SIGTERM and SIGINT stop them all (each drains
     its in-flight calls), SIGHUP reaches every one. Exit 0, or 2 when a worker cannot start."""
+    # Workers count into files in one directory, so any of them can report the sum.
+    try:
+        metrics_dir = tempfile.mkdtemp(prefix="pipedrive-scope-proxy-metrics-")
+    except OSError as error:  # a read-only root file system with nothing mounted on /tmp
+        raise ServeError(
+            f"--workers: cannot make the workers' metrics directory in {tempfile.gettempdir()}: "
+            f"{error.strerror or error}; mount a writable directory there or set TMPDIR"
+        ) from None
     configure_logging(config.logging.format, config.logging.level)
     log = get_logger()
-    # Workers count into files in one directory, so any of them can report the sum.
-    metrics_dir = tempfile.mkdtemp(prefix="pipedrive-scope-proxy-metrics-")
     os.environ[MULTIPROCESS_DIR] = metrics_dir
     context = multiprocessing.get_context("spawn")
     slots = [_Slot(index) for index in range(workers)]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from proxy.cli import health_url
+from proxy.cli import health_url, main
 from proxy.config import parse_config
 from tests.conftest import free_port
 from tests.processes import ROOT, run
@@ -151,3 +154,56 @@ def test_health_with_a_bad_config_is_unhealthy_not_a_traceback(tmp_path: Path) -
     assert (
         result.stderr == "pipedrive-scope-proxy: listen.port: expected a port number, got 'nine'\n"
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["explain", "GET", "/v1/deals/1", "--scopes", "deals:read"],
+     ["envoy-config"], ["health", "--timeout", "0.2"]],
+    ids=["explain", "envoy-config", "health"],
+)  # fmt: skip
+def test_commands_that_decide_on_no_token_do_not_need_its_variable(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A static grant's token_env is read by serve and check; explain, envoy-config and health
+    (a container's HEALTHCHECK, run where the app's secrets may not be) never use the token."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        f"listen: {{port: {free_port()}}}\n"
+        "tokens: [{name: sync, token_env: SCOPE_PROXY_TEST_UNSET, scopes: [deals:read]}]\n"
+    )
+    env = {"SCOPE_PROXY_TEST_UNSET": ""}
+    checked = run("check", "--config", str(config), env=env)
+    assert checked.returncode == 2
+    assert "tokens[0].token_env: environment variable SCOPE_PROXY_TEST_UNSET is not set" in (
+        checked.stderr
+    )
+    result = run(command[0], "--config", str(config), *command[1:], env=env)
+    assert "token_env" not in result.stderr
+    assert result.returncode == (1 if command[0] == "health" else 0), result.stderr
+
+
+def test_serve_port_on_the_admin_port_is_one_line_and_status_2(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("admin_listen: {port: 9901}\n")
+    result = run("serve", "--config", str(config), "--port", "9901")
+    assert result.returncode == 2
+    assert (
+        result.stderr == f"pipedrive-scope-proxy: --port: 9901 is admin_listen's port in {config}\n"
+    )
+
+
+def test_workers_without_a_writable_temp_directory_is_one_line_and_status_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As on a read-only root file system with nothing mounted on /tmp."""
+
+    def read_only(prefix: str) -> str:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    status = main(["serve", "--config", "config/replicas.yaml", "--workers", "2"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pipedrive-scope-proxy: --workers: cannot make the workers' metrics")
+    assert "Read-only file system; mount a writable directory there or set TMPDIR" in err

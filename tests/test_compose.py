@@ -46,7 +46,7 @@ TOKEN = "v1u:Y29tcG9zZS10ZXN0:c2VjcmV0"
 APP_LINES = [
     "GET /v1/users/me -> 200 (allow)",
     "GET /api/v2/deals -> 200 (allow)",
-    "DELETE /api/v2/deals/1 -> 200 (report)",
+    "GET /api/v2/activities -> 200 (report)",
 ]
 
 
@@ -131,10 +131,10 @@ def example_app_script(model: dict[str, Any], proxy_url: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("mode", "delete"), [("report", "200 (report)"), ("enforce", "403 (deny)")]
+    ("mode", "outside"), [("report", "200 (report)"), ("enforce", "403 (deny)")]
 )
 async def test_the_staging_stack_plays_out_as_the_compose_file_says(
-    mode: str, delete: str, tmp_path: Path, upstream: FakePipedrive, redis_server: RedisServer
+    mode: str, outside: str, tmp_path: Path, upstream: FakePipedrive, redis_server: RedisServer
 ) -> None:
     model = compose_model(STACKS[mode])
     # The mounted config, with only the addresses of this machine's stand-ins changed.
@@ -168,11 +168,11 @@ async def test_the_staging_stack_plays_out_as_the_compose_file_says(
         ):
             report = await answer.json()
 
-    assert lines == [*APP_LINES[:2], f"DELETE /api/v2/deals/1 -> {delete}"]
+    assert lines == [*APP_LINES[:2], f"GET /api/v2/activities -> {outside}"]
     forwarded = [(r.method, r.raw_path) for r in upstream.received]
     expected = [("GET", "/v1/users/me"), ("GET", "/api/v2/deals")]
     assert forwarded == (
-        [*expected, ("DELETE", "/api/v2/deals/1")] if mode == "report" else expected
+        [*expected, ("GET", "/api/v2/activities")] if mode == "report" else expected
     )
-    assert "DELETE /api/v2/deals/{id}" in json.dumps(report)
+    assert "GET /api/v2/activities" in json.dumps(report)
     assert TOKEN not in (tmp_path / "proxy.log").read_text()

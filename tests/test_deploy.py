@@ -42,6 +42,7 @@ MANIFESTS = [
             "resources"
         ]
     ),
+    *sorted(KUBERNETES.glob("*/secret.example.yaml")),
 ]
 
 
@@ -137,7 +138,11 @@ def test_the_istio_provider_asks_the_way_envoy_config_does() -> None:
     config = parse_config({}, env={})
     generated = bootstrap(config, parse_listen("0.0.0.0:10000"), Origin("http", "proxy", 8080))
     manager = generated["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    check = manager["typed_config"]["http_filters"][0]["typed_config"]
+    [check] = [
+        f["typed_config"]
+        for f in manager["typed_config"]["http_filters"]
+        if f["name"] == "envoy.filters.http.ext_authz"
+    ]
     assert provider["pathPrefix"] == AUTHZ_PREFIX == check["http_service"]["path_prefix"]
     assert provider["failOpen"] is check["failure_mode_allow"] is False
     body = provider["includeRequestBodyInCheck"]
@@ -213,24 +218,37 @@ def test_the_kubernetes_sidecar_agrees_with_its_config(variant: str) -> None:
         for d in documents(folder / name)
     }
     pod = resources["Deployment/my-app"]["spec"]["template"]
-    [sidecar] = [c for c in pod["spec"]["containers"] if c["name"] == "scope-proxy"]
-    [app] = [c for c in pod["spec"]["containers"] if c["name"] == "app"]
+    # A native sidecar: an init container that keeps running, started before the app.
+    [sidecar] = pod["spec"]["initContainers"]
+    assert (sidecar["name"], sidecar["restartPolicy"]) == ("scope-proxy", "Always")
+    [app] = pod["spec"]["containers"]
+    [image] = kustomization["images"]
+    assert sidecar["image"].split(":")[0] == image["name"]
 
-    # The config, with every token_env the sidecar is given from its Secret.
+    # The config, with every token_env the sidecar is given from its Secret. The Secret is
+    # made outside version control (README); the example shows its name and key.
+    secrets = {
+        f"Secret/{d['metadata']['name']}": d
+        for path in folder.glob("secret.example.yaml")
+        for d in documents(path)
+    }
+    assert not any(name.startswith("secret") for name in kustomization["resources"])
     env = {}
     for variable in sidecar.get("env", []):
         reference = variable["valueFrom"]["secretKeyRef"]
-        secret = resources[f"Secret/{reference['name']}"]
+        secret = secrets[f"Secret/{reference['name']}"]
         env[variable["name"]] = secret["stringData"][reference["key"]]
+        command = f"kubectl create secret generic {reference['name']} --from-literal="
+        assert f"{command}{reference['key']}=..." in readme_section("Deploying")
     checked = run("check", "--config", str(folder / "proxy.yaml"), env=env)
     assert checked.returncode == 0, checked.stderr
     config = parse_config(yaml.safe_load((folder / "proxy.yaml").read_text()), env=env)
 
-    # The ConfigMap is mounted where the image reads its config.
-    [mount] = sidecar["volumeMounts"]
-    assert mount["mountPath"] == CONFIG_DIR
-    [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
-    assert volume["configMap"]["name"] == generator["name"]
+    # The ConfigMap is mounted where the image reads its config; /tmp is writable.
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in sidecar["volumeMounts"]}
+    assert mounts[CONFIG_DIR]["configMap"]["name"] == generator["name"]
+    assert "emptyDir" in mounts["/tmp"]
     assert sidecar["args"] == ["serve"]  # the image's default config path
 
     # The app reaches the proxy on the pod's loopback, at the port the config listens on.
@@ -243,21 +261,30 @@ def test_the_kubernetes_sidecar_agrees_with_its_config(variant: str) -> None:
     assert config.admin_listen.host == "0.0.0.0"
     ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
     assert ports == {"admin": config.admin_listen.port}
-    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/_proxy/health", "port": "admin"}
-    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/_proxy/ready", "port": "admin"}
+    health = {"path": "/_proxy/health", "port": "admin"}
+    assert sidecar["startupProbe"]["httpGet"] == health
+    assert sidecar["livenessProbe"]["httpGet"] == health
+    # Readiness includes the store only where the store lives in the proxy itself: a shared
+    # Redis that is down must not take every replica of the app out of its Service.
+    ready = "/_proxy/ready" if config.store.kind == "memory" else "/_proxy/health"
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": ready, "port": "admin"}
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == config.admin_listen.port
     assert annotations["prometheus.io/path"] == "/_proxy/metrics"
 
-    # The image's user, by number, so that runAsNonRoot can check it.
-    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    # The image's user, by number, so that runAsNonRoot can check it; only for the proxy.
+    assert "securityContext" not in pod["spec"], "the app's own user is the app's business"
+    assert sidecar["securityContext"]["runAsNonRoot"] is True
     assert sidecar["securityContext"]["runAsUser"] == IMAGE_UID
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"\nUSER {IMAGE_UID}:{IMAGE_UID}\n" in dockerfile
     assert f"PIPEDRIVE_SCOPE_PROXY_CONFIG={CONFIG_DIR}/proxy.yaml" in dockerfile
+    # The drain (30 s) fits in the grace period.
+    assert pod["spec"]["terminationGracePeriodSeconds"] > 30
 
-    # Resources above what bench/proxy_overhead.py measured (README, Performance).
+    # Resources above what bench/performance.py measured (README, Performance).
     requests, limits = sidecar["resources"]["requests"], sidecar["resources"]["limits"]
     measured = max(readme_memory_figures())
     assert mebibytes(requests["memory"]) >= measured
@@ -265,17 +292,21 @@ def test_the_kubernetes_sidecar_agrees_with_its_config(variant: str) -> None:
 
     replicas = resources["Deployment/my-app"]["spec"]["replicas"]
     if replicas > 1:
-        # Several proxies learn and share tokens through one Redis, the one deployed here.
+        # Several proxies learn and share tokens through one Redis, the one deployed here,
+        # which only the app's pods may reach.
         assert config.store.kind == "redis"
         store = urlsplit(config.store.url)
         service = resources[f"Service/{store.hostname}"]
         assert store.port in {p["port"] for p in service["spec"]["ports"]}
-        assert (
-            resources[f"Deployment/{store.hostname}"]["spec"]["template"]["metadata"][
-                "labels"
-            ].items()
-            >= service["spec"]["selector"].items()
-        )
+        redis_pod = resources[f"Deployment/{store.hostname}"]["spec"]["template"]
+        assert redis_pod["metadata"]["labels"].items() >= service["spec"]["selector"].items()
+        policy = resources[f"NetworkPolicy/{store.hostname}"]["spec"]
+        assert policy["podSelector"]["matchLabels"] == service["spec"]["selector"]
+        [rule] = policy["ingress"]
+        assert [p["port"] for p in rule["ports"]] == [store.port]
+        assert [f["podSelector"]["matchLabels"] for f in rule["from"]] == [
+            pod["metadata"]["labels"]
+        ]
 
 
 def mebibytes(quantity: str) -> float:
@@ -346,6 +377,9 @@ def test_every_command_the_deploy_section_shows_is_the_one_the_tests_run() -> No
             assert files in (STACKS["report"], STACKS["enforce"], []), files
             assert argv[-2:] == ["up", "--build"]
             seen.add(f"compose {files}")
+        elif argv[:3] == ["kubectl", "create", "secret"]:
+            assert argv[3:5] == ["generic", "my-app-pipedrive-tokens"]  # checked above
+            seen.add("secret")
         elif argv[:2] == ["kubectl", "apply"]:
             assert argv[2] == "-k"
             assert Path(argv[3]).parent == Path("deploy/kubernetes")
@@ -353,7 +387,7 @@ def test_every_command_the_deploy_section_shows_is_the_one_the_tests_run() -> No
             seen.add(argv[3])
         else:
             raise AssertionError(f"a command no test covers: {argv}")
-    assert len(seen) == 6, seen
+    assert len(seen) == 7, seen
     # The example app's output, as tests/test_compose.py sees it.
     [output] = code_blocks(section, "text")
     assert [line.split("| ", 1)[1] for line in output.splitlines()] == APP_LINES

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import h2.config
+import h2.connection
+import h2.events
+from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -22,7 +28,7 @@ from proxy.catalog import DISPLAY_PREFIX, api_route
 from proxy.credentials import extract_credential
 from proxy.decision import Grant, Policy, authorize
 from proxy.errors import ProxyError
-from tests.conftest import CATALOGUE, free_port, grants, sha
+from tests.conftest import CATALOGUE, RedisServer, free_port, grants, sha
 from tests.fakes import FakeOAuth, FakePipedrive, Received
 from tests.processes import (
     envoy_bootstrap,
@@ -325,3 +331,172 @@ async def test_no_answer_from_the_proxy_refuses_the_call(
         assert status == 503
         assert "X-Scope-Proxy-Decision" not in headers
     assert len(upstream.received) == 1
+
+
+def h2_exchange(port: int, headers: list[tuple[bytes, bytes]], empty_body: bool = False) -> int:
+    """One HTTP/2 request with prior knowledge (h2c), its header bytes exactly as given (none of
+    h2's own checks); the answer's status. ``empty_body``: the headers do not end the stream,
+    an empty DATA frame does."""
+    settings = h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_outbound_headers=False,
+        normalize_outbound_headers=False, validate_inbound_headers=False,
+    )  # fmt: skip
+    connection = h2.connection.H2Connection(config=settings)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        connection.initiate_connection()
+        stream = connection.get_next_available_stream_id()
+        connection.send_headers(stream, headers, end_stream=not empty_body)
+        if empty_body:
+            connection.send_data(stream, b"", end_stream=True)
+        sock.sendall(connection.data_to_send())
+        status = 0
+        while data := sock.recv(65536):
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return status
+            sock.sendall(connection.data_to_send())
+    raise AssertionError("the stream did not end")
+
+
+def h2_get(path: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    return [(b":method", b"GET"), (b":path", path), (b":scheme", b"http"),
+            (b":authority", b"envoy.test"), (b"authorization", b"Bearer reader"), *extra]  # fmt: skip
+
+
+async def test_bytes_that_are_not_utf8_are_checked_as_they_are_forwarded_over_http2(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    """Envoy replaces bytes that are not UTF-8 with '!' in what it sends to a check unless told
+    to send them raw: the check would see /v1/deals/1!!..!!..!!users, the upstream the overlong
+    '/' of /v1/deals/1\\xc0\\xaf..\\xc0\\xaf..\\xc0\\xafusers. Sent raw, the check refuses them."""
+    async with envoy_front(tmp_path, upstream, tokens=grants(reader=["deals:read"])) as front:
+        port = front.envoy_port
+        assert await asyncio.to_thread(h2_exchange, port, h2_get(b"/v1/deals/1")) == 200
+        for hostile in (
+            h2_get(b"/v1/deals/1\xc0\xaf..\xc0\xaf..\xc0\xafusers"),
+            h2_get(b"/v1/deals/\xc0\xae\xc0\xae\xc0\xafusers"),
+            h2_get(b"/v1/deals?api\xc1\x9ftoken=abc"),
+            h2_get(b"/v1/deals?\xffapi_token=abc"),
+            h2_get(b"/v1/deals/\x80"),
+            h2_get(b"/v1/deals", (b"x-foo", b"\xff\xfe")),
+        ):
+            assert await asyncio.to_thread(h2_exchange, port, hostile) == 400, hostile
+        # The same over HTTP/1.1 for a header value (Envoy refuses such a path itself).
+        request = (
+            b"GET /v1/deals HTTP/1.1\r\nHost: envoy.test\r\nAuthorization: Bearer reader\r\n"
+            b"X-Foo: \xff\xfe\r\nConnection: close\r\n\r\n"
+        )
+        assert (await raw_exchange(port, request)).startswith(b"HTTP/1.1 400 ")
+    assert [seen.raw_path for seen in upstream.received] == ["/v1/deals/1"]
+
+
+async def test_an_empty_body_on_a_get_is_still_a_body(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    """Envoy forwards a GET with an empty chunked body (or an empty HTTP/2 DATA frame) with
+    Transfer-Encoding: chunked, which the proxy alone refuses; the check refuses it too."""
+    async with envoy_front(tmp_path, upstream, tokens=grants(reader=["deals:read"])) as front:
+        request = (
+            b"GET /v1/deals HTTP/1.1\r\nHost: envoy.test\r\nAuthorization: Bearer reader\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n"
+        )
+        head, _, body = (await raw_exchange(front.envoy_port, request)).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        assert json.loads(body)["scope_proxy"]["reason"] == "ambiguous_request"
+        empty = await asyncio.to_thread(
+            h2_exchange, front.envoy_port, h2_get(b"/v1/deals"), empty_body=True
+        )
+        assert empty == 400
+        assert await asyncio.to_thread(h2_exchange, front.envoy_port, h2_get(b"/v1/deals")) == 200
+    assert [seen.raw_path for seen in upstream.received] == ["/v1/deals"]
+    assert [seen.header("Transfer-Encoding") for seen in upstream.received] == [[]]
+
+
+async def test_only_the_proxys_own_verdict_lets_a_call_through(
+    tmp_path: Path, upstream: FakePipedrive, aiohttp_server: Any
+) -> None:
+    """ext_authz takes any 200 as allowed: with --authz pointing at a server that answers 200
+    to everything, calls must still be refused, and a client cannot send the verdict itself."""
+
+    async def anything_goes(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything_goes)
+    wrong = await aiohttp_server(app)
+    config_path = write_config(
+        tmp_path,
+        upstream={"api_url": upstream.url, "oauth_url": upstream.url},
+        tokens=grants(reader=["deals:read"]),
+    )
+    envoy_port = free_port()
+    bootstrap = envoy_bootstrap(
+        tmp_path, config_path, f"127.0.0.1:{envoy_port}", f"http://127.0.0.1:{wrong.port}"
+    )
+    with envoy_running(bootstrap) as envoy:
+        await wait_listening(envoy_port, envoy)
+        url = f"http://127.0.0.1:{envoy_port}"
+        for headers in (
+            {"Authorization": "Bearer reader"},
+            {"Authorization": "Bearer reader", "X-Scope-Proxy-Decision": "allow"},
+        ):
+            status, _, _ = await call(url, "GET", "/v1/deals/1", headers)
+            assert status == 403, headers
+    assert upstream.received == []
+
+    # With the proxy answering, the verdict lets the call on and stays between Envoy and it.
+    async with envoy_front(tmp_path, upstream, tokens=grants(reader=["deals:read"])) as front:
+        headers = {"Authorization": "Bearer reader", "X-Scope-Proxy-Decision": "report"}
+        status, answer_headers, _ = await call(front.url, "GET", "/v1/deals/1", headers)
+        assert status == 200
+        assert answer_headers["X-Scope-Proxy-Decision"] == "allow"
+    [seen] = upstream.received
+    assert seen.header("X-Scope-Proxy-Decision") == []
+
+
+async def test_a_check_envoy_gave_up_on_is_logged_so_and_not_counted(
+    tmp_path: Path, upstream: FakePipedrive, redis_server: RedisServer
+) -> None:
+    """Envoy stops waiting after its check timeout and refuses the call. A check whose client
+    left while the proxy was still deciding (its store was slow) is logged as such, not as a
+    call made, and the report does not count it."""
+    config_path = write_config(
+        tmp_path,
+        upstream={"api_url": upstream.url, "oauth_url": upstream.url},
+        store=redis_server.url,
+        app_scopes=["deals:read"],
+        unknown_tokens="app_scopes",
+    )
+    port, log = free_port(), tmp_path / "proxy.log"
+    check = (
+        b"GET /_proxy/authz/v1/deals/1 HTTP/1.1\r\nHost: envoy.test\r\n"
+        b"Authorization: Bearer not-yet-known\r\n\r\n"
+    )
+    with serving(config_path, port, log=log):
+        await wait_ready(port)
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)  # the token lookup waits
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(check)
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            writer.close()  # Envoy's timeout
+            await writer.wait_closed()
+            await asyncio.sleep(0.1)
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        answer = await raw_exchange(
+            port, check.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+        )
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        _, _, report = await call(f"http://127.0.0.1:{port}", "GET", "/_proxy/report", {})
+        await asyncio.sleep(0.2)
+    events = [json.loads(line) for line in log.read_text().splitlines() if '"request"' in line]
+    assert [(e["decision"], e["reason"], e["status"], e["error"]) for e in events] == [
+        ("deny", "client_gone", 499, "client_gone"),  # left before the decision
+        ("allow", "in_scope", 200, None),
+    ]
+    assert json.loads(report)["overall"]["requests"] == 1

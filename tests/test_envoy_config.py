@@ -74,7 +74,15 @@ def test_the_safety_settings_are_all_there() -> None:
         "REJECT_REQUEST"
     )
     assert http["http_protocol_options"] == {"allow_absolute_url": False}
-    check = http["http_filters"][0]["typed_config"]
+    names = [f["name"] for f in http["http_filters"]]
+    assert names == [
+        "envoy.filters.http.header_mutation",  # the client's own verdict header removed
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.rbac",  # the call goes on only with the proxy's verdict
+        "envoy.filters.http.router",
+    ]
+    check = http["http_filters"][1]["typed_config"]
+    assert check["encode_raw_headers"] is True
     assert check["failure_mode_allow"] is False
     assert check["allowed_headers"] == {"patterns": [{"safe_regex": {"regex": ".*"}}]}
     assert check["http_service"]["path_prefix"] == "/_proxy/authz"
@@ -86,7 +94,7 @@ def test_the_safety_settings_are_all_there() -> None:
 def test_oauth_goes_to_the_proxy_unchecked_and_everything_else_is_a_pipedrive_404() -> None:
     routes = manager(generated("--config", "config/proxy.yaml"))["route_config"]
     oauth, catch_all = routes["virtual_hosts"][0]["routes"][-2:]
-    unchecked = {"envoy.filters.http.ext_authz"}
+    unchecked = {"envoy.filters.http.ext_authz", "envoy.filters.http.rbac"}
     assert oauth["match"] == {"prefix": "/oauth/"}
     assert oauth["route"]["cluster"] == "scope_proxy"
     assert "host_rewrite_literal" not in oauth["route"], "the proxy rewrites api_domain from Host"
@@ -138,12 +146,40 @@ def test_addresses_and_timeouts_follow_the_options_and_the_config(tmp_path: Path
     ("args", "message"),
     [
         (["--listen", "10000"], "--listen: expected HOST:PORT, e.g. 0.0.0.0:10000, not '10000'"),
-        (["--listen", "0.0.0.0:99999"], "--listen: expected HOST:PORT"),
+        (
+            ["--listen", "0.0.0.0:99999"],
+            "--listen: the port must be between 1 and 65535, not 99999",
+        ),
+        (
+            ["--listen", "localhost:10000"],
+            "--listen: Envoy listens on an IP address, e.g. 0.0.0.0 or 127.0.0.1 (127.0.0.1 for "
+            "localhost), not 'localhost'",
+        ),
+        (
+            ["--listen", "http://0.0.0.0:10000"],
+            "--listen: Envoy listens on an IP address, e.g. 0.0.0.0 or 127.0.0.1, not 'http://0.0.0.0'",
+        ),
         (["--authz", "127.0.0.1:8080"], "--authz: expected http://host:port or https://host"),
         (["--authz", "http://proxy:8080/_proxy"], "--authz: expected an origin with no path"),
-        (["--authz", "http://proxy:port"], "--authz: not a URL: 'http://proxy:port'"),
+        (
+            ["--authz", "http://proxy:port"],
+            "--authz: the port must be a number between 1 and 65535, in 'http://proxy:port'",
+        ),
+        (
+            ["--authz", "http://127.0.0.1:99999"],
+            "--authz: the port must be a number between 1 and 65535, in 'http://127.0.0.1:99999'",
+        ),
     ],
-    ids=["no host", "port out of range", "no scheme", "a path", "bad port"],
+    ids=[
+        "no host",
+        "port out of range",
+        "a name",
+        "a URL",
+        "no scheme",
+        "a path",
+        "bad port",
+        "authz port out of range",
+    ],
 )
 def test_unusable_addresses_are_one_clear_line_and_status_2(args: list[str], message: str) -> None:
     result = run("envoy-config", "--config", "config/proxy.yaml", *args)

@@ -541,3 +541,27 @@ async def test_a_reload_names_what_only_a_restart_changes_and_applies_the_rest(
     reloads = [json.loads(line) for line in out.splitlines() if '"reloaded"' in line]
     assert [event["needs_restart"] for event in reloads] == [[], ["listen", "upstream"]]
     assert [event["mode"] for event in reloads] == ["report", "report"]
+
+
+async def test_a_store_that_cannot_open_says_why_at_start_and_keeps_the_proxy_unready(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config_path = write_config(
+        tmp_path,
+        upstream={"api_url": upstream.url, "oauth_url": upstream.url},
+        store=f"sqlite://{blocker}/tokens.db",
+    )
+    port = free_port()
+    with serving(config_path, port) as process:
+        await wait_ready(port)  # health: serving (static grants would work)
+        async with session() as client, client.get(f"http://127.0.0.1:{port}/_proxy/ready") as r:
+            assert r.status == 503
+            assert (await r.json())["store"] == "unavailable"
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+    [event] = [json.loads(line) for line in out.splitlines() if '"store_unavailable"' in line]
+    assert event["store"] == f"sqlite://{blocker}/tokens.db"
+    assert event["problem"].startswith(f"sqlite {blocker}/tokens.db: ")
+    assert "File exists" in event["problem"]  # its directory could not be made

@@ -57,7 +57,7 @@ async def exchange(
 async def test_store_protocol(store_url: str) -> None:
     store = open_store(StoreUrl(store_url))
     try:
-        assert await store.ping()
+        await store.ping()  # usable: no StoreError
         assert await store.get(sha("unknown")) is None
         await store.put(sha("a"), frozenset({"deals:read", "base"}), 4_000_000_000)
         learned = await store.get(sha("a"))
@@ -259,7 +259,9 @@ async def test_unusable_store_raises_store_error(kind: str, tmp_path: Path) -> N
         store = RedisStore("redis://127.0.0.1:1/0", timeout=0.2)
     with pytest.raises(StoreError):
         await store.get(sha("x"))
-    assert not await store.ping()
+    with pytest.raises(StoreError) as unusable:
+        await store.ping()
+    assert str(unusable.value).startswith(("sqlite ", "redis://127.0.0.1:1/0: ")), unusable.value
     await store.close()
 
 

@@ -31,8 +31,8 @@ class TokenStore(Protocol):
     async def forget(self, digest: str) -> None:
         """Drop a token (it was revoked)."""
 
-    async def ping(self) -> bool:
-        """Whether the store is usable now."""
+    async def ping(self) -> None:
+        """Return if the store is usable now; else raise ``StoreError`` saying why."""
 
     async def close(self) -> None:
         """Release connections and threads."""

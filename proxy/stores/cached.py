@@ -56,8 +56,8 @@ class CachedStore:
     async def compact_calls(self, keep: int) -> None:
         await self.inner.compact_calls(keep)
 
-    async def ping(self) -> bool:
-        return await self.inner.ping()
+    async def ping(self) -> None:
+        await self.inner.ping()
 
     async def close(self) -> None:
         self._entries.clear()

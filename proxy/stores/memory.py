@@ -45,8 +45,8 @@ class MemoryStore:
         if folded is not None:
             self._calls = Counter(folded)
 
-    async def ping(self) -> bool:
-        return True
+    async def ping(self) -> None:
+        return None
 
     async def close(self) -> None:
         self._tokens.clear()

@@ -112,11 +112,9 @@ class RedisStore:
         async with self._failing():
             await self._client.eval(_COMPACT, 1, REPORT_KEY, keep)
 
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._client.ping())
-        except (RedisError, OSError):
-            return False
+    async def ping(self) -> None:
+        async with self._failing():
+            await self._client.ping()
 
     async def close(self) -> None:
         await self._client.aclose()

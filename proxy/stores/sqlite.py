@@ -124,12 +124,8 @@ class SqliteStore:
 
         await self._run(fold)
 
-    async def ping(self) -> bool:
-        try:
-            await self._run(lambda db: db.execute("SELECT 1").fetchone())
-        except StoreError:
-            return False
-        return True
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._drop_connection)
