@@ -151,7 +151,9 @@ def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
         ".v3.HttpConnectionManager",
         "stat_prefix": "pipedrive",
-        "codec_type": "AUTO",
+        # HTTP/1.1 only: over HTTP/2 a GET can end with trailers and no DATA, which Envoy
+        # forwards chunked without telling the check there was a body stream.
+        "codec_type": "HTTP1",
         # What is checked is what is forwarded: Envoy rewrites no path.
         "normalize_path": False,
         "merge_slashes": False,

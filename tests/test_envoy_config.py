@@ -69,6 +69,7 @@ def test_the_default_config_sends_allowed_calls_to_pipedrive_over_verified_tls(
 def test_the_safety_settings_are_all_there() -> None:
     http = manager(generated("--config", "config/proxy.yaml"))
     assert (http["normalize_path"], http["merge_slashes"]) == (False, False)
+    assert http["codec_type"] == "HTTP1"  # see test_envoy: no HTTP/2 body games
     assert http["path_with_escaped_slashes_action"] == "KEEP_UNCHANGED"
     assert http["common_http_protocol_options"]["headers_with_underscores_action"] == (
         "REJECT_REQUEST"
