@@ -25,7 +25,7 @@ import yaml
 
 from proxy.catalog import API_PREFIXES
 from proxy.config import Config
-from proxy.errors import DECISION_HEADER, NotFound, envelope
+from proxy.errors import DECISION_HEADER, NotFound, UpstreamUnavailable, envelope
 
 AUTHZ_PREFIX = "/_proxy/authz"
 # Debian's and Ubuntu's bundle of trusted CAs (the envoyproxy/envoy images are Ubuntu).
@@ -166,6 +166,9 @@ def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
         "http_protocol_options": {"allow_absolute_url": False},
         "request_headers_timeout": _seconds(config.limits.header_timeout),
         "server_header_transformation": "PASS_THROUGH",
+        # Envoy's own answer when Pipedrive cannot be reached, in the envelope the proxy alone
+        # answers with (502), not Envoy's plain text.
+        "local_reply_config": {"mappers": [_upstream_unavailable(upstream)]},
         "route_config": {
             "name": "pipedrive",
             "virtual_hosts": [
@@ -240,6 +243,20 @@ _UNCHECKED = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
     },
 }
+
+
+def _upstream_unavailable(upstream: Origin) -> dict[str, Any]:
+    failed = UpstreamUnavailable(f"cannot connect to {upstream.host}")  # as the proxy says it
+    return {
+        # connection failure, no healthy host, retries exhausted, overflow, no cluster
+        "filter": {"response_flag_filter": {"flags": ["UF", "UH", "URX", "UO", "NC"]}},
+        "status_code": failed.status,
+        "body": {"inline_string": json.dumps(envelope(failed))},
+        "body_format_override": {
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        },
+    }
 
 
 def _verdict_required(authz: Origin) -> list[dict[str, Any]]:

@@ -63,9 +63,10 @@ class Front:
 
 @asynccontextmanager
 async def envoy_front(
-    tmp_path: Path, upstream: FakePipedrive, **document: Any
+    tmp_path: Path, fake: FakePipedrive, **document: Any
 ) -> AsyncIterator[Front]:
-    document.setdefault("upstream", {"api_url": upstream.url, "oauth_url": upstream.url})
+    """Envoy in front of the proxy in front of ``fake`` (unless ``upstream`` says otherwise)."""
+    document.setdefault("upstream", {"api_url": fake.url, "oauth_url": fake.url})
     config_path = write_config(tmp_path, **document)
     proxy_port, envoy_port = free_port(), free_port()
     log = tmp_path / "proxy.log"
@@ -492,3 +493,25 @@ async def test_a_check_envoy_gave_up_on_is_logged_so_and_not_counted(
         ("allow", "in_scope", 200, None),
     ]
     assert json.loads(report)["overall"]["requests"] == 1
+
+
+async def test_an_unreachable_upstream_is_answered_in_the_envelope_as_the_proxy_would(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    async with envoy_front(
+        tmp_path, upstream, tokens=grants(reader=["deals:read"]),
+        upstream={"api_url": closed, "oauth_url": upstream.url},
+    ) as front:  # fmt: skip
+        auth = {"Authorization": "Bearer reader"}
+        status, headers, body = await call(front.url, "GET", "/v1/deals/1", auth)
+        alone, _, alone_body = await call(
+            f"http://127.0.0.1:{front.proxy_port}", "GET", "/v1/deals/1", auth
+        )
+    assert status == alone == 502
+    assert headers["Content-Type"] == "application/json"
+    through_envoy, direct = json.loads(body), json.loads(alone_body)
+    assert {k: through_envoy[k] for k in ("success", "error", "errorCode", "error_info")} == {
+        k: direct[k] for k in ("success", "error", "errorCode", "error_info")
+    }
+    assert through_envoy["scope_proxy"]["reason"] == direct["scope_proxy"]["reason"]
