@@ -52,7 +52,8 @@ def envoy_binary() -> str:
 
 
 def bootstrap(config: Path, listen: int, authz: int, folder: Path, check: bool) -> Path:
-    """``envoy-config`` as a user runs it; without ``check``, the same with ext_authz removed."""
+    """``envoy-config`` as a user runs it; without ``check``, the same with the check (and the
+    filters that require its verdict) removed."""
     made = subprocess.run(
         [sys.executable, "-m", "proxy", "envoy-config", "--config", str(config),
          "--listen", f"127.0.0.1:{listen}", "--authz", f"http://127.0.0.1:{authz}"],
@@ -63,7 +64,7 @@ def bootstrap(config: Path, listen: int, authz: int, folder: Path, check: bool) 
         listener = document["static_resources"]["listeners"][0]
         manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
         manager["http_filters"] = [
-            f for f in manager["http_filters"] if f["name"] != "envoy.filters.http.ext_authz"
+            f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.router"
         ]
         for host in manager["route_config"]["virtual_hosts"]:
             for route in host["routes"]:
