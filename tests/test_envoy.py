@@ -62,9 +62,7 @@ class Front:
 
 
 @asynccontextmanager
-async def envoy_front(
-    tmp_path: Path, fake: FakePipedrive, **document: Any
-) -> AsyncIterator[Front]:
+async def envoy_front(tmp_path: Path, fake: FakePipedrive, **document: Any) -> AsyncIterator[Front]:
     """Envoy in front of the proxy in front of ``fake`` (unless ``upstream`` says otherwise)."""
     document.setdefault("upstream", {"api_url": fake.url, "oauth_url": fake.url})
     config_path = write_config(tmp_path, **document)
