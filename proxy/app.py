@@ -46,6 +46,7 @@ from proxy.state import (
     CLOCK,
     DECISION,
     LISTENERS,
+    MADE_REQUEST_ID,
     METRICS,
     RECORDER,
     RUNTIME,
@@ -114,7 +115,7 @@ async def handle_api(
 ) -> web.StreamResponse:
     await authorize_call(request, runtime, canonical, route)
     url = runtime.config.upstream.api_url + canonical.target
-    return await request.app[UPSTREAM].forward(request, url)
+    return await request.app[UPSTREAM].forward(request, url, request.get(MADE_REQUEST_ID))
 
 
 async def handle_check(request: web.Request, runtime: Runtime, target: str) -> web.Response:

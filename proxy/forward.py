@@ -244,9 +244,12 @@ class UpstreamClient:
         if self._session is not None:
             await self._session.close()
 
-    async def forward(self, request: web.Request, url: str) -> web.StreamResponse:
+    async def forward(
+        self, request: web.Request, url: str, request_id: str | None = None
+    ) -> web.StreamResponse:
         """Send the request to ``url`` (origin + target, byte for byte) and stream the answer
-        back. Raises ``UpstreamFailure`` before the answer starts, ``StreamAborted`` after."""
+        back, with ``X-Request-Id: request_id`` added when given (the client sent none).
+        Raises ``UpstreamFailure`` before the answer starts, ``StreamAborted`` after."""
         assert self._session is not None, "UpstreamClient.start() was not awaited"
         target = URL(url, encoded=True)
         body: ClientBody | None = None
@@ -254,23 +257,26 @@ class UpstreamClient:
             body = ClientBody(request.content, request.content_length, self.body_timeout)
             await send_continue(request)  # only now that the call is authorized
         response: web.StreamResponse | None = None
+        headers = end_to_end(request.headers)
+        if request_id is not None:
+            headers["X-Request-Id"] = request_id
         try:
             async with self._session.request(
                 request.method,
                 target,
-                headers=end_to_end(request.headers),
+                headers=headers,
                 data=body.chunks() if body is not None else None,
                 allow_redirects=False,
             ) as upstream:
-                headers = answer_headers(upstream)
+                answered = answer_headers(upstream)
                 if upstream.content.is_eof():
                     # The whole body has already arrived with the headers: send both at once.
                     whole = upstream.content.read_nowait() or None
                     return web.Response(
-                        status=upstream.status, reason=upstream.reason, headers=headers, body=whole
+                        status=upstream.status, reason=upstream.reason, headers=answered, body=whole
                     )
                 response = web.StreamResponse(
-                    status=upstream.status, reason=upstream.reason, headers=headers
+                    status=upstream.status, reason=upstream.reason, headers=answered
                 )
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():

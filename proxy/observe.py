@@ -9,6 +9,7 @@ streamed or refused. Both read the request's ``Decision``, which its handler set
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import traceback
 from typing import Any, NamedTuple
@@ -32,7 +33,7 @@ from proxy.forward import StreamAborted
 from proxy.logs import get_logger, log_request
 from proxy.reasons import Reason
 from proxy.responses import DECISION_HEADER, error_response
-from proxy.state import CHECK, DECISION, METRICS, RECORDER
+from proxy.state import CHECK, DECISION, MADE_REQUEST_ID, METRICS, RECORDER
 
 _LOG = get_logger()  # bound once configured; cheap on the hot path
 # Answers cut off mid-body by the client's side rather than the upstream's.
@@ -51,6 +52,8 @@ class Outcome(NamedTuple):
     seconds: float
     cut_off: str | None = None  # timeout | disconnect | client_gone
     check: bool = False  # Envoy's check of a call: decided, never forwarded
+    request_id: str | None = None  # the client's X-Request-Id, else the one the proxy made
+    correlation_id: str | None = None  # Pipedrive's x-correlation-id, from its answer
 
     @property
     def verdict(self) -> Verdict:
@@ -110,12 +113,16 @@ class Outcome(NamedTuple):
                 "error": None,
                 "problem": None,
                 "via": "proxy",
+                "request_id": None,
+                "correlation_id": None,
             }
         fields["method"] = self.method
         if self.check:
             fields["via"] = "ext_authz"
         fields["status"] = status
         fields["duration_ms"] = round(self.seconds * 1000, 3)
+        fields["request_id"] = self.request_id
+        fields["correlation_id"] = self.correlation_id
         if self.cut_off is not None or refusal is not None:
             fields["error"] = self.error
             fields["problem"] = refusal.detail if refusal is not None else None
@@ -128,7 +135,7 @@ _UNDECIDED: dict[str, Any] = {
     "decision": "deny", "reason": None, "method": None, "endpoint": None, "version": None,
     "status": None, "upstream_status": None, "duration_ms": None, "token_fp": None,
     "grant": None, "accepted_scopes": (), "granted_scopes": (), "token_cost": None,
-    "error": None, "problem": None, "via": "proxy",
+    "error": None, "problem": None, "via": "proxy", "request_id": None, "correlation_id": None,
 }  # fmt: skip
 
 
@@ -151,6 +158,8 @@ def record(app: web.Application, outcome: Outcome) -> None:
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render refusals, then record the request once, whatever became of it."""
     started = time.perf_counter()
+    if _REQUEST_ID not in request.headers:
+        request[MADE_REQUEST_ID] = os.urandom(16).hex()
     refusal: ProxyError | None = None
     cut_off: str | None = None
     try:
@@ -173,7 +182,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         _log_unhandled(error)
         refusal = ProxyError()
         response = error_response(refusal)
-    _finish(request, refusal, response.status, started, cut_off)
+    correlation = response.headers.get(_CORRELATION_ID) if refusal is None else None
+    _finish(request, refusal, response.status, started, cut_off, correlation)
     return response
 
 
@@ -212,8 +222,15 @@ def refuse_unparsed(app: web.Application, error: BaseException | None) -> web.Re
     response = error_response(refusal)
     response.headers[DECISION_HEADER] = "deny"
     response.force_close()
-    record(app, Outcome(None, None, refusal, response.status, 0.0))
+    record(
+        app, Outcome(None, None, refusal, response.status, 0.0, None, False, os.urandom(16).hex())
+    )
     return response
+
+
+_REQUEST_ID = "X-Request-Id"
+_CORRELATION_ID = "X-Correlation-Id"
+_ID_LENGTH = 200  # what a log line keeps of an id a client or Pipedrive sent
 
 
 def _finish(
@@ -222,7 +239,10 @@ def _finish(
     status: int,
     started: float,
     cut_off: str | None = None,
+    correlation: str | None = None,
 ) -> None:
+    made: str | None = request.get(MADE_REQUEST_ID)
+    request_id = made if made is not None else request.headers.get(_REQUEST_ID, "")
     outcome = Outcome(
         request.method,
         request.get(DECISION),
@@ -231,6 +251,8 @@ def _finish(
         time.perf_counter() - started,
         cut_off,
         CHECK in request,
+        request_id[:_ID_LENGTH],
+        correlation[:_ID_LENGTH] if correlation is not None else None,
     )
     record(request.app, outcome)
 

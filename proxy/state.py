@@ -53,3 +53,5 @@ CLOCK: web.AppKey[Clock] = web.AppKey("clock")  # UNIX time now: tests give one 
 DECISION = web.RequestKey("decision", Decision)
 # Set on Envoy's checks (``/_proxy/authz/...``): decided, never forwarded.
 CHECK = web.RequestKey("check", bool)
+# The request id the proxy made up for a request that came without X-Request-Id: sent upstream.
+MADE_REQUEST_ID = web.RequestKey("made_request_id", str)

@@ -20,7 +20,7 @@ from proxy.errors import AmbiguousRequest, MethodNotAllowed, RequestTooLarge, Up
 from proxy.forward import Fetched, end_to_end, read_limited, send_continue
 from proxy.logs import get_logger
 from proxy.reasons import Reason
-from proxy.state import CLOCK, DECISION, METRICS, STORE, UPSTREAM, Runtime
+from proxy.state import CLOCK, DECISION, MADE_REQUEST_ID, METRICS, STORE, UPSTREAM, Runtime
 from proxy.stores import StoreError
 
 
@@ -40,6 +40,9 @@ async def handle_oauth(
     request[DECISION] = Decision("allow", Reason.OAUTH_PASSTHROUGH, canonical.method)
     headers = end_to_end(request.headers)
     headers["Accept-Encoding"] = oauth.ACCEPT_ENCODING
+    made = request.get(MADE_REQUEST_ID)
+    if made is not None:
+        headers["X-Request-Id"] = made
     url = runtime.config.upstream.oauth_url + canonical.target
     answer = await request.app[UPSTREAM].fetch("POST", url, headers, form, oauth.MAX_BODY)
 

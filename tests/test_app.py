@@ -16,6 +16,7 @@ TOKEN = "v1u:AQIBAHj+LzTNK2yuuuaLqifzhWb9crUNKTpk4FlQ9rjnXqp/6AAAAAA=:secret-par
 CONTRACT_FIELDS = {
     "decision", "reason", "method", "endpoint", "version", "status", "upstream_status",
     "duration_ms", "token_fp", "accepted_scopes", "granted_scopes", "token_cost",
+    "grant", "request_id", "correlation_id",
 }  # fmt: skip
 
 
@@ -289,3 +290,28 @@ async def test_the_consent_page_is_a_redirect_to_pipedrive_never_a_forward(
         "oauth_redirect", 302, None,
     )  # fmt: skip
     assert upstream.received == []
+
+
+async def test_each_call_has_a_request_id_and_pipedrives_correlation_id_in_its_log_line(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    """The client's X-Request-Id, else one made up and sent upstream, so that one call can be
+    found in the proxy's log and in the app's; and Pipedrive's x-correlation-id, for its
+    support."""
+    client = await make_proxy(tokens=grants(reader=["deals:read"]))
+    reader = {"Authorization": "Bearer reader"}
+    with capture_logs() as events:
+        await client.get("/v1/deals/1", headers=reader)
+        await client.get("/v1/deals/2", headers={**reader, "X-Request-Id": "app-trace-7"})
+        await client.delete("/v1/deals/3", headers=reader)
+    made, given, refused = [e for e in events if e["event"] == "request"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made["request_id"])
+    assert made["correlation_id"] == "abc-123"  # what the fake Pipedrive answers with
+    assert (given["request_id"], given["correlation_id"]) == ("app-trace-7", "abc-123")
+    assert re.fullmatch(r"[0-9a-f]{32}", refused["request_id"])
+    assert refused["correlation_id"] is None
+    assert made["request_id"] != refused["request_id"]
+    first, second = upstream.received
+    assert first.header("X-Request-Id") == [made["request_id"]]
+    assert second.header("X-Request-Id") == ["app-trace-7"]  # the client's own, once
+    assert len(upstream.received) == 2

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,8 +19,9 @@ import pytest
 
 from tests.conftest import ProxyFactory
 from tests.fakes import FakeOAuth, FakePipedrive
+from tests.processes import ROOT
 
-CLIENT_VERSION = "33"
+CLIENT_VERSION = "33.7.0"  # the client the README's snippet is written for
 SCRIPT = r"""
 const { v1, v2 } = require("pipedrive");
 const proxy = process.argv[2];
@@ -58,7 +61,10 @@ async function attempt(name, call) {
 def node_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip("node and npm are not installed: the official Node client cannot be driven")
+        missing = "node and npm are not installed (apt-get install -y nodejs npm)"
+        if os.environ.get("REQUIRE_NODE"):
+            pytest.fail(missing)
+        pytest.skip(f"{missing}: the official Node client cannot be driven")
     folder = tmp_path_factory.mktemp("node-client")
     subprocess.run(
         [npm, "install", "--no-audit", "--no-fund", "--silent", f"pipedrive@{CLIENT_VERSION}"],
@@ -106,3 +112,41 @@ async def test_official_node_client_authorizes_and_calls_through_the_proxy(
     assert all(
         r.header("Authorization")[0].startswith("Bearer v1u:") for r in upstream.received[2:5]
     )
+
+
+def readme_snippet() -> str:
+    readme = (ROOT / "README.md").read_text()
+    [block] = re.findall(r"^```js\n(.*?)^```$", readme, re.MULTILINE | re.DOTALL)
+    return str(block)
+
+
+async def test_the_readme_node_snippet_runs_as_written(
+    node_client: Path, make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    """The README's snippet, verbatim but for the proxy's address, with the pinned client."""
+    upstream.respond = FakeOAuth(scope="base,deals:read").respond
+    client = await make_proxy()
+    proxy_url = f"http://{client.host}:{client.port}"
+    snippet = readme_snippet()
+    script = snippet.replace('"http://localhost:8080"', json.dumps(proxy_url))
+    assert script != snippet, "the snippet names the proxy as http://localhost:8080"
+    script += (
+        'main("ci", "cs", "https://app.example/cb", "a-code")\n'
+        "  .then((answer) => console.log(JSON.stringify({ success: answer.success })))\n"
+        "  .catch((error) => { console.error(String(error)); process.exit(1); });\n"
+    )
+    (node_client / "readme.js").write_text(script)
+    node = shutil.which("node")
+    assert node is not None
+    process = await asyncio.create_subprocess_exec(
+        node, "readme.js", cwd=node_client,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out) == {"success": True}
+    assert [(r.method, r.raw_path.split("?")[0]) for r in upstream.received] == [
+        ("POST", "/oauth/token"),
+        ("GET", "/api/v2/deals"),
+    ]
+    assert upstream.received[1].header("Authorization")[0].startswith("Bearer v1u:")
