@@ -228,6 +228,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         catalogue_size=len(app[RUNTIME].current.catalogue),
         store=config.store.kind,
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+        since=app[RECORDER].since,  # when the report's counting began
     )
     try:
         await app[STORE].ping()

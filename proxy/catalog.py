@@ -8,6 +8,7 @@ is compiled once, when the catalogue loads; a request only walks a trie.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -141,6 +142,14 @@ def shipped_document() -> dict[str, Any]:
     text = resources.files("proxy").joinpath("data/catalog.json").read_text("utf-8")
     document: dict[str, Any] = json.loads(text)
     return document
+
+
+def unknown_scope(name: str, known: Iterable[str]) -> str:
+    """``unknown scope 'deal:read' (did you mean deals:read?)``: the message for a name the
+    catalogue lacks, with the closest name it has."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"unknown scope {name!r}{hint}"
 
 
 def load_catalogue(extra_files: Sequence[Path] = ()) -> Catalogue:

@@ -9,19 +9,33 @@ naming what is wrong, and exit status 2; never a traceback. Only ``serve`` loads
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from proxy import __version__
 from proxy.canonical import METHODS, canonicalize
-from proxy.catalog import API_PREFIXES, Catalogue, Endpoint, api_route
-from proxy.config import Config, ConfigError, Listen, load, load_config
+from proxy.catalog import (
+    API_PREFIXES,
+    Endpoint,
+    api_route,
+    load_catalogue,
+    unknown_scope,
+)
+from proxy.config import NO_OVERRIDES, Config, ConfigError, Listen, Overrides, load, load_config
 from proxy.decision import Grant, authorize
 from proxy.errors import MethodNotAllowed, ProxyError
 from proxy.reasons import Reason
-from proxy.report import build_report, calls_from_log, render_text
+from proxy.report import (
+    build_report,
+    calls_from_log,
+    rejudge,
+    render_junit,
+    render_markdown,
+    render_text,
+)
 
 
 class UsageError(Exception):
@@ -41,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (overrides listen.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument(
+        "--mode", choices=("enforce", "report"), help="overrides mode (also over reloads)"
+    )
+    serve.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="overrides logging.level"
+    )
 
     check = commands.add_parser("check", help="validate the config and the catalogue")
     _add_config(check)
@@ -53,10 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="the overreach report, from a JSON decision log")
     report.add_argument("--log", required=True, help="JSON decision log file ('-' for stdin)")
-    report.add_argument("--format", choices=("json", "text"), default="text")
     report.add_argument(
-        "--app-scopes", help="comma-separated declared scopes (default: the log's startup event)"
+        "--format", choices=("text", "json", "markdown", "junit"), default="text",
+        help="text (the default), json, markdown (a pull-request comment, a CI job summary) "
+        "or junit (a test case per endpoint called, failing where a call would be refused)",
+    )  # fmt: skip
+    report.add_argument(
+        "--app-scopes",
+        help="comma-separated declared scopes to judge the calls against (default: the "
+        "declaration in force in the log)",
     )
+    report.add_argument(
+        "--fail-on", action="append", default=[], metavar="denied|unused",
+        help="exit 1 when a call was refused or would be (denied), or a declared scope is not "
+        "needed (unused); repeat or comma-separate for both",
+    )  # fmt: skip
 
     envoy = commands.add_parser(
         "envoy-config", help="print an Envoy bootstrap that asks this proxy about every call"
@@ -88,12 +119,22 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
+COMMANDS = ("serve", "check", "explain", "report", "envoy-config", "health")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve", "check", "explain", "report", "envoy-config", "health"}
-    commands |= {"-h", "--help", "--version"}
-    if not words or words[0] not in commands:
-        words.insert(0, "serve")  # serve is the default command
+    if not words or (words[0].startswith("-") and words[0] not in ("-h", "--help", "--version")):
+        words.insert(0, "serve")  # serve is the default command: `pipedrive-scope-proxy --config F`
+    elif words[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        close = difflib.get_close_matches(words[0], COMMANDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        print(
+            f"pipedrive-scope-proxy: unknown command {words[0]!r}{hint}; "
+            f"the commands are {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
     args = build_parser().parse_args(words)
     command = args.command
     try:
@@ -102,12 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "explain":
             return explain(args.config, args.method, args.path, args.scopes)
         if command == "report":
-            return report(args.log, args.format, args.app_scopes)
+            return report(args.log, args.format, args.app_scopes, args.fail_on)
         if command == "envoy-config":
             return envoy_config(args.config, args.listen, args.authz)
         if command == "health":
             return health(args.config, args.timeout, args.ready)
-        return serve(args.config, args.host, args.port, args.workers)
+        overrides = Overrides(args.mode, args.log_level)
+        return serve(args.config, args.host, args.port, args.workers, overrides)
     except (ConfigError, UsageError) as error:
         print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
         return 2
@@ -127,7 +169,7 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
     """Print the endpoint a call matches, its scopes, and the decision for ``--scopes``."""
     config, catalogue = load(config_path, read_tokens=False)
     method = method.upper()
-    granted = _parse_scopes(scopes, catalogue) if scopes is not None else None
+    granted = _parse_scopes(scopes, catalogue.scopes) if scopes is not None else None
     try:  # the proxy's own reading of the request, refusals included
         route = api_route(canonicalize(method, path, ()).path)
         if route is None:
@@ -155,12 +197,21 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
     app_scopes = config.policy.app_scopes
     if app_scopes is not None:
         lines.append(f"  app scopes:      {', '.join(sorted(app_scopes))}")
-    if granted is None:
+    if granted is None and app_scopes is None:
+        lines.append("  decision:        none (give --scopes, or app_scopes in the config)")
         print("\n".join(lines))
         return 0
-    grant = Grant(granted, "--scopes")
-    decision = authorize(catalogue, config.policy, route, method, None, grant, None)
-    lines.append(f"  granted scopes:  {', '.join(sorted(granted)) or '(none)'} (base is implied)")
+    if granted is None:  # a token holding the declared scopes, as unknown_tokens: app_scopes has it
+        assert app_scopes is not None
+        granted, source = app_scopes, "app_scopes"
+    else:
+        source = "--scopes"
+    decision = authorize(
+        catalogue, config.policy, route, method, None, Grant(granted, source), None
+    )
+    held = ", ".join(sorted(granted)) or "(none)"
+    given = " from app_scopes" if source == "app_scopes" else ""
+    lines.append(f"  granted scopes:  {held}{given} (base is implied)")
     lines.append(f"  decision:        {decision.verdict} ({decision.reason})")
     lines.append(f"  why:             {_why(decision.reason, endpoint, granted)}")
     print("\n".join(lines))
@@ -183,40 +234,61 @@ def _why(reason: Reason, endpoint: Endpoint | None, granted: frozenset[str]) -> 
     return f"{' and '.join(held)} accepts {endpoint.name}"
 
 
-def _parse_scopes(text: str, catalogue: Catalogue) -> frozenset[str]:
+def _parse_scopes(text: str, known: Iterable[str], option: str = "--scopes") -> frozenset[str]:
     names = frozenset(name.strip() for name in text.split(",") if name.strip())
-    unknown = sorted(names - catalogue.scopes.keys())
+    unknown = sorted(names - set(known))
     if unknown:
-        raise UsageError(f"--scopes: unknown scope {unknown[0]!r}")
+        raise UsageError(f"{option}: {unknown_scope(unknown[0], known)}")
     return names
 
 
-def report(log: str, format: str, app_scopes: str | None) -> int:
-    """The overreach report computed from a JSON decision log, as the live proxy serves it."""
+FAIL_ON = ("denied", "unused")
+
+
+def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str] = ()) -> int:
+    """The overreach report computed from a JSON decision log, as the live proxy serves it.
+    Exit 0, or 1 when a ``--fail-on`` finding is there (a CI gate)."""
+    gates = {gate.strip() for text in fail_on for gate in text.split(",") if gate.strip()}
+    for gate in sorted(gates - set(FAIL_ON)):
+        raise UsageError(f"--fail-on: expected denied or unused, not {gate!r}")
+    source = "standard input" if log == "-" else log
     try:
         if log == "-":
-            calls, logged_scopes, unreadable = calls_from_log(sys.stdin)
+            run = calls_from_log(sys.stdin)
         else:
             with open(log, encoding="utf-8", errors="replace") as handle:
-                calls, logged_scopes, unreadable = calls_from_log(handle)
+                run = calls_from_log(handle)
     except OSError as error:
         raise UsageError(f"--log: cannot read {log}: {error.strerror}") from None
-    if app_scopes is not None:
-        declared: frozenset[str] | None = frozenset(
-            name.strip() for name in app_scopes.split(",") if name.strip()
+    if not run.request_events:
+        raise UsageError(
+            f"--log: no request events in {source}: expected the proxy's JSON decision log "
+            "(logging.format: json)"
         )
-    else:
-        declared = frozenset(logged_scopes) if logged_scopes is not None else None
-    if unreadable:
+    if run.unreadable:
         print(
-            f"pipedrive-scope-proxy: skipped {unreadable} lines that are not JSON", file=sys.stderr
+            f"pipedrive-scope-proxy: skipped {run.unreadable} lines that are not JSON",
+            file=sys.stderr,
         )
-    document = build_report(calls, declared)
-    if format == "json":
-        print(json.dumps(document, indent=2))
+    calls = run.calls
+    if app_scopes is not None:
+        known = load_catalogue().scopes.keys() | {
+            scope for call in calls for scope in call.accepted_scopes
+        }
+        declared: frozenset[str] | None = _parse_scopes(app_scopes, known, "--app-scopes")
+        assert declared is not None
+        calls = rejudge(calls, declared, run.mode)
     else:
-        print(render_text(document), end="")
-    return 0
+        declared = frozenset(run.app_scopes) if run.app_scopes is not None else None
+    document = build_report(calls, declared, mode=run.mode, since=run.since)
+    renderers = {"json": lambda d: json.dumps(d, indent=2) + "\n", "text": render_text,
+                 "markdown": render_markdown, "junit": render_junit}  # fmt: skip
+    print(renderers[format](document), end="")
+    overall = document["overall"]
+    found = ("denied" in gates and overall["denied"]) or (
+        "unused" in gates and overall["unused_app_scopes"]
+    )
+    return 1 if found else 0
 
 
 def envoy_config(config_path: str | None, listen: str, authz: str | None) -> int:
@@ -278,11 +350,18 @@ def health_url(config: Config, endpoint: str = "health") -> str:
     return f"http://{host}:{where.port}/_proxy/{endpoint}"
 
 
-def serve(config_path: str | None, host: str | None, port: int | None, workers: int) -> int:
+def serve(
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    overrides: Overrides = NO_OVERRIDES,
+) -> int:
     """Check what was asked, then serve (see ``proxy.serving``)."""
     if port is not None and not 0 <= port <= 65535:
         raise UsageError(f"--port: expected a port number between 0 and 65535, not {port}")
     config, catalogue = load(config_path)
+    config = overrides.apply(config)
     listen = Listen(host or config.listen.host, config.listen.port if port is None else port)
     if config.admin_listen is not None and listen.port == config.admin_listen.port:
         raise UsageError(f"--port: {port} is admin_listen's port in {config.source}")
@@ -297,6 +376,6 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     from proxy import serving  # the server and its dependencies, only when serving
 
     try:
-        return serving.serve(config_path, config, catalogue, workers)
+        return serving.serve(config_path, config, catalogue, workers, overrides)
     except serving.ServeError as error:
         raise UsageError(str(error)) from None

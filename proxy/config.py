@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from proxy.catalog import Catalogue, CatalogueError, load_catalogue
+from proxy.catalog import Catalogue, CatalogueError, load_catalogue, unknown_scope
 from proxy.credentials import token_digest
-from proxy.decision import ENDPOINT_FALLBACKS, FALLBACKS, MODES, Grant, Policy
+from proxy.decision import ENDPOINT_FALLBACKS, FALLBACKS, MODES, Grant, Mode, Policy
 
 ENV_CONFIG = "PIPEDRIVE_SCOPE_PROXY_CONFIG"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -114,6 +114,24 @@ class StoreUrl:
         if scheme in ("redis", "rediss") and urlsplit(text).hostname:
             return cls(text)
         raise ConfigError("store", "expected memory, sqlite:///path/file.db or redis://host:6379/0")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What ``serve`` flags set over the file, for as long as the process runs (reloads too)."""
+
+    mode: Mode | None = None
+    log_level: str | None = None
+
+    def apply(self, config: Config) -> Config:
+        if self.mode is not None:
+            config = replace(config, policy=replace(config.policy, mode=self.mode))
+        if self.log_level is not None:
+            config = replace(config, logging=replace(config.logging, level=self.log_level))
+        return config
+
+
+NO_OVERRIDES = Overrides()
 
 
 @dataclass(frozen=True)
@@ -418,7 +436,7 @@ def check_scopes(config: Config, catalogue: Catalogue) -> None:
     for key, names in config.scope_lists:
         for index, name in enumerate(names):
             if name not in catalogue.scopes:
-                raise ConfigError(f"{key}[{index}]", f"unknown scope {name!r}")
+                raise ConfigError(f"{key}[{index}]", unknown_scope(name, catalogue.scopes))
 
 
 def load(

@@ -9,6 +9,7 @@ from aiohttp import web
 from proxy import __version__
 from proxy.canonical import CanonicalRequest
 from proxy.errors import MethodNotAllowed, NotFound, StoreUnavailable, UnsupportedMediaType
+from proxy.logs import get_logger
 from proxy.metrics import CONTENT_TYPE
 from proxy.report import build_report
 from proxy.report_html import render_html
@@ -63,14 +64,21 @@ async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
         raise UnsupportedMediaType("send the reset as Content-Type: application/json")
     try:
         if resetting:
-            await recorder.reset()
-            return json_response({"reset": True})
+            since = await recorder.reset()
+            get_logger().info("report_reset", since=since)  # report --log starts over here too
+            return json_response({"reset": True, "since": since})
         calls = await recorder.calls()
     except StoreError as error:
         request.app[METRICS].store_errors.labels("report").inc()
         raise StoreUnavailable("cannot read the report's counters now") from error
     config = request.app[RUNTIME].current.config
-    report = build_report(calls, config.policy.app_scopes, config.limits.report_tokens)
+    report = build_report(
+        calls,
+        config.policy.app_scopes,
+        config.limits.report_tokens,
+        mode=config.policy.mode,
+        since=recorder.since,
+    )
     if path.endswith(".html"):
         return web.Response(text=render_html(report), content_type="text/html")
     return json_response(report)

@@ -31,7 +31,7 @@ from proxy.decision import Decision, Verdict
 from proxy.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
 from proxy.forward import StreamAborted
 from proxy.logs import get_logger, log_request
-from proxy.reasons import Reason
+from proxy.reasons import BEFORE_DECISION, Reason
 from proxy.responses import DECISION_HEADER, error_response
 from proxy.state import CHECK, DECISION, MADE_REQUEST_ID, METRICS, RECORDER
 
@@ -153,6 +153,8 @@ def record(app: web.Application, outcome: Outcome) -> None:
         metrics.upstream_errors.labels(kind).inc()
     if outcome.decision is not None and not (outcome.check and outcome.cut_off is not None):
         app[RECORDER].record(outcome.decision)  # not a check whose answer Envoy never read
+    if outcome.reason in BEFORE_DECISION:
+        app[RECORDER].refused_before(outcome.reason)
 
 
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:

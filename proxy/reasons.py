@@ -40,6 +40,25 @@ class Reason(StrEnum):
     INTERNAL = "internal"  # the proxy's own endpoints: not traffic, not logged
 
 
+# Refusals before the scope check could be made: counted in the report apart, by reason, so
+# that a storm of unknown tokens or malformed calls shows.
+BEFORE_DECISION = frozenset(
+    {
+        Reason.AMBIGUOUS_REQUEST,
+        Reason.MALFORMED_REQUEST,
+        Reason.MULTIPLE_CREDENTIALS,
+        Reason.MISSING_CREDENTIAL,
+        Reason.UNSUPPORTED_CREDENTIAL,
+        Reason.UNKNOWN_TOKEN,
+        Reason.API_TOKEN_NOT_SCOPED,
+        Reason.NOT_FOUND,
+        Reason.METHOD_NOT_ALLOWED,
+        Reason.REQUEST_TOO_LARGE,
+        Reason.UNSUPPORTED_MEDIA_TYPE,
+        Reason.STORE_UNAVAILABLE,
+    }
+)
+
 DECIDED = frozenset(
     {
         Reason.IN_SCOPE,

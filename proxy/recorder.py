@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from datetime import UTC, datetime
 
 from proxy.catalog import Endpoint
 from proxy.decision import Decision
 from proxy.logs import get_logger
 from proxy.reasons import DECIDED
-from proxy.report import Call
+from proxy.report import BEFORE, Call
 from proxy.stores import CallCounts, StoreError
 
 # What a decided call is counted by on the hot path; made a ``Call`` when flushed.
-_Kind = tuple[str, str, str, Endpoint | None, str, str]
+_Kind = tuple[str, str, str, Endpoint | None, str, str, str | None]
 
 FLUSH_SECONDS = 1.0
 STORED_TOKENS_PER_SHOWN = 10
@@ -33,15 +34,22 @@ class Recorder:
         self._pending: Counter[_Kind] = Counter()
         self._new_tokens: set[str] = set()  # flushed since the store was last compacted
         self._task: asyncio.Task[None] | None = None
+        self.since = now()  # when counting began: start-up, or the last reset through here
 
     def record(self, decision: Decision) -> None:
         """Count a decided call (the others are not in the report); cheap on the hot path."""
         if decision.reason in DECIDED and decision.credential is not None:
+            grant = decision.grant
             kind = (
                 decision.credential.fingerprint, decision.method, decision.version or "",
                 decision.endpoint, decision.verdict, decision.reason,
+                grant.name if grant is not None else None,
             )  # fmt: skip
             self._pending[kind] += 1
+
+    def refused_before(self, reason: str) -> None:
+        """Count a refusal made before the scope check, by its reason alone."""
+        self._pending[(BEFORE, "", "", None, "deny", reason, None)] += 1
 
     async def flush(self) -> None:
         """Add the pending counts to the store; on failure they stay pending for the next try."""
@@ -66,9 +74,12 @@ class Recorder:
             found[Call.from_key(key)] += count
         return found
 
-    async def reset(self) -> None:
+    async def reset(self) -> str:
+        """Start a new run; the time it starts from, which the caller logs."""
         self._pending.clear()
         await self.counts.reset_calls()
+        self.since = now()
+        return self.since
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -93,9 +104,9 @@ class Recorder:
 
 
 def _call(kind: _Kind) -> Call:
-    fp, method, version, endpoint, verdict, reason = kind
+    fp, method, version, endpoint, verdict, reason, grant = kind
     if endpoint is None:
-        return Call(fp, method, version, None, verdict, reason, (), None)
+        return Call(fp, method, version, None, verdict, reason, (), None, grant)
     return Call(
         fp,
         method,
@@ -105,4 +116,10 @@ def _call(kind: _Kind) -> Call:
         reason,
         endpoint.scope_list,
         endpoint.token_cost,
+        grant,
     )
+
+
+def now() -> str:
+    """The time as the log's timestamps say it (UTC, ISO 8601, ``Z``)."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

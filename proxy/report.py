@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from html import escape
 from typing import Any
 
 from proxy.decision import BASE
-from proxy.reasons import DECIDED
+from proxy.reasons import BEFORE_DECISION, DECIDED
 
 MAX_TOKENS = 100  # tokens with a report section of their own (config: limits.report_tokens)
 OTHER_TOKENS = "other"  # the fingerprint under which the rest are counted together
@@ -31,6 +32,7 @@ class Call:
     reason: str
     accepted_scopes: tuple[str, ...]
     token_cost: int | None
+    grant: str | None = None  # the static grant's name, when one gave the token its scopes
 
     @property
     def refused(self) -> bool:
@@ -42,7 +44,7 @@ class Call:
         the rest as JSON (a store can fold tokens together without reading JSON)."""
         rest = json.dumps(
             [self.method, self.version, self.endpoint, self.decision, self.reason,
-             list(self.accepted_scopes), self.token_cost],
+             list(self.accepted_scopes), self.token_cost, self.grant],
             separators=(",", ":"),
         )  # fmt: skip
         return f"{self.token_fp}\t{rest}"
@@ -50,17 +52,25 @@ class Call:
     @classmethod
     def from_key(cls, key: str) -> Call:
         fp, _, rest = key.partition("\t")
-        method, version, endpoint, decision, reason, accepted, cost = json.loads(rest)
-        return cls(fp, method, version, endpoint, decision, reason, tuple(accepted), cost)
+        method, version, endpoint, decision, reason, accepted, cost, *grant = json.loads(rest)
+        return cls(fp, method, version, endpoint, decision, reason, tuple(accepted), cost,
+                   grant[0] if grant else None)  # fmt: skip
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> Call | None:
-        """The call a decision-log event records, or None for events that are not decided calls."""
-        if event.get("event") != "request" or event.get("reason") not in DECIDED:
+        """The call a decision-log event records (a decided call, or a refusal before the
+        decision, counted apart), or None for other events."""
+        if event.get("event") != "request":
+            return None
+        reason = event.get("reason")
+        if reason in BEFORE_DECISION:
+            return refused_before(str(reason))
+        if reason not in DECIDED:
             return None
         fp, version = event.get("token_fp"), event.get("version")
         if not isinstance(fp, str) or not isinstance(version, str):
             return None
+        grant = event.get("grant")
         return cls(
             fp,
             str(event.get("method")),
@@ -70,7 +80,17 @@ class Call:
             str(event.get("reason")),
             tuple(sorted(event.get("accepted_scopes") or ())),
             event.get("token_cost"),
+            grant if isinstance(grant, str) else None,
         )
+
+
+# Refusals before the decision are counted under this fingerprint, by reason only.
+BEFORE = "-"
+
+
+def refused_before(reason: str) -> Call:
+    """How a refusal before the scope check is counted: its reason, nothing of the request."""
+    return Call(BEFORE, "", "", None, "deny", reason, (), None)
 
 
 def minimal_scopes(requirements: Iterable[frozenset[str]]) -> list[str]:
@@ -125,7 +145,7 @@ def _section(calls: Mapping[Call, int], app_scopes: frozenset[str] | None) -> di
             denied[key] += count
     needs = [frozenset(call.accepted_scopes) for call in calls if call.endpoint is not None]
     minimal = minimal_scopes(needs)
-    unused = sorted((app_scopes or frozenset()) - set(minimal) - {BASE})
+    unused = sorted((app_scopes or frozenset()) - set(minimal) - {BASE}) if calls else []
     return {
         "requests": sum(calls.values()),
         "token_cost": sum((call.token_cost or 0) * count for call, count in calls.items()),
@@ -163,24 +183,95 @@ def fold_tokens(calls: Mapping[Call, int], keep: int) -> Counter[Call]:
         if call.token_fp in busiest:
             folded[call] += count
         else:
-            folded[replace(call, token_fp=OTHER_TOKENS)] += count
+            folded[replace(call, token_fp=OTHER_TOKENS, grant=None)] += count
     return folded
 
 
+def change(declared: frozenset[str] | None, recommended: list[str]) -> dict[str, Any] | None:
+    """The change to make in Developer Hub: scopes to add, to remove, and pairs where one
+    replaces another of the same resource (``deals:read`` -> ``deals:full``)."""
+    if declared is None:
+        return None
+    wanted = set(recommended)
+    add = sorted(wanted - declared - {BASE})
+    remove = sorted(declared - wanted - {BASE})
+    replace_pairs = []
+    for old in list(remove):
+        resource = old.split(":")[0]
+        new = next((n for n in add if n.split(":")[0] == resource), None)
+        if new is not None:
+            replace_pairs.append([old, new])
+            remove.remove(old)
+            add.remove(new)
+    return {"add": add, "remove": remove, "replace": replace_pairs}
+
+
+def warnings(section: Mapping[str, Any]) -> list[str]:
+    """A broad scope (``admin``, any ``:full``) recommended for the sake of one endpoint."""
+    chosen = set(section["minimal_scopes"])
+    found = []
+    for scope in sorted(filter(_broad, chosen)):
+        others = chosen - {scope}
+        # The endpoints that need it: nothing narrower, and no other chosen scope, takes them.
+        only_for = sorted(
+            {
+                endpoint_label(entry)
+                for entry in section["endpoints"]
+                if scope in entry["accepted_scopes"]
+                and all(_broad(s) and s not in others for s in entry["accepted_scopes"])
+            }
+        )
+        if len(only_for) == 1:
+            found.append(
+                f"{scope} is recommended only because of {only_for[0]}: make sure the app needs "
+                "that call, since the scope grants much more"
+            )
+    return found
+
+
+def _broad(scope: str) -> bool:
+    return scope == "admin" or scope.endswith(":full")
+
+
 def build_report(
-    calls: Mapping[Call, int], app_scopes: frozenset[str] | None, max_tokens: int = MAX_TOKENS
+    calls: Mapping[Call, int],
+    app_scopes: frozenset[str] | None,
+    max_tokens: int = MAX_TOKENS,
+    mode: str | None = None,
+    since: str | None = None,
 ) -> dict[str, Any]:
     """The report document (its keys are a contract: see README, "The report"). At most
-    ``max_tokens`` tokens have a section of their own; the rest share one, ``other``."""
-    folded = fold_tokens(calls, max_tokens)
+    ``max_tokens`` tokens have a section of their own; the rest share one, ``other``. Refusals
+    made before the scope check are counted apart, by reason."""
+    before: Counter[str] = Counter()
+    decided: Counter[Call] = Counter()
+    for call, count in calls.items():
+        if call.token_fp == BEFORE:
+            before[call.reason] += count
+        else:
+            decided[call] += count
+    folded = fold_tokens(decided, max_tokens)
     by_token: dict[str, dict[Call, int]] = {}
     for call, count in folded.items():
         by_token.setdefault(call.token_fp, {})[call] = count
+    overall = _section(folded, app_scopes)
     return {
+        "mode": mode,
+        "since": since,
         "app_scopes": sorted(app_scopes) if app_scopes is not None else None,
-        "overall": _section(folded, app_scopes),
+        "overall": overall,
+        "change": change(app_scopes, overall["minimal_scopes"]) if decided else None,
+        "warnings": warnings(overall),
+        "refused_before_decision": [
+            {"reason": reason, "count": count}
+            for reason, count in sorted(before.items(), key=lambda item: (-item[1], item[0]))
+        ],
         "tokens": [
-            {"fingerprint": fp, **_section(token_calls, app_scopes)}
+            {
+                "fingerprint": fp,
+                "grant": next((c.grant for c in token_calls if c.grant is not None), None),
+                **_section(token_calls, app_scopes),
+            }
             for fp, token_calls in sorted(
                 by_token.items(), key=lambda item: (item[0] == OTHER_TOKENS, item[0])
             )
@@ -188,12 +279,42 @@ def build_report(
     }
 
 
-def calls_from_log(lines: Iterable[str]) -> tuple[Counter[Call], list[str] | None, int]:
-    """Calls counted from a JSON decision log, the app scopes its last start-up event names,
-    and how many lines were not JSON events."""
-    calls: Counter[Call] = Counter()
+def rejudge(calls: Mapping[Call, int], declared: frozenset[str], mode: str | None) -> Counter[Call]:
+    """The calls as a new declaration would decide them: ``app_scopes`` is a ceiling, so a
+    call none of whose accepting scopes is declared would be refused (``outside_app_scopes``),
+    and one refused only by the old ceiling passes it now. (A token's own grant is as logged.)"""
+    refused = "deny" if mode == "enforce" else "report"
+    judged: Counter[Call] = Counter()
+    for call, count in calls.items():
+        accepted = set(call.accepted_scopes)
+        if call.token_fp == BEFORE or call.endpoint is None or BASE in accepted:
+            judged[call] += count
+        elif not accepted & declared:
+            judged[replace(call, decision=refused, reason="outside_app_scopes")] += count
+        elif call.reason == "outside_app_scopes":
+            judged[replace(call, decision="allow", reason="in_scope")] += count
+        else:
+            judged[call] += count
+    return judged
+
+
+@dataclass
+class LogRun:
+    """What a decision log says of the current run: its calls since the last reset (or the
+    last start, with a store that does not outlive the process), the declaration and mode in
+    force, when counting began, and how much of the input was what."""
+
+    calls: Counter[Call] = field(default_factory=Counter)
     app_scopes: list[str] | None = None
-    unreadable = 0
+    mode: str | None = None
+    since: str | None = None
+    request_events: int = 0
+    unreadable: int = 0
+
+
+def calls_from_log(lines: Iterable[str]) -> LogRun:
+    """Replay a JSON decision log as the live proxy counted it."""
+    run = LogRun()
     for line in lines:
         text = line.strip()
         if not text:
@@ -201,18 +322,31 @@ def calls_from_log(lines: Iterable[str]) -> tuple[Counter[Call], list[str] | Non
         try:
             event = json.loads(text)
         except ValueError:
-            unreadable += 1
+            run.unreadable += 1
             continue
         if not isinstance(event, dict):
-            unreadable += 1
+            run.unreadable += 1
             continue
-        if event.get("event") == "startup":
+        name = event.get("event")
+        if name in ("startup", "reloaded"):
             declared = event.get("app_scopes")
-            app_scopes = [str(s) for s in declared] if isinstance(declared, list) else None
+            run.app_scopes = [str(s) for s in declared] if isinstance(declared, list) else None
+            run.mode = str(event.get("mode")) if event.get("mode") is not None else None
+            if name == "startup" and event.get("store") == "memory":
+                run.calls, run.since = Counter(), _since(event)  # a new process counts anew
+        elif name == "report_reset":
+            run.calls, run.since = Counter(), _since(event)
+        elif name == "request":
+            run.request_events += 1
         call = Call.from_event(event)
         if call is not None:
-            calls[call] += 1
-    return calls, app_scopes, unreadable
+            run.calls[call] += 1
+    return run
+
+
+def _since(event: Mapping[str, Any]) -> str | None:
+    since = event.get("since", event.get("timestamp"))
+    return str(since) if since is not None else None
 
 
 def endpoint_label(entry: Mapping[str, Any]) -> str:
@@ -227,6 +361,8 @@ def endpoint_label(entry: Mapping[str, Any]) -> str:
 
 def findings(section: Mapping[str, Any], app_scopes: list[str] | None) -> list[str]:
     """One plain sentence per finding, for the text and HTML reports."""
+    if not section["requests"]:
+        return ["No calls yet: run the app's tests or click through it, then look again."]
     sentences = []
     for entry in section["denied"]:
         times = "once" if entry["count"] == 1 else f"{entry['count']} times"
@@ -247,41 +383,159 @@ def findings(section: Mapping[str, Any], app_scopes: list[str] | None) -> list[s
         )
         sentences.append(f"{label} {refused} {times}: it needs {needs}, which {lacking}.")
     for scope in section["unused_app_scopes"]:
-        sentences.append(
-            f"The app declares {scope}, which the recommended set does not need: drop it."
-        )
+        sentences.append(f"The app declares {scope}, which no call seen needs: remove it.")
     if section["minimal_scopes"] or app_scopes is not None:
         needed = ", ".join(section["minimal_scopes"]) or "nothing beyond base"
         sentences.append(f"Every call seen is covered by: {needed}.")
     return sentences
 
 
+def change_lines(report: Mapping[str, Any]) -> list[str]:
+    """The Developer Hub change, one line per scope: ``+ add``, ``- remove``, ``~ a -> b``."""
+    wanted = report.get("change")
+    if not wanted:
+        return []
+    return [
+        *(f"~ {old} -> {new}" for old, new in wanted["replace"]),
+        *(f"+ {scope}" for scope in wanted["add"]),
+        *(f"- {scope}" for scope in wanted["remove"]),
+    ]
+
+
 def render_text(report: Mapping[str, Any]) -> str:
     """The report for a terminal."""
     overall = report["overall"]
     app = report["app_scopes"]
+    changes = change_lines(report)
     lines = [
-        f"requests: {overall['requests']}    token cost: {overall['token_cost']}",
+        f"requests: {overall['requests']}    token cost: {overall['token_cost']}"
+        f"    mode: {report['mode'] or '?'}    since: {report['since'] or '?'}",
         f"declared scopes:   {', '.join(app) if app is not None else '(app_scopes not set)'}",
         f"recommended scopes: {', '.join(overall['minimal_scopes']) or '(none beyond base)'}",
         f"unused declared:   {', '.join(overall['unused_app_scopes']) or '(none)'}",
-        "",
-        "findings:",
-        *(f"  - {sentence}" for sentence in findings(overall, app)),
+    ]
+    if changes:
+        lines += ["", "change in Developer Hub:", *(f"  {line}" for line in changes)]
+    lines += ["", "findings:", *(f"  - {sentence}" for sentence in findings(overall, app))]
+    lines += [f"  ! {warning}" for warning in report["warnings"]]
+    if report["refused_before_decision"]:
+        lines += [
+            "",
+            "refused before the scope check:",
+            *(f"  {r['count']:6}  {r['reason']}" for r in report["refused_before_decision"]),
+        ]
+    lines += [
         "",
         "endpoints:",
         *(
-            f"  {entry['count']:6}  {entry['decision']:6}  {endpoint_label(entry)}"
+            f"  {entry['count']:6}  {_plain(entry['decision']):16}  {endpoint_label(entry)}"
             f"  [{', '.join(entry['accepted_scopes'])}]  cost {entry['token_cost']}"
             for entry in overall["endpoints"]
         ),
         "",
         "tokens:",
         *(
-            f"  {token['fingerprint']}  {token['requests']} requests, "
+            f"  {token['fingerprint']}"
+            + (f" ({token['grant']})" if token["grant"] else "")
+            + f"  {token['requests']} requests, "
             f"{sum(d['count'] for d in token['denied'])} refused, needs "
             f"{', '.join(token['minimal_scopes']) or 'base'}"
             for token in report["tokens"]
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """A summary and tables for a pull-request comment or a CI job summary."""
+    overall = report["overall"]
+    refused = sum(d["count"] for d in overall["denied"])
+    verdict = (
+        "**No call would be refused.**"
+        if not refused
+        else f"**{refused} call{'s' if refused != 1 else ''} would be refused by Pipedrive.**"
+    )
+    lines = [
+        "## Pipedrive scopes",
+        "",
+        f"{verdict} {overall['requests']} calls, token cost {overall['token_cost']}"
+        f" (mode {report['mode'] or '?'}, since {report['since'] or '?'}).",
+        "",
+        f"- Declared: {_md_scopes(report['app_scopes'])}",
+        f"- Recommended: {_md_scopes(overall['minimal_scopes'])}",
+        f"- Declared but unused: {_md_scopes(overall['unused_app_scopes'])}",
+    ]
+    changes = change_lines(report)
+    if changes:
+        lines += ["", "Change in Developer Hub:", "", "```diff", *changes, "```"]
+    lines += [f"> **Warning:** {warning}" for warning in report["warnings"]]
+    if overall["denied"]:
+        lines += ["", "| endpoint | calls | why | accepted by |", "|---|---:|---|---|"]
+        lines += [
+            f"| `{endpoint_label(d)}` | {d['count']} | {d['reason']} | "
+            f"{_md_scopes(d['accepted_scopes'])} |"
+            for d in overall["denied"]
+        ]
+    if report["refused_before_decision"]:
+        lines += ["", "Refused before the scope check: " + ", ".join(
+            f"{r['reason']} {r['count']}" for r in report["refused_before_decision"]
+        )]  # fmt: skip
+    lines += ["", "<details><summary>Endpoints called</summary>", ""]
+    lines += ["| endpoint | calls | decision | token cost |", "|---|---:|---|---:|"]
+    lines += [
+        f"| `{endpoint_label(e)}` | {e['count']} | {_plain(e['decision'])} | {e['token_cost']} |"
+        for e in overall["endpoints"]
+    ]
+    lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def _md_scopes(names: list[str] | None) -> str:
+    if names is None:
+        return "(app_scopes not set)"
+    return ", ".join(f"`{name}`" for name in names) or "none"
+
+
+def _plain(decision: str) -> str:
+    return {"allow": "allowed", "deny": "refused", "report": "would be refused"}.get(
+        decision, decision
+    )
+
+
+def render_junit(report: Mapping[str, Any]) -> str:
+    """One test case per endpoint called, failing where Pipedrive refuses or would refuse it,
+    so that CI systems list the findings as they list failed tests."""
+    overall = report["overall"]
+    denied: dict[str, list[Mapping[str, Any]]] = {}
+    for entry in overall["denied"]:
+        denied.setdefault(endpoint_label(entry), []).append(entry)
+    called: dict[str, int] = {}
+    for entry in overall["endpoints"]:
+        called[endpoint_label(entry)] = called.get(endpoint_label(entry), 0) + entry["count"]
+    cases = []
+    for label in sorted(called):
+        name = escape(label, quote=True)
+        versioned = next(e["version"] for e in overall["endpoints"] if endpoint_label(e) == label)
+        head = f'<testcase classname="pipedrive.{escape(versioned)}" name="{name}">'
+        if label in denied:
+            why = "; ".join(
+                f"{_plain(d['decision'])} {d['count']}x ({d['reason']}), accepted by "
+                f"{', '.join(d['accepted_scopes']) or 'no catalogue entry'}"
+                for d in denied[label]
+            )
+            kind = escape(denied[label][0]["reason"], quote=True)
+            message = escape(why, quote=True)
+            cases.append(
+                f'{head}<failure message="{message}" type="{kind}">{escape(why)}</failure>'
+                "</testcase>"
+            )
+        else:
+            cases.append(f"{head}</testcase>")
+    failures = sum(1 for label in called if label in denied)
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<testsuites name="pipedrive-scope-proxy" tests="{len(called)}" failures="{failures}">\n'
+        f'<testsuite name="Pipedrive scopes" tests="{len(called)}" failures="{failures}">\n'
+        + "".join(f"{case}\n" for case in cases)
+        + "</testsuite>\n</testsuites>\n"
+    )

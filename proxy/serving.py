@@ -25,7 +25,7 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.catalog import Catalogue, CatalogueError
-from proxy.config import Config, ConfigError, Listen, load, load_config
+from proxy.config import NO_OVERRIDES, Config, ConfigError, Listen, Overrides, load, load_config
 from proxy.logs import SINK, configure_logging, get_logger
 from proxy.metrics import MULTIPROCESS_DIR
 from proxy.server import ProxyRunner
@@ -38,12 +38,18 @@ class ServeError(Exception):
     """Why the proxy could not start serving: printed as one line, exit 2."""
 
 
-def serve(config_path: str | None, config: Config, catalogue: Catalogue, workers: int) -> int:
+def serve(
+    config_path: str | None,
+    config: Config,
+    catalogue: Catalogue,
+    workers: int,
+    overrides: Overrides = NO_OVERRIDES,
+) -> int:
     """Serve until told to stop; with ``workers`` > 1, as that many processes on one port."""
     if workers == 1:
-        run(run_worker(config_path, config, catalogue, supervised=False))
+        run(run_worker(config_path, config, catalogue, supervised=False, overrides=overrides))
         return 0
-    return supervise(config_path, config, workers)
+    return supervise(config_path, config, workers, overrides)
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
@@ -59,7 +65,11 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 async def run_worker(
-    config_path: str | None, config: Config, catalogue: Catalogue, supervised: bool
+    config_path: str | None,
+    config: Config,
+    catalogue: Catalogue,
+    supervised: bool,
+    overrides: Overrides = NO_OVERRIDES,
 ) -> None:
     """Serve until SIGTERM or SIGINT; finish in-flight requests (bounded); SIGHUP reloads.
     A supervised worker shares its port with its siblings, and stops if its supervisor dies."""
@@ -103,7 +113,7 @@ async def run_worker(
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload, app, config_path, config)
+    loop.add_signal_handler(signal.SIGHUP, reload, app, config_path, config, overrides)
     watching = asyncio.create_task(_watch_parent(stop)) if supervised else None
     try:
         await stop.wait()
@@ -145,7 +155,12 @@ def _as_the_file_says(config_path: str | None, running: Config) -> Config:
         return running
 
 
-def reload(app: web.Application, config_path: str | None, running: Config) -> None:
+def reload(
+    app: web.Application,
+    config_path: str | None,
+    running: Config,
+    overrides: Overrides = NO_OVERRIDES,
+) -> None:
     """Swap in a new config and catalogue; keep the old ones if the new ones are invalid.
 
     What a running process cannot change (where it listens, its upstream client, its store,
@@ -157,25 +172,45 @@ def reload(app: web.Application, config_path: str | None, running: Config) -> No
     except (ConfigError, CatalogueError) as error:
         get_logger().error("reload_failed", problem=str(error))
         return
+    config = overrides.apply(config)  # serve --mode still holds
     started = app.get(STARTED_WITH, running)
-    kept = ("listen", "admin_listen", "upstream", "store", "logging")
-    restart_only = [key for key in kept if getattr(config, key) != getattr(started, key)]
-    config = replace(config, **{key: getattr(running, key) for key in kept})
+    restart_only = [key for key in RESTART_ONLY if getattr(config, key) != getattr(started, key)]
+    config = replace(config, **{key: getattr(running, key) for key in RESTART_ONLY})
+    before = app[RUNTIME].current
+    applied = _changed(before.config, config)
+    if len(catalogue) != len(before.catalogue) and "catalog_extra" not in applied:
+        applied.append("catalogue")
     app[RUNTIME].current = Runtime.build(config, catalogue)
     settle_heap()
+    app_scopes = config.policy.app_scopes
     get_logger().info(
         "reloaded",
         mode=config.policy.mode,
+        app_scopes=sorted(app_scopes) if app_scopes is not None else None,
         catalogue_size=len(catalogue),
+        applied=applied,
         needs_restart=restart_only,
     )
 
 
-def _worker_main(config_path: str | None, listen: Listen) -> None:
+# What a running process keeps as it started: where it listens, its upstream client and
+# timeouts, its store, its logging, its connection limits.
+RESTART_ONLY = ("listen", "admin_listen", "upstream", "store", "logging", "limits")
+_POLICY = ("mode", "app_scopes", "unknown_tokens", "api_tokens", "unknown_endpoints")
+_APPLIED = ("tokens", "public_url", "rewrite_api_domain", "catalog_extra")
+
+
+def _changed(before: Config, after: Config) -> list[str]:
+    """The config keys a reload changes, as the YAML names them."""
+    changed = [key for key in _POLICY if getattr(before.policy, key) != getattr(after.policy, key)]
+    return changed + [key for key in _APPLIED if getattr(before, key) != getattr(after, key)]
+
+
+def _worker_main(config_path: str | None, listen: Listen, overrides: Overrides) -> None:
     try:
         config, catalogue = load(config_path)
-        config = replace(config, listen=listen)
-        run(run_worker(config_path, config, catalogue, supervised=True))
+        config = replace(overrides.apply(config), listen=listen)
+        run(run_worker(config_path, config, catalogue, supervised=True, overrides=overrides))
     except (ConfigError, ServeError) as error:
         print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
         sys.exit(WORKER_CANNOT_START)
@@ -197,7 +232,9 @@ class _Slot:
     restart_at: float = 0.0
 
 
-def supervise(config_path: str | None, config: Config, workers: int) -> int:
+def supervise(
+    config_path: str | None, config: Config, workers: int, overrides: Overrides = NO_OVERRIDES
+) -> int:
     """Keep ``workers`` processes serving one port (SO_REUSEPORT): one that dies is restarted,
     with backoff, and the others serve meanwhile. SIGTERM and SIGINT stop them all (each drains
     its in-flight calls), SIGHUP reaches every one. Exit 0, or 2 when a worker cannot start."""
@@ -219,7 +256,9 @@ def supervise(config_path: str | None, config: Config, workers: int) -> int:
 
     def start(slot: _Slot) -> None:
         process = context.Process(
-            target=_worker_main, args=(config_path, config.listen), name=f"worker-{slot.index}"
+            target=_worker_main,
+            args=(config_path, config.listen, overrides),
+            name=f"worker-{slot.index}",
         )
         process.start()
         slot.process, slot.started = process, time.monotonic()

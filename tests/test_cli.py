@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -207,3 +208,86 @@ def test_workers_without_a_writable_temp_directory_is_one_line_and_status_2(
     err = capsys.readouterr().err
     assert err.startswith("pipedrive-scope-proxy: --workers: cannot make the workers' metrics")
     assert "Read-only file system; mount a writable directory there or set TMPDIR" in err
+
+
+def test_a_mistyped_command_says_so_and_lists_the_commands() -> None:
+    result = run("chek", "--config", "config/proxy.yaml")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "pipedrive-scope-proxy: unknown command 'chek' (did you mean check?); the commands are "
+        "serve, check, explain, report, envoy-config, health\n"
+    )
+    # Options alone still mean serve.
+    flags = run("--config", "config/proxy.yaml", "--port", "70000")
+    assert "--port: expected a port number between 0 and 65535" in flags.stderr
+
+
+def test_an_unknown_scope_name_suggests_the_closest(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("app_scopes: [base, deal:read]\n")
+    result = run("check", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr == (
+        "pipedrive-scope-proxy: app_scopes[1]: unknown scope 'deal:read' (did you mean "
+        "deals:read?)\n"
+    )
+    explained = run("explain", "GET", "/v1/deals", "--scopes", "deals:raed")
+    assert explained.returncode == 2
+    assert "--scopes: unknown scope 'deals:raed' (did you mean deals:read" in explained.stderr
+
+
+@pytest.mark.parametrize(
+    ("document", "method", "status", "last_lines"),
+    [("app_scopes: [base, deals:read]\n", "DELETE", 1,
+      ["  granted scopes:  base, deals:read from app_scopes (base is implied)",
+       "  decision:        deny (out_of_scope)"]),
+     ("app_scopes: [base, deals:read]\n", "GET", 0,
+      ["  granted scopes:  base, deals:read from app_scopes (base is implied)",
+       "  decision:        allow (in_scope)"]),
+     ("{}\n", "DELETE", 0,
+      ["  decision:        none (give --scopes, or app_scopes in the config)"])],
+    ids=["refused by the declaration", "allowed by it", "nothing to decide with"],
+)  # fmt: skip
+def test_explain_without_scopes_decides_with_the_configs_declaration(
+    tmp_path: Path, document: str, method: str, status: int, last_lines: list[str]
+) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text(document)
+    result = run("explain", "--config", str(config), method, "/v1/deals/1")
+    assert result.returncode == status, result.stderr
+    lines = result.stdout.splitlines()
+    assert [
+        line for line in lines if line.split(":")[0].strip() in ("granted scopes", "decision")
+    ] == last_lines
+
+
+def test_report_refuses_what_is_not_a_decision_log_and_unknown_scope_names(tmp_path: Path) -> None:
+    readme = run("report", "--log", "README.md")
+    assert readme.returncode == 2
+    assert readme.stderr.startswith(
+        "pipedrive-scope-proxy: --log: no request events in README.md: expected the proxy's "
+        "JSON decision log"
+    )
+    log = tmp_path / "decisions.jsonl"
+    log.write_text(
+        '{"event": "request", "decision": "allow", "reason": "in_scope", "method": "GET", '
+        '"endpoint": "GET /v1/deals/{id}", "version": "v1", "token_fp": "aaaaaaaaaaaa", '
+        '"accepted_scopes": ["deals:read", "deals:full"], "token_cost": 2}\n'
+    )
+    typo = run("report", "--log", str(log), "--app-scopes", "deals:reed")
+    assert typo.returncode == 2
+    assert "--app-scopes: unknown scope 'deals:reed' (did you mean deals:read" in typo.stderr
+    gate = run("report", "--log", str(log), "--fail-on", "denid")
+    assert (gate.returncode, gate.stderr) == (
+        2,
+        "pipedrive-scope-proxy: --fail-on: expected denied or unused, not 'denid'\n",
+    )
+    # A declaration that leaves deals out: the call would now be refused, and the gate says so.
+    judged = run("report", "--log", str(log), "--app-scopes", "contacts:read", "--fail-on",
+                 "denied", "--format", "json")  # fmt: skip
+    assert judged.returncode == 1
+    denied = json.loads(judged.stdout)["overall"]["denied"]
+    assert [(d["endpoint"], d["reason"]) for d in denied] == [
+        ("GET /v1/deals/{id}", "outside_app_scopes")
+    ]
+    assert run("report", "--log", str(log), "--fail-on", "denied,unused").returncode == 0

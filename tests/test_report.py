@@ -7,7 +7,15 @@ from collections import Counter
 
 import pytest
 
-from proxy.report import Call, build_report, calls_from_log, findings, minimal_scopes, render_text
+from proxy.report import (
+    Call,
+    build_report,
+    calls_from_log,
+    findings,
+    minimal_scopes,
+    refused_before,
+    render_text,
+)
 from proxy.report_html import render_html
 
 S = frozenset
@@ -76,8 +84,12 @@ def call(**fields: object) -> Call:
 
 
 def test_call_key_round_trips() -> None:
-    for value in (call(), call(endpoint=None, accepted_scopes=(), token_cost=None)):
+    for value in (call(), call(endpoint=None, accepted_scopes=(), token_cost=None),
+                  call(grant="nightly-sync")):  # fmt: skip
         assert Call.from_key(value.key()) == value
+    # A key counted before grants were (a store from an earlier version) still reads.
+    old = '{fp}\t["GET","v1","GET /v1/deals/{{id}}","allow","in_scope",["deals:read"],2]'
+    assert Call.from_key(old.format(fp="a" * 12)).grant is None
 
 
 def test_report_document_has_the_contract_shape() -> None:
@@ -105,7 +117,14 @@ def test_report_document_has_the_contract_shape() -> None:
     assert overall["unused_app_scopes"] == ["contacts:full", "deals:read"]
     assert [t["fingerprint"] for t in report["tokens"]] == ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]
     assert report["tokens"][0]["minimal_scopes"] == ["deals:read"]
-    assert set(report["tokens"][0]) == {"fingerprint", *overall}
+    assert set(report["tokens"][0]) == {"fingerprint", "grant", *overall}
+    assert report["change"] == {"add": [], "remove": ["contacts:full"],
+                                "replace": [["deals:read", "deals:full"]]}  # fmt: skip
+    assert report["warnings"] == [
+        "deals:full is recommended only because of DELETE /v1/deals/{id}: make sure the app "
+        "needs that call, since the scope grants much more"
+    ]
+    assert report["refused_before_decision"] == []
     assert any("DELETE /v1/deals/{id} was refused once" in s for s in findings(overall, ["x"]))
     assert "recommended scopes: deals:full" in render_text(report)
 
@@ -121,9 +140,9 @@ def test_log_reading_skips_what_is_not_a_decided_call() -> None:
         "not json at all",
         "",
     ]  # fmt: skip
-    calls, app_scopes, unreadable = calls_from_log(lines)
-    assert calls == Counter({call(): 1})
-    assert (app_scopes, unreadable) == (["deals:read"], 1)
+    run = calls_from_log(lines)
+    assert run.calls == Counter({call(): 1, refused_before("unknown_token"): 1})
+    assert (run.app_scopes, run.unreadable, run.request_events) == (["deals:read"], 1, 2)
 
 
 def test_the_busiest_tokens_keep_their_sections_and_the_rest_are_other() -> None:

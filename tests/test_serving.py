@@ -540,7 +540,8 @@ async def test_a_reload_names_what_only_a_restart_changes_and_applies_the_rest(
         process.send_signal(signal.SIGHUP)
         await asyncio.sleep(0.5)
         changed = {**document, "listen": {"host": "127.0.0.1", "port": 8081},
-                   "upstream": {**document["upstream"], "read_timeout": 9}, "mode": "report"}  # fmt: skip
+                   "upstream": {**document["upstream"], "read_timeout": 9}, "mode": "report",
+                   "app_scopes": ["deals:read"], "limits": {"body_timeout": 5}}  # fmt: skip
         Path(config_path).write_text(yaml.safe_dump(changed))
         process.send_signal(signal.SIGHUP)
         await asyncio.sleep(0.5)
@@ -552,8 +553,10 @@ async def test_a_reload_names_what_only_a_restart_changes_and_applies_the_rest(
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=20)
     reloads = [json.loads(line) for line in out.splitlines() if '"reloaded"' in line]
-    assert [event["needs_restart"] for event in reloads] == [[], ["listen", "upstream"]]
+    assert [event["applied"] for event in reloads] == [["mode"], ["app_scopes"]]
+    assert [event["needs_restart"] for event in reloads] == [[], ["listen", "upstream", "limits"]]
     assert [event["mode"] for event in reloads] == ["report", "report"]
+    assert [event["app_scopes"] for event in reloads] == [None, ["deals:read"]]
 
 
 async def test_a_store_that_cannot_open_says_why_at_start_and_keeps_the_proxy_unready(
@@ -578,3 +581,26 @@ async def test_a_store_that_cannot_open_says_why_at_start_and_keeps_the_proxy_un
     assert event["store"] == f"sqlite://{blocker}/tokens.db"
     assert event["problem"].startswith(f"sqlite {blocker}/tokens.db: ")
     assert "File exists" in event["problem"]  # its directory could not be made
+
+
+async def test_serve_mode_and_log_level_flags_hold_over_reloads(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    config_path = write_config(  # mode: enforce (the default)
+        tmp_path,
+        upstream={"api_url": upstream.url, "oauth_url": upstream.url},
+        tokens=grants(reader=["deals:read"]),
+    )
+    port = free_port()
+    with serving(config_path, port, "--mode", "report", "--log-level", "warning") as process:
+        await wait_ready(port)
+        assert await call(port, "DELETE", "/v1/deals/1", token="reader") == 200  # reported
+        process.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert await call(port, "DELETE", "/v1/deals/1", token="reader") == 200
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    # At warning, no request or reload events are written.
+    assert not [e for e in events if e["event"] in ("request", "reloaded", "startup")]
+    assert [r.method for r in upstream.received] == ["DELETE", "DELETE"]
