@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 
-from proxy.report import OTHER_TOKENS, endpoint_label, findings
+from proxy.report import OTHER_TOKENS, change_lines, endpoint_label, findings
 
 SHOWN_TOKENS = 20  # token sections on the page; the JSON has every one
 
@@ -23,15 +23,31 @@ h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-t
 table { border-collapse: collapse; width: 100%; margin: .5rem 0; }
 th, td { text-align: left; padding: .3rem .6rem; border-bottom: 1px solid #e3e6ec; }
 th { background: #f3f5f9; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { font-family: ui-monospace, monospace; }
+code { font-family: ui-monospace, monospace; overflow-wrap: anywhere; }
 .deny, .report { color: #b3261e; font-weight: 600; } .allow { color: #1e7b34; }
 ul.findings li { margin: .3rem 0; }
+.scroll { overflow-x: auto; }
+.meta { color: #5b6475; }
+ul.change { list-style: none; padding: 0; font-family: ui-monospace, monospace; }
+ul.change li { padding: .15rem .6rem; margin: .1rem 0; border-radius: 4px; }
+ul.change .add { background: #e5f3e8; } ul.change .remove { background: #fdecea; }
+ul.change .replace { background: #fff4d6; }
+.warning { background: #fff4d6; border-left: 4px solid #e0a800; padding: .4rem .8rem; }
+.bar { background: #c9d6f2; height: .8rem; border-radius: 2px; min-width: 2px; }
+@media (max-width: 600px) { body { margin: 1rem auto; font-size: 14px; }
+  th, td { padding: .25rem .35rem; } }
 """
+
+_PLAIN = {"allow": "allowed", "deny": "refused", "report": "would be refused"}
 
 
 def _scopes(names: Iterable[str], css: str = "scope") -> str:
     chips = [f'<span class="{css}">{escape(name)}</span>' for name in names]
     return " ".join(chips) or "<em>none</em>"
+
+
+def _plain(decision: str) -> str:
+    return _PLAIN.get(decision, decision)
 
 
 def _table(headers: list[str], rows: list[list[str]], numeric: set[int]) -> str:
@@ -45,7 +61,8 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int]) -> str:
         + "</tr>"
         for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'
 
 
 def _section(section: Mapping[str, Any], app_scopes: list[str] | None, level: str) -> str:
@@ -71,7 +88,7 @@ def _section(section: Mapping[str, Any], app_scopes: list[str] | None, level: st
         parts.append(f"<{level}>Refused, or would be refused</{level}>")
         parts.append(
             _table(
-                ["endpoint", "calls", "reason", "accepted by"],
+                ["endpoint", "calls", "why", "accepted by"],
                 [
                     [
                         f"<code>{escape(endpoint_label(d))}</code>",
@@ -92,7 +109,7 @@ def _section(section: Mapping[str, Any], app_scopes: list[str] | None, level: st
                 [
                     f"<code>{escape(endpoint_label(e))}</code>",
                     str(e["count"]),
-                    f'<span class="{escape(e["decision"])}">{escape(e["decision"])}</span>',
+                    f'<span class="{escape(e["decision"])}">{escape(_plain(e["decision"]))}</span>',
                     _scopes(e["accepted_scopes"]),
                     str(e["token_cost"]),
                 ]
@@ -104,20 +121,55 @@ def _section(section: Mapping[str, Any], app_scopes: list[str] | None, level: st
     return "\n".join(parts)
 
 
-def _token_name(fingerprint: str) -> str:
-    if fingerprint == OTHER_TOKENS:
+def _token_name(token: Mapping[str, Any]) -> str:
+    if token["fingerprint"] == OTHER_TOKENS:
         return "Other tokens (beyond the busiest)"
-    return f"Token <code>{escape(fingerprint)}</code>"
+    grant = f" ({escape(token['grant'])})" if token.get("grant") else ""
+    return f"Token <code>{escape(token['fingerprint'])}</code>{grant}"
+
+
+def _change(report: Mapping[str, Any]) -> str:
+    """The Developer Hub change as a diff: what to replace, add and remove."""
+    lines = change_lines(report)
+    if not lines:
+        if report.get("change") is not None and report["overall"]["requests"]:
+            return "<h2>Change in Developer Hub</h2><p>None: the declaration fits the calls.</p>"
+        return ""
+    css = {"~": "replace", "+": "add", "-": "remove"}
+    items = "".join(f'<li class="{css[line[0]]}">{escape(line)}</li>' for line in lines)
+    return f'<h2>Change in Developer Hub</h2><ul class="change" id="change">{items}</ul>'
+
+
+def _cost_chart(section: Mapping[str, Any]) -> str:
+    """Token cost by endpoint, the ten costliest, as bars: where the daily budget goes."""
+    costly = sorted(
+        (e for e in section["endpoints"] if e["token_cost"]), key=lambda e: -e["token_cost"]
+    )[:10]
+    if not costly:
+        return ""
+    top = costly[0]["token_cost"]
+    rows = "".join(
+        f"<tr><td><code>{escape(endpoint_label(e))}</code></td>"
+        f'<td class="num">{e["token_cost"]}</td>'
+        f'<td style="width:40%"><div class="bar" style="width:{100 * e["token_cost"] / top:.0f}%">'
+        "</div></td></tr>"
+        for e in costly
+    )
+    return (
+        "<h2>Token cost by endpoint</h2>"
+        '<div class="scroll"><table id="cost"><thead><tr><th>endpoint</th><th>cost</th><th></th>'
+        f"</tr></thead><tbody>{rows}</tbody></table></div>"
+    )
 
 
 def render_html(report: Mapping[str, Any]) -> str:
-    """The report for people: tables, the recommended scope set, a sentence per finding."""
+    """The report for people: the change to make, the findings, tables, where tokens go."""
     app = report["app_scopes"]
     declared = _scopes(app) if app is not None else "<em>app_scopes is not set</em>"
     busiest = sorted(report["tokens"], key=lambda t: -t["requests"])
     shown, hidden = busiest[:SHOWN_TOKENS], busiest[SHOWN_TOKENS:]
     tokens = "".join(
-        f"<details><summary>{_token_name(t['fingerprint'])}: {t['requests']} "
+        f"<details><summary>{_token_name(t)}: {t['requests']} "
         f"requests, needs {_scopes(t['minimal_scopes'])}</summary>{_section(t, app, 'h4')}"
         "</details>"
         for t in shown
@@ -127,14 +179,36 @@ def render_html(report: Mapping[str, Any]) -> str:
             f"<p>{len(hidden)} more tokens, {sum(t['requests'] for t in hidden)} requests: "
             'every token is in the <a href="/_proxy/report">JSON report</a>.</p>'
         )
+    mode = report.get("mode")
+    window = (
+        f'<p class="meta" id="window">Mode <b>{escape(str(mode))}</b>'
+        + (" (refusals are only reported)" if mode == "report" else "")
+        + f" · counting since {escape(str(report.get('since') or 'start-up'))}"
+        + ' · <a href="/_proxy/report">JSON</a></p>'
+    )
+    warnings = "".join(f'<p class="warning">{escape(w)}</p>' for w in report["warnings"])
+    before = report["refused_before_decision"]
+    refused_before = (
+        "<h2>Refused before the scope check</h2>"
+        + _table(
+            ["why", "calls"],
+            [[escape(r["reason"]), str(r["count"])] for r in before],
+            {1},
+        )
+        if before
+        else ""
+    )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<title>Pipedrive scope report</title><link rel="icon" href="data:,">'
         f"<style>{_STYLE}</style></head><body>"
         "<h1>Pipedrive scope report</h1>"
+        f"{window}"
         f'<p>Declared scopes (<code>app_scopes</code>): <span id="declared">{declared}</span></p>'
+        f"{_change(report)}{warnings}"
         f"{_section(report['overall'], app, 'h2')}"
+        f"{_cost_chart(report['overall'])}{refused_before}"
         f"<h2>By token</h2>{tokens or '<p><em>No calls yet.</em></p>'}"
         "</body></html>"
     )

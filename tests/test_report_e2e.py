@@ -212,8 +212,9 @@ class Browser:
             await asyncio.sleep(0.05)
         raise AssertionError("chromium did not open its DevTools port")
 
-    async def visit(self, url: str, script: str) -> tuple[Any, list[str], bytes]:
-        """Load ``url``; return what ``script`` evaluates to, console errors, a screenshot."""
+    async def visit(self, url: str, script: str, width: int = 1280) -> tuple[Any, list[str], bytes]:
+        """Load ``url`` in a window ``width`` CSS pixels wide (390: a phone); return what
+        ``script`` evaluates to, console errors, a screenshot."""
         errors: list[str] = []
         async with (
             aiohttp.ClientSession() as client,
@@ -247,6 +248,10 @@ class Browser:
 
             for domain in ("Page", "Runtime", "Log"):
                 await call(f"{domain}.enable")
+            await call(
+                "Emulation.setDeviceMetricsOverride",
+                width=width, height=900, deviceScaleFactor=1, mobile=width < 600,
+            )  # fmt: skip
             await call("Page.navigate", url=url)
             while not loaded.is_set():
                 note(json.loads((await asyncio.wait_for(ws.receive(), 20)).data))
@@ -266,15 +271,38 @@ async def test_report_page_renders_in_a_real_browser_without_console_errors(
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     config_path = scenario_config(tmp_path, upstream)
     port = free_port()
+    page_facts = """({
+        recommended: Array.from(document.querySelectorAll('#recommended .scope'))
+            .map(e => e.textContent),
+        change: Array.from(document.querySelectorAll('#change li')).map(e => e.textContent),
+        window: document.querySelector('#window').textContent,
+        json: document.querySelector('#window a').getAttribute('href'),
+        sideways: document.documentElement.scrollWidth - window.innerWidth,
+        jargon: Array.from(document.querySelectorAll('td span.report'))
+            .filter(e => e.textContent === 'report').length,
+    })"""
     with serving(config_path, port):
         await wait_ready(port)
-        await play(port, SCENARIO)
         async with Browser(binary) as browser:
-            shown, errors, screenshot = await browser.visit(
-                f"http://127.0.0.1:{port}/_proxy/report.html",
-                "Array.from(document.querySelectorAll('#recommended .scope')).map(e => e.textContent)",
+            empty, errors, _ = await browser.visit(
+                f"http://127.0.0.1:{port}/_proxy/report.html", page_facts
             )
-    (tmp_path / "report.png").write_bytes(screenshot)
-    assert errors == []
-    assert shown == EXPECTED_MINIMAL
-    assert screenshot.startswith(b"\x89PNG")
+            assert errors == []
+            assert empty["change"] == []  # no traffic yet: nothing to change, nothing red
+            await play(port, SCENARIO)
+            pages = {}
+            for width in (1280, 390):
+                facts, errors, screenshot = await browser.visit(
+                    f"http://127.0.0.1:{port}/_proxy/report.html", page_facts, width
+                )
+                (tmp_path / f"report-{width}.png").write_bytes(screenshot)
+                assert errors == [], width
+                assert screenshot.startswith(b"\x89PNG")
+                pages[width] = facts
+    for width, facts in pages.items():
+        assert facts["recommended"] == EXPECTED_MINIMAL
+        assert facts["sideways"] <= 0, f"the page scrolls sideways at {width} px"
+        assert facts["json"] == "/_proxy/report"
+        assert facts["window"].startswith("Mode report")
+        assert facts["jargon"] == 0
+        assert facts["change"], "the change to make is on the page"
