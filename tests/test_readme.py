@@ -2,12 +2,16 @@
 ``check``; the decision-log line has the fields a real line has, in its order; the report
 example has the real report's keys; ``explain`` prints what the README shows. (The Node snippet
 runs in tests/test_node_client.py, the Deploy section's commands in tests/test_deploy.py, the
-staging walkthrough in tests/test_staging.py.)"""
+staging walkthrough in tests/test_staging.py; the Quickstart's curl calls here.)"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import shlex
+import shutil
+import subprocess
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -21,8 +25,9 @@ from proxy.decision import Decision, Grant
 from proxy.observe import Outcome
 from proxy.reasons import Reason
 from proxy.report import Call, build_report
-from tests.conftest import CATALOGUE
-from tests.processes import ROOT, run
+from tests.conftest import CATALOGUE, free_port
+from tests.fakes import FakePipedrive
+from tests.processes import ROOT, run, serving, wait_ready
 
 README = (ROOT / "README.md").read_text()
 # Fenced blocks, also those indented under a list item.
@@ -100,3 +105,50 @@ def test_explain_prints_what_the_readme_shows() -> None:
     assert command.startswith("$ pipedrive-scope-proxy ")
     result = run(*command.removeprefix("$ pipedrive-scope-proxy ").split())
     assert result.stdout.splitlines() == expected
+
+
+def header_lines(text: str) -> tuple[str, dict[str, str], str]:
+    head, _, body = text.replace("\r\n", "\n").partition("\n\n")
+    status, *fields = head.splitlines()
+    return status, {k.lower(): v.strip() for k, v in (f.split(":", 1) for f in fields)}, body
+
+
+async def test_the_quickstart_curl_calls_answer_as_the_readme_shows(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    """The Quickstart's try.yaml and its two curl calls (curl itself), the upstream played by
+    the fake Pipedrive: the refusal byte for byte as shown, the pass forwarded and marked."""
+    [(try_yaml, _)] = [(t, n) for t, n in blocks("yaml") if t.startswith("# try.yaml")]
+    document = yaml.safe_load(try_yaml)
+    port = free_port()
+    document["upstream"] = {"api_url": upstream.url, "oauth_url": upstream.url}
+    config = tmp_path / "try.yaml"
+    config.write_text(yaml.safe_dump(document))
+    token = "v1u:cXVpY2tzdGFydA==:dG9rZW4="
+    examples = [t for t, _ in blocks("console") if t.startswith("$ curl -i")]
+    assert len(examples) == 2
+    curl = shutil.which("curl")
+    assert curl is not None
+    with serving(str(config), port, env={"PIPEDRIVE_TOKEN": token}):
+        await wait_ready(port)
+        answers = []
+        for example in examples:
+            command, _, shown = example.partition("\n")
+            words = shlex.split(command.removeprefix("$ ").replace("$TOKEN", token))
+            words = [w.replace("localhost:8080", f"127.0.0.1:{port}") for w in words]
+            done = await asyncio.to_thread(
+                subprocess.run, [curl, "-s", *words[1:]], capture_output=True, text=True,
+                timeout=30, check=False,
+            )  # fmt: skip
+            answers.append((shown, done.stdout))
+    (refusal_shown, refusal), (pass_shown, passed) = answers
+    status, headers, body = header_lines(refusal)
+    shown_status, shown_headers, shown_body = header_lines(refusal_shown)
+    assert status == shown_status == "HTTP/1.1 403 Forbidden"
+    assert {k: headers[k] for k in shown_headers} == shown_headers
+    assert json.loads(body) == json.loads(shown_body)
+    status, headers, _ = header_lines(passed)
+    shown_status, shown_headers, _ = header_lines(pass_shown)
+    assert status == shown_status
+    assert headers["x-scope-proxy-decision"] == shown_headers["x-scope-proxy-decision"] == "allow"
+    assert [(r.method, r.raw_path) for r in upstream.received] == [("GET", "/v1/deals/42")]
