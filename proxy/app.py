@@ -23,7 +23,7 @@ from proxy.canonical import (
     CanonicalRequest,
     canonicalize,
 )
-from proxy.catalog import API_PREFIXES, AUTHZ_PREFIX, Catalogue, Route, api_route
+from proxy.catalog import API_PREFIXES, AUTHZ_PREFIX, Catalogue, Route, api_route, path_shape
 from proxy.config import Config
 from proxy.credentials import Credential, extract_credential
 from proxy.decision import Decision, authorize
@@ -143,6 +143,7 @@ async def handle_check(request: web.Request, runtime: Runtime, target: str) -> w
 
 
 _BODY_STREAM = b"x-envoy-auth-partial-body"
+_UNKNOWN_ENDPOINT = (Reason.UNKNOWN_ENDPOINT, Reason.UNKNOWN_ENDPOINT_ALLOWED)
 
 
 async def authorize_call(
@@ -165,6 +166,8 @@ async def authorize_call(
         static,
         stored,
     )
+    if decision.reason in _UNKNOWN_ENDPOINT:
+        decision = decision._replace(shape=path_shape(canonical.method, route))
     request[DECISION] = decision
     if not decision.forwards:
         raise decision.refusal()

@@ -50,6 +50,15 @@ def api_route(path: str) -> Route | None:
 
 
 _API_VERSIONS = frozenset(VERSIONS)
+_WORD = re.compile(r"[A-Za-z][A-Za-z_-]{0,39}")
+
+
+def path_shape(method: str, route: Route) -> str:
+    """A call to a path no catalogue entry matches, as a template: ``GET /v1/betaThings/{id}``.
+    Every segment that is not a plain word (ids, numbers, e-mail addresses, anything encoded)
+    becomes ``{id}``; the query is left out. What logs and reports may show of such a path."""
+    shaped = (segment if _WORD.fullmatch(segment) else "{id}" for segment in route.segments)
+    return f"{method} {DISPLAY_PREFIX[route.version]}/{'/'.join(shaped)}"
 
 
 class CatalogueError(ValueError):

@@ -197,21 +197,23 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
     app_scopes = config.policy.app_scopes
     if app_scopes is not None:
         lines.append(f"  app scopes:      {', '.join(sorted(app_scopes))}")
-    if granted is None and app_scopes is None:
+    if granted is None and app_scopes is None and endpoint is not None:
         lines.append("  decision:        none (give --scopes, or app_scopes in the config)")
         print("\n".join(lines))
         return 0
-    if granted is None:  # a token holding the declared scopes, as unknown_tokens: app_scopes has it
-        assert app_scopes is not None
-        granted, source = app_scopes, "app_scopes"
-    else:
+    if granted is not None:
         source = "--scopes"
+    elif app_scopes is not None:  # a token holding the declared scopes (unknown_tokens does)
+        granted, source = app_scopes, "app_scopes"
+    else:  # a path the catalogue lacks: unknown_endpoints decides, whatever the scopes
+        granted, source = frozenset(), "no scopes"
     decision = authorize(
         catalogue, config.policy, route, method, None, Grant(granted, source), None
     )
     held = ", ".join(sorted(granted)) or "(none)"
     given = " from app_scopes" if source == "app_scopes" else ""
-    lines.append(f"  granted scopes:  {held}{given} (base is implied)")
+    if source != "no scopes":
+        lines.append(f"  granted scopes:  {held}{given} (base is implied)")
     lines.append(f"  decision:        {decision.verdict} ({decision.reason})")
     lines.append(f"  why:             {_why(decision.reason, endpoint, granted)}")
     print("\n".join(lines))
@@ -263,7 +265,7 @@ def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str]
     if not run.request_events:
         raise UsageError(
             f"--log: no request events in {source}: expected the proxy's JSON decision log "
-            "(logging.format: json)"
+            "(logging.format: json, at level info or debug)"
         )
     if run.unreadable:
         print(
@@ -281,11 +283,15 @@ def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str]
     else:
         declared = frozenset(run.app_scopes) if run.app_scopes is not None else None
     document = build_report(calls, declared, mode=run.mode, since=run.since)
+    overall = document["overall"]
+    refused_before = document["refused_before_decision"]
+    if gates and not overall["requests"] and not refused_before:
+        window = f" since {run.since}" if run.since else ""
+        raise UsageError(f"--fail-on: no calls in the run {source} ends with{window}")
     renderers = {"json": lambda d: json.dumps(d, indent=2) + "\n", "text": render_text,
                  "markdown": render_markdown, "junit": render_junit}  # fmt: skip
     print(renderers[format](document), end="")
-    overall = document["overall"]
-    found = ("denied" in gates and overall["denied"]) or (
+    found = ("denied" in gates and (overall["denied"] or refused_before)) or (
         "unused" in gates and overall["unused_app_scopes"]
     )
     return 1 if found else 0

@@ -20,7 +20,15 @@ import yaml
 
 from proxy.catalog import Catalogue, CatalogueError, load_catalogue, unknown_scope
 from proxy.credentials import token_digest
-from proxy.decision import ENDPOINT_FALLBACKS, FALLBACKS, MODES, Grant, Mode, Policy
+from proxy.decision import (
+    DECLARED_GRANT,
+    ENDPOINT_FALLBACKS,
+    FALLBACKS,
+    MODES,
+    Grant,
+    Mode,
+    Policy,
+)
 
 ENV_CONFIG = "PIPEDRIVE_SCOPE_PROXY_CONFIG"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -237,6 +245,8 @@ def _grant(
 ) -> StaticGrant:
     entry = _mapping(raw, key, {"name", "sha256", "token_env", "scopes"})
     name = _require(entry.get("name"), str, f"{key}.name", "a name for this grant")
+    if name == DECLARED_GRANT:
+        raise ConfigError(f"{key}.name", f"{name} names tokens taken to hold app_scopes")
     if ("sha256" in entry) == ("token_env" in entry):
         raise ConfigError(key, "give exactly one of sha256 or token_env")
     if "sha256" in entry:

@@ -38,6 +38,11 @@ class Policy:
     unknown_endpoints: EndpointFallback = "deny"
 
 
+# The grant name logs and reports give a token taken to hold the declared scopes
+# (unknown_tokens or api_tokens: app_scopes); a static grant cannot be named so.
+DECLARED_GRANT = "(app_scopes)"
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
     """The scopes a token holds, and where that knowledge came from."""
@@ -51,7 +56,10 @@ class Grant:
 
     def __post_init__(self) -> None:
         static = self.source.startswith("static:")
-        object.__setattr__(self, "name", self.source.removeprefix("static:") if static else None)
+        name = self.source.removeprefix("static:") if static else None
+        if self.source == "app_scopes":
+            name = DECLARED_GRANT  # the token was taken to hold the app's declared scopes
+        object.__setattr__(self, "name", name)
         object.__setattr__(self, "scope_list", tuple(sorted(self.scopes)))
 
 
@@ -66,6 +74,12 @@ class Decision(NamedTuple):
     endpoint: Endpoint | None = None
     credential: Credential | None = None
     grant: Grant | None = None
+    shape: str | None = None  # a path no catalogue entry matches, ids left out (path_shape)
+
+    @property
+    def label(self) -> str | None:
+        """What logs and reports call the endpoint: its template, or the unknown path's shape."""
+        return self.endpoint.name if self.endpoint is not None else self.shape
 
     @property
     def forwards(self) -> bool:

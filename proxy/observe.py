@@ -100,7 +100,7 @@ class Outcome(NamedTuple):
                 "decision": decision.verdict,
                 "reason": decision.reason,
                 "method": None,
-                "endpoint": endpoint.name if endpoint is not None else None,
+                "endpoint": decision.label,
                 "version": decision.version,
                 "status": None,
                 "upstream_status": status if forwarded else None,

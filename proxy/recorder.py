@@ -20,8 +20,9 @@ from proxy.reasons import DECIDED
 from proxy.report import BEFORE, Call
 from proxy.stores import CallCounts, StoreError
 
-# What a decided call is counted by on the hot path; made a ``Call`` when flushed.
-_Kind = tuple[str, str, str, Endpoint | None, str, str, str | None]
+# What a decided call is counted by on the hot path; made a ``Call`` when flushed. The endpoint,
+# or for a path the catalogue does not know, its shape.
+_Kind = tuple[str, str, str, Endpoint | str | None, str, str, str | None]
 
 FLUSH_SECONDS = 1.0
 STORED_TOKENS_PER_SHOWN = 10
@@ -42,7 +43,7 @@ class Recorder:
             grant = decision.grant
             kind = (
                 decision.credential.fingerprint, decision.method, decision.version or "",
-                decision.endpoint, decision.verdict, decision.reason,
+                decision.endpoint or decision.shape, decision.verdict, decision.reason,
                 grant.name if grant is not None else None,
             )  # fmt: skip
             self._pending[kind] += 1
@@ -105,8 +106,8 @@ class Recorder:
 
 def _call(kind: _Kind) -> Call:
     fp, method, version, endpoint, verdict, reason, grant = kind
-    if endpoint is None:
-        return Call(fp, method, version, None, verdict, reason, (), None, grant)
+    if not isinstance(endpoint, Endpoint):  # a path no catalogue entry matches: its shape
+        return Call(fp, method, version, endpoint, verdict, reason, (), None, grant)
     return Call(
         fp,
         method,

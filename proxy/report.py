@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from html import escape
 from typing import Any
 
-from proxy.decision import BASE
+from proxy.decision import BASE, DECLARED_GRANT
 from proxy.reasons import BEFORE_DECISION, DECIDED
 
 MAX_TOKENS = 100  # tokens with a report section of their own (config: limits.report_tokens)
@@ -143,7 +143,7 @@ def _section(calls: Mapping[Call, int], app_scopes: frozenset[str] | None) -> di
             key = (call.endpoint, call.method, call.version, call.decision, call.reason,
                    call.accepted_scopes)  # fmt: skip
             denied[key] += count
-    needs = [frozenset(call.accepted_scopes) for call in calls if call.endpoint is not None]
+    needs = [frozenset(call.accepted_scopes) for call in calls if call.accepted_scopes]
     minimal = minimal_scopes(needs)
     unused = sorted((app_scopes or frozenset()) - set(minimal) - {BASE}) if calls else []
     return {
@@ -270,7 +270,7 @@ def build_report(
             {
                 "fingerprint": fp,
                 "grant": next((c.grant for c in token_calls if c.grant is not None), None),
-                **_section(token_calls, app_scopes),
+                **_section(token_calls, None),  # one token's calls judge no declaration
             }
             for fp, token_calls in sorted(
                 by_token.items(), key=lambda item: (item[0] == OTHER_TOKENS, item[0])
@@ -280,15 +280,21 @@ def build_report(
 
 
 def rejudge(calls: Mapping[Call, int], declared: frozenset[str], mode: str | None) -> Counter[Call]:
-    """The calls as a new declaration would decide them: ``app_scopes`` is a ceiling, so a
-    call none of whose accepting scopes is declared would be refused (``outside_app_scopes``),
-    and one refused only by the old ceiling passes it now. (A token's own grant is as logged.)"""
+    """The calls as a new declaration would decide them. A token taken to hold the declared
+    scopes holds the new ones; for the others ``app_scopes`` is a ceiling: a call none of whose
+    accepting scopes is declared would be refused (``outside_app_scopes``), one refused only by
+    the old ceiling passes it now (their own grants are as logged)."""
     refused = "deny" if mode == "enforce" else "report"
     judged: Counter[Call] = Counter()
     for call, count in calls.items():
         accepted = set(call.accepted_scopes)
-        if call.token_fp == BEFORE or call.endpoint is None or BASE in accepted:
+        if call.token_fp == BEFORE or not accepted or BASE in accepted:
             judged[call] += count
+        elif call.grant == DECLARED_GRANT:  # the token holds whatever the app declares
+            if accepted & declared:
+                judged[replace(call, decision="allow", reason="in_scope")] += count
+            else:
+                judged[replace(call, decision=refused, reason="out_of_scope")] += count
         elif not accepted & declared:
             judged[replace(call, decision=refused, reason="outside_app_scopes")] += count
         elif call.reason == "outside_app_scopes":
@@ -350,13 +356,12 @@ def _since(event: Mapping[str, Any]) -> str | None:
 
 
 def endpoint_label(entry: Mapping[str, Any]) -> str:
-    """How people read an entry's endpoint; calls outside the catalogue have none."""
+    """How people read an entry's endpoint: its template, or for a path outside the catalogue
+    its shape (from logs of earlier versions, only the method)."""
     endpoint = entry.get("endpoint")
-    return (
-        str(endpoint)
-        if endpoint
-        else f"{entry['method']} ({entry['version']}, not in the catalogue)"
-    )
+    if not endpoint:
+        return f"{entry['method']} ({entry['version']}, not in the catalogue)"
+    return str(endpoint) if entry.get("accepted_scopes") else f"{endpoint} (not in the catalogue)"
 
 
 def findings(section: Mapping[str, Any], app_scopes: list[str] | None) -> list[str]:
@@ -383,7 +388,9 @@ def findings(section: Mapping[str, Any], app_scopes: list[str] | None) -> list[s
         )
         sentences.append(f"{label} {refused} {times}: it needs {needs}, which {lacking}.")
     for scope in section["unused_app_scopes"]:
-        sentences.append(f"The app declares {scope}, which no call seen needs: remove it.")
+        sentences.append(
+            f"The app declares {scope}, which the recommended scopes make unnecessary."
+        )
     if section["minimal_scopes"] or app_scopes is not None:
         needed = ", ".join(section["minimal_scopes"]) or "nothing beyond base"
         sentences.append(f"Every call seen is covered by: {needed}.")
@@ -400,6 +407,11 @@ def change_lines(report: Mapping[str, Any]) -> list[str]:
         *(f"+ {scope}" for scope in wanted["add"]),
         *(f"- {scope}" for scope in wanted["remove"]),
     ]
+
+
+def grant_label(grant: str) -> str:
+    """``(crm-sync)`` for a static grant; ``(app_scopes)`` as it is."""
+    return grant if grant == DECLARED_GRANT else f"({grant})"
 
 
 def render_text(report: Mapping[str, Any]) -> str:
@@ -436,8 +448,8 @@ def render_text(report: Mapping[str, Any]) -> str:
         "tokens:",
         *(
             f"  {token['fingerprint']}"
-            + (f" ({token['grant']})" if token["grant"] else "")
-            + f"  {token['requests']} requests, "
+            + (f" {grant_label(token['grant'])}" if token["grant"] else "")
+            + f"  {token['requests']} request{'s' if token['requests'] != 1 else ''}, "
             f"{sum(d['count'] for d in token['denied'])} refused, needs "
             f"{', '.join(token['minimal_scopes']) or 'base'}"
             for token in report["tokens"]
@@ -450,11 +462,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """A summary and tables for a pull-request comment or a CI job summary."""
     overall = report["overall"]
     refused = sum(d["count"] for d in overall["denied"])
+    before = sum(r["count"] for r in report["refused_before_decision"])
     verdict = (
         "**No call would be refused.**"
         if not refused
         else f"**{refused} call{'s' if refused != 1 else ''} would be refused by Pipedrive.**"
     )
+    if before:
+        verdict += f" **{before} refused before the scope check** (no or unknown token, ...)."
     lines = [
         "## Pipedrive scopes",
         "",
@@ -531,11 +546,21 @@ def render_junit(report: Mapping[str, Any]) -> str:
             )
         else:
             cases.append(f"{head}</testcase>")
-    failures = sum(1 for label in called if label in denied)
+    for entry in report["refused_before_decision"]:
+        why = f"refused {entry['count']}x before the scope check ({entry['reason']})"
+        cases.append(
+            f'<testcase classname="pipedrive.refused" name="refused before the scope check: '
+            f'{escape(entry["reason"], quote=True)}"><failure message="{escape(why, quote=True)}" '
+            f'type="{escape(entry["reason"], quote=True)}">{escape(why)}</failure></testcase>'
+        )
+    failures = sum(1 for label in called if label in denied) + len(
+        report["refused_before_decision"]
+    )
+    called_count = len(called) + len(report["refused_before_decision"])
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<testsuites name="pipedrive-scope-proxy" tests="{len(called)}" failures="{failures}">\n'
-        f'<testsuite name="Pipedrive scopes" tests="{len(called)}" failures="{failures}">\n'
+        f'<testsuites name="pipedrive-scope-proxy" tests="{called_count}" failures="{failures}">\n'
+        f'<testsuite name="Pipedrive scopes" tests="{called_count}" failures="{failures}">\n'
         + "".join(f"{case}\n" for case in cases)
         + "</testsuite>\n</testsuites>\n"
     )

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 
-from proxy.report import OTHER_TOKENS, change_lines, endpoint_label, findings
+from proxy.report import OTHER_TOKENS, change_lines, endpoint_label, findings, grant_label
 
 SHOWN_TOKENS = 20  # token sections on the page; the JSON has every one
 
@@ -124,7 +124,7 @@ def _section(section: Mapping[str, Any], app_scopes: list[str] | None, level: st
 def _token_name(token: Mapping[str, Any]) -> str:
     if token["fingerprint"] == OTHER_TOKENS:
         return "Other tokens (beyond the busiest)"
-    grant = f" ({escape(token['grant'])})" if token.get("grant") else ""
+    grant = f" {escape(grant_label(token['grant']))}" if token.get("grant") else ""
     return f"Token <code>{escape(token['fingerprint'])}</code>{grant}"
 
 
@@ -142,18 +142,20 @@ def _change(report: Mapping[str, Any]) -> str:
 
 def _cost_chart(section: Mapping[str, Any]) -> str:
     """Token cost by endpoint, the ten costliest, as bars: where the daily budget goes."""
-    costly = sorted(
-        (e for e in section["endpoints"] if e["token_cost"]), key=lambda e: -e["token_cost"]
-    )[:10]
+    by_endpoint: dict[str, int] = {}
+    for entry in section["endpoints"]:  # an endpoint both allowed and refused is one bar
+        label = endpoint_label(entry)
+        by_endpoint[label] = by_endpoint.get(label, 0) + entry["token_cost"]
+    costly = sorted(((c, label) for label, c in by_endpoint.items() if c), reverse=True)[:10]
     if not costly:
         return ""
-    top = costly[0]["token_cost"]
+    top = costly[0][0]
     rows = "".join(
-        f"<tr><td><code>{escape(endpoint_label(e))}</code></td>"
-        f'<td class="num">{e["token_cost"]}</td>'
-        f'<td style="width:40%"><div class="bar" style="width:{100 * e["token_cost"] / top:.0f}%">'
+        f"<tr><td><code>{escape(label)}</code></td>"
+        f'<td class="num">{cost}</td>'
+        f'<td style="width:40%"><div class="bar" style="width:{100 * cost / top:.0f}%">'
         "</div></td></tr>"
-        for e in costly
+        for cost, label in costly
     )
     return (
         "<h2>Token cost by endpoint</h2>"

@@ -172,9 +172,9 @@ def reload(
     except (ConfigError, CatalogueError) as error:
         get_logger().error("reload_failed", problem=str(error))
         return
-    config = overrides.apply(config)  # serve --mode still holds
     started = app.get(STARTED_WITH, running)
     restart_only = [key for key in RESTART_ONLY if getattr(config, key) != getattr(started, key)]
+    config = overrides.apply(config)  # serve --mode and --log-level still hold
     config = replace(config, **{key: getattr(running, key) for key in RESTART_ONLY})
     before = app[RUNTIME].current
     applied = _changed(before.config, config)

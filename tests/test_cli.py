@@ -291,3 +291,24 @@ def test_report_refuses_what_is_not_a_decision_log_and_unknown_scope_names(tmp_p
         ("GET /v1/deals/{id}", "outside_app_scopes")
     ]
     assert run("report", "--log", str(log), "--fail-on", "denied,unused").returncode == 0
+
+
+def test_the_gate_fails_on_refusals_before_the_scope_check_and_refuses_an_empty_run(
+    tmp_path: Path,
+) -> None:
+    """A run whose every call was refused for want of a known token is no green run, and a
+    run with no calls at all (a reset, then nothing) proves nothing."""
+    refused = '{"event": "request", "decision": "deny", "reason": "unknown_token", "status": 401}\n'
+    log = tmp_path / "decisions.jsonl"
+    log.write_text(refused * 3)
+    gate = run("report", "--log", str(log), "--fail-on", "denied", "--format", "markdown")
+    assert gate.returncode == 1, gate.stderr
+    assert "**3 refused before the scope check**" in gate.stdout
+    log.write_text(refused + '{"event": "report_reset", "since": "2026-11-29T10:00:00Z"}\n')
+    empty = run("report", "--log", str(log), "--fail-on", "denied")
+    assert (empty.returncode, empty.stdout) == (2, "")
+    assert empty.stderr == (
+        f"pipedrive-scope-proxy: --fail-on: no calls in the run {log} ends with since "
+        "2026-11-29T10:00:00Z\n"
+    )
+    assert run("report", "--log", str(log)).returncode == 0  # without a gate: an empty report

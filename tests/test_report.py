@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from proxy.decision import DECLARED_GRANT
 from proxy.report import (
     Call,
     build_report,
@@ -14,6 +15,7 @@ from proxy.report import (
     findings,
     minimal_scopes,
     refused_before,
+    rejudge,
     render_text,
 )
 from proxy.report_html import render_html
@@ -182,3 +184,22 @@ def test_the_page_stays_small_whatever_the_number_of_tokens() -> None:
     assert len(page) < 300_000
     assert page.count("<details>") == 20
     assert "more tokens" in page
+
+
+def test_app_scopes_what_if_judges_declared_grants_and_the_ceiling() -> None:
+    """``report --app-scopes``: a token taken to hold the declaration holds the new one; a
+    token with a grant of its own meets the new declaration as a ceiling."""
+    declared_token = call(endpoint="DELETE /api/v2/deals/{id}", method="DELETE", version="v2",
+                          decision="report", reason="out_of_scope",
+                          accepted_scopes=("deals:full",), grant=DECLARED_GRANT)  # fmt: skip
+    own_grant = call(grant="crm-sync")  # GET /v1/deals/{id}: deals:full or deals:read
+    judged = rejudge(Counter({declared_token: 1, own_grant: 2}), S({"deals:full"}), "report")
+    assert {(c.endpoint, c.decision, c.reason, n) for c, n in judged.items()} == {
+        ("DELETE /api/v2/deals/{id}", "allow", "in_scope", 1),
+        ("GET /v1/deals/{id}", "allow", "in_scope", 2),
+    }
+    narrower = rejudge(Counter({declared_token: 1, own_grant: 2}), S({"contacts:read"}), "enforce")
+    assert {(c.endpoint, c.decision, c.reason) for c in narrower} == {
+        ("DELETE /api/v2/deals/{id}", "deny", "out_of_scope"),
+        ("GET /v1/deals/{id}", "deny", "outside_app_scopes"),
+    }

@@ -51,10 +51,10 @@ TRAFFIC = [
 ]
 
 
-async def traffic(port: int) -> list[str]:
+async def traffic(port: int, calls: list[tuple[str, str, str]] = TRAFFIC) -> list[str]:
     decisions = []
     async with aiohttp.ClientSession() as client:
-        for method, path, token in TRAFFIC:
+        for method, path, token in calls:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             async with client.request(
                 method, f"http://127.0.0.1:{port}{path}", headers=headers
@@ -142,7 +142,10 @@ async def test_the_readme_staging_walkthrough_from_report_mode_to_a_passing_gate
         code, junit = log_report(log, "--format", "junit", "--fail-on", "denied")
         suite = ET.fromstring(junit).find("testsuite")  # noqa: S314 - our own output
         assert suite is not None
-        assert (code, suite.get("failures")) == (1, "2")
+        assert (code, suite.get("failures")) == (
+            1,
+            "3",
+        )  # two endpoints, and the call without a token
         code, markdown = log_report(log, "--format", "markdown")
         assert code == 0
         code, text = log_report(log)
@@ -173,9 +176,10 @@ async def test_the_readme_staging_walkthrough_from_report_mode_to_a_passing_gate
         assert empty["app_scopes"] == document["app_scopes"]
         assert empty["since"] != first["since"]
 
-        # Traffic again: nothing would be refused, nothing declared goes unused.
-        decisions = await traffic(port)
-        assert decisions == ["allow"] * 7 + ["deny"]
+        # Traffic again (the app's tests fixed too: every call with a token): nothing would be
+        # refused, nothing declared goes unused.
+        decisions = await traffic(port, [call for call in TRAFFIC if call[2]])
+        assert decisions == ["allow"] * 7
         second = await same_reports(port, log)
         assert second["overall"]["denied"] == []
         assert second["overall"]["unused_app_scopes"] == []
@@ -221,7 +225,7 @@ async def test_the_example_ci_workflow_runs_the_proxy_and_fails_the_job_on_overr
     def step(name: str) -> tuple[int, str]:
         """A step's script as the runner runs it (``bash -e -o pipefail``); its output goes to
         a file, as a server it starts in the background keeps writing to it."""
-        script = steps[name]["run"].replace("8080", str(port))
+        script = steps[name]["run"]
         output = tmp_path / f"{name}.out"
         with output.open("w") as sink:
             code = subprocess.run(
@@ -236,7 +240,8 @@ async def test_the_example_ci_workflow_runs_the_proxy_and_fails_the_job_on_overr
         recorded = (tmp_path / "pip-args").read_text().strip()
         assert recorded == f"install {job['env']['SCOPE_PROXY_PACKAGE']}"
         app = steps["Run the app's tests through the proxy"]
-        assert app["env"]["PIPEDRIVE_BASE_URL"] == "http://127.0.0.1:8080"
+        shipped = yaml.safe_load((ROOT / job["env"]["SCOPE_PROXY_CONFIG"]).read_text())
+        assert app["env"]["PIPEDRIVE_BASE_URL"] == f"http://127.0.0.1:{shipped['listen']['port']}"
         await traffic(port)  # the app's tests
         gate, said = await asyncio.to_thread(step, "Gate on the scope report")
     finally:
