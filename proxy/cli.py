@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -153,6 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as error:
         print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `report ... | head`: the reader has gone, which is no error worth a traceback. What
+        # is still buffered goes nowhere, and the status is the shell's for a SIGPIPE death.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def check(config_path: str | None) -> int:
@@ -168,7 +175,7 @@ def check(config_path: str | None) -> int:
 def explain(config_path: str | None, method: str, path: str, scopes: str | None) -> int:
     """Print the endpoint a call matches, its scopes, and the decision for ``--scopes``."""
     config, catalogue = load(config_path, read_tokens=False)
-    method = method.upper()
+    typed, method = method, method.upper()
     granted = _parse_scopes(scopes, catalogue.scopes) if scopes is not None else None
     try:  # the proxy's own reading of the request, refusals included
         route = api_route(canonicalize(method, path, ()).path)
@@ -182,6 +189,10 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
         return 1
     endpoint = catalogue.match(route, method)
     lines = [f"{method} {path}"]
+    if typed != method:  # said here, as the proxy would refuse the call as it is spelled
+        lines.append(
+            f"  note:            the proxy refuses the method {typed!r} (400); as {method}:"
+        )
     if endpoint is None:
         lines.append("  endpoint:        none in the catalogue")
     else:

@@ -312,3 +312,32 @@ def test_the_gate_fails_on_refusals_before_the_scope_check_and_refuses_an_empty_
         "2026-11-29T10:00:00Z\n"
     )
     assert run("report", "--log", str(log)).returncode == 0  # without a gate: an empty report
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["explain", "GET", "/v1/deals/1", "--scopes", "deals:read"], ["check"],
+     ["envoy-config", "--config", "config/proxy.yaml"]],
+    ids=["explain", "check", "envoy-config"],
+)  # fmt: skip
+def test_a_reader_gone_early_is_no_traceback(command: list[str]) -> None:
+    """``... | head``: the pipe closes before the command has written; it stops quietly."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", *command], stdout=write_end, stderr=subprocess.PIPE,
+            text=True, timeout=60, cwd=ROOT, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+def test_explain_says_the_proxy_refuses_a_lower_case_method() -> None:
+    result = run("explain", "get", "/v1/deals/1", "--scopes", "deals:read")
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[:2] == [
+        "GET /v1/deals/1",
+        "  note:            the proxy refuses the method 'get' (400); as GET:",
+    ]
