@@ -44,10 +44,15 @@ class HttpxUpstream:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def forward(self, request: web.Request, url: str) -> web.StreamResponse:
+    async def forward(
+        self, request: web.Request, url: str, request_id: str | None = None
+    ) -> web.StreamResponse:
         body = request.content.iter_any() if request.body_exists else None
+        headers = end_to_end(request.headers)
+        if request_id is not None:
+            headers["X-Request-Id"] = request_id
         outgoing = self.client.build_request(
-            request.method, url, headers=list(end_to_end(request.headers).items()), content=body
+            request.method, url, headers=list(headers.items()), content=body
         )
         try:
             answer = await self.client.send(outgoing, stream=True)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+from proxy.forward import UpstreamClient
 
 ROOT = Path(__file__).parent.parent
 
@@ -55,3 +59,19 @@ def test_hadolint_finds_nothing_at_warning_or_above() -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "DL3008" in result.stdout  # unpinned packages: the check is awake
+
+
+def test_the_benchmarks_httpx_variant_stands_in_for_the_upstream_client() -> None:
+    """bench/httpx_variant.py swaps httpx in for ``UpstreamClient``: the same methods, taking
+    the same arguments, or the benchmark measures error pages."""
+    spec = importlib.util.spec_from_file_location(
+        "httpx_variant", ROOT / "bench" / "httpx_variant.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    variant = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variant)
+    for name in ("start", "close", "forward", "fetch"):
+        ours = inspect.signature(getattr(UpstreamClient, name))
+        theirs = inspect.signature(getattr(variant.HttpxUpstream, name))
+        assert list(theirs.parameters) == list(ours.parameters), name
