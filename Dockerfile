@@ -21,8 +21,11 @@ ENV PATH=/opt/pipedrive-scope-proxy/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PIPEDRIVE_SCOPE_PROXY_CONFIG=/etc/pipedrive-scope-proxy/proxy.yaml
 # uid 10001 and the name scope-proxy: Debian's base system already has a user called proxy (13).
+# /var/lib/pipedrive-scope-proxy: the user's own, for store: sqlite:///var/lib/.../tokens.db
+# (mount a volume there to keep learned tokens across restarts).
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin scope-proxy
+        --shell /usr/sbin/nologin scope-proxy \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/pipedrive-scope-proxy
 COPY --from=build /opt/pipedrive-scope-proxy /opt/pipedrive-scope-proxy
 COPY config/proxy.yaml /etc/pipedrive-scope-proxy/proxy.yaml
 

@@ -202,6 +202,9 @@ def test_the_image_is_built_as_the_dockerfile_says(image: Image) -> None:
                        "usr/bin/gcc", "usr/bin/git"):  # fmt: skip
             assert not (root / absent).exists(), absent
         assert "scope-proxy:x:" + user in (root / "etc" / "passwd").read_text()
+        # Where a sqlite store can live: the image's user owns it.
+        state = (root / "var" / "lib" / "pipedrive-scope-proxy").stat()
+        assert (state.st_uid, state.st_gid) == (int(user), int(user))
     finally:
         image.buildah("umount", container)
 
@@ -217,6 +220,7 @@ async def test_the_image_serves_forwards_and_refuses_as_a_non_root_user(
         admin_listen={"host": "127.0.0.1", "port": admin},
         upstream={"api_url": upstream.url, "oauth_url": upstream.url},
         tokens=[{"name": "reader", "sha256": sha(TOKEN), "scopes": ["deals:read"]}],
+        store="sqlite:///var/lib/pipedrive-scope-proxy/tokens.db",  # the user's own directory
     )
     tmp_path.chmod(0o755)  # the image's user reads the mounted config
     Path(config).chmod(0o644)
@@ -230,6 +234,8 @@ async def test_the_image_serves_forwards_and_refuses_as_a_non_root_user(
         assert process_uid(health["pid"]) == int(image.config["User"].split(":")[0]) != 0
 
         async with aiohttp.ClientSession() as client:
+            async with client.get(f"http://127.0.0.1:{admin}/_proxy/ready") as ready:
+                assert (ready.status, (await ready.json())["store"]) == (200, "ok")
             bearer = {"Authorization": f"Bearer {TOKEN}"}
             async with client.get(f"http://127.0.0.1:{port}/v1/deals/1", headers=bearer) as ok:
                 assert ok.status == 200
