@@ -32,6 +32,7 @@ from proxy.errors import (
     MalformedRequest,
     MethodNotAllowed,
     NotFound,
+    ProxyError,
     StoreUnavailable,
 )
 from proxy.forward import UpstreamClient
@@ -42,6 +43,7 @@ from proxy.observe import mark_decision
 from proxy.reasons import Reason
 from proxy.recorder import Recorder
 from proxy.state import (
+    CALLED,
     CHECK,
     CLOCK,
     DECISION,
@@ -152,11 +154,15 @@ async def authorize_call(
     """Decide an API call, record the decision on the request, and raise its refusal."""
     if canonical.method not in METHODS:
         raise MethodNotAllowed(allowed_methods(runtime, route))
-    credential = extract_credential(canonical.credential_headers, canonical.query_pairs)
-    static = runtime.grants.get(credential.digest)
-    stored = None
-    if static is None and credential.kind == "oauth":
-        stored = await _stored_scopes(request.app, credential)
+    try:
+        credential = extract_credential(canonical.credential_headers, canonical.query_pairs)
+        static = runtime.grants.get(credential.digest)
+        stored = None
+        if static is None and credential.kind == "oauth":
+            stored = await _stored_scopes(request.app, credential)
+    except ProxyError:
+        request[CALLED] = _called(runtime, canonical.method, route)  # which call lacked a token
+        raise
     decision = authorize(
         runtime.catalogue,
         runtime.config.policy,
@@ -168,10 +174,18 @@ async def authorize_call(
     )
     if decision.reason in _UNKNOWN_ENDPOINT:
         decision = decision._replace(shape=path_shape(canonical.method, route))
+    elif decision.endpoint is None and not decision.forwards:  # refused before the match
+        request[CALLED] = _called(runtime, canonical.method, route)
     request[DECISION] = decision
     if not decision.forwards:
         raise decision.refusal()
     return decision
+
+
+def _called(runtime: Runtime, method: str, route: Route) -> tuple[str, str]:
+    """What a refused call's log line names: the endpoint it would have been, and its version."""
+    endpoint = runtime.catalogue.match(route, method)
+    return (endpoint.name if endpoint is not None else path_shape(method, route), route.version)
 
 
 def allowed_methods(runtime: Runtime, route: Route) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ from proxy.forward import StreamAborted
 from proxy.logs import get_logger, log_request
 from proxy.reasons import BEFORE_DECISION, Reason
 from proxy.responses import DECISION_HEADER, error_response
-from proxy.state import CHECK, DECISION, MADE_REQUEST_ID, METRICS, RECORDER
+from proxy.state import CALLED, CHECK, DECISION, MADE_REQUEST_ID, METRICS, RECORDER
 
 _LOG = get_logger()  # bound once configured; cheap on the hot path
 # Answers cut off mid-body by the client's side rather than the upstream's.
@@ -54,6 +54,7 @@ class Outcome(NamedTuple):
     check: bool = False  # Envoy's check of a call: decided, never forwarded
     request_id: str | None = None  # the client's X-Request-Id, else the one the proxy made
     correlation_id: str | None = None  # Pipedrive's x-correlation-id, from its answer
+    called: tuple[str, str] | None = None  # (endpoint, version) of a call refused undecided
 
     @property
     def verdict(self) -> Verdict:
@@ -116,6 +117,8 @@ class Outcome(NamedTuple):
                 "request_id": None,
                 "correlation_id": None,
             }
+        if self.called is not None and fields["endpoint"] is None:
+            fields["endpoint"], fields["version"] = self.called
         fields["method"] = self.method
         if self.check:
             fields["via"] = "ext_authz"
@@ -255,6 +258,7 @@ def _finish(
         CHECK in request,
         request_id[:_ID_LENGTH],
         correlation[:_ID_LENGTH] if correlation is not None else None,
+        request.get(CALLED),
     )
     record(request.app, outcome)
 

@@ -53,5 +53,8 @@ CLOCK: web.AppKey[Clock] = web.AppKey("clock")  # UNIX time now: tests give one 
 DECISION = web.RequestKey("decision", Decision)
 # Set on Envoy's checks (``/_proxy/authz/...``): decided, never forwarded.
 CHECK = web.RequestKey("check", bool)
+# The endpoint (template or shape) and version of a call refused before its decision (no
+# token, an unknown one): for its log line.
+CALLED = web.RequestKey("called", tuple)
 # The request id the proxy made up for a request that came without X-Request-Id: sent upstream.
 MADE_REQUEST_ID = web.RequestKey("made_request_id", str)

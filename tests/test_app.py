@@ -315,3 +315,24 @@ async def test_each_call_has_a_request_id_and_pipedrives_correlation_id_in_its_l
     assert first.header("X-Request-Id") == [made["request_id"]]
     assert second.header("X-Request-Id") == ["app-trace-7"]  # the client's own, once
     assert len(upstream.received) == 2
+
+
+async def test_a_call_refused_for_its_token_names_the_endpoint_it_was_for(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    """A 401 or a 400 for the credential still says which call it was (its template), so that
+    the call that lacked a token can be found; never its raw path."""
+    client = await make_proxy()
+    with capture_logs() as events:
+        await client.get("/v1/deals/77")  # no token
+        await client.get("/api/v2/deals/78", headers={"Authorization": "Bearer unknown"})
+        await client.get(
+            "/v1/noSuchThing/79", headers={"Authorization": "Bearer a", "X-Api-Token": "b"}
+        )
+    named = [(e["reason"], e["endpoint"], e["version"]) for e in events if e["event"] == "request"]
+    assert named == [
+        ("missing_credential", "GET /v1/deals/{id}", "v1"),
+        ("unknown_token", "GET /api/v2/deals/{id}", "v2"),
+        ("multiple_credentials", "GET /v1/noSuchThing/{id}", "v1"),
+    ]
+    assert upstream.received == []
