@@ -315,7 +315,7 @@ def envoy_config(config_path: str | None, listen: str, authz: str | None) -> int
     config, _ = load(config_path, read_tokens=False)
     try:
         where = envoy.parse_listen(listen)
-        checker = envoy.parse_origin(authz or envoy.default_authz(config), "--authz")
+        checker = envoy.parse_origin(authz or config.listen.url, "--authz")
         print(envoy.render(config, where, checker), end="")
     except envoy.EnvoyConfigError as error:
         raise UsageError(str(error)) from None
@@ -360,11 +360,7 @@ def health(config_path: str | None, timeout: float, ready: bool = False) -> int:
 def health_url(config: Config, endpoint: str = "health") -> str:
     """Where ``/_proxy/health`` (or ``/_proxy/ready``) is served: the admin listener if there
     is one, else the main port; a wildcard listen address is asked on loopback."""
-    where = config.admin_listen or config.listen
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(where.host, where.host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{where.port}/_proxy/{endpoint}"
+    return f"{(config.admin_listen or config.listen).url}/_proxy/{endpoint}"
 
 
 def serve(

@@ -50,6 +50,15 @@ class Listen:
     host: str = "0.0.0.0"
     port: int = 8080
 
+    @property
+    def url(self) -> str:
+        """Where a client on this machine reaches it: a wildcard address is asked on loopback."""
+        host = _LOOPBACK.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+
+_LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
 
 @dataclass(frozen=True)
 class UpstreamSettings:

@@ -96,18 +96,6 @@ def parse_origin(text: str, option: str) -> Origin:
     return Origin(parts.scheme, parts.hostname, port or default)
 
 
-def default_authz(config: Config) -> str:
-    """The proxy as its config has it listen; a wildcard address is reached on loopback."""
-    host = config.listen.host
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{config.listen.port}"
-
-
 def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
     """The whole Envoy v3 bootstrap, as the YAML document's data."""
     upstream = parse_origin(config.upstream.api_url, "upstream.api_url")

@@ -157,7 +157,7 @@ def log_request(fields: dict[str, Any]) -> None:
         return
     fields["event"] = "request"
     fields["level"] = "info"
-    fields["timestamp"] = _timestamp()
+    fields["timestamp"] = timestamp()
     SINK.msg(_dumps(fields))
 
 
@@ -182,7 +182,7 @@ else:
     _dumps = _dumps_orjson
 
 
-def _timestamp() -> str:
+def timestamp() -> str:
     """UTC now as structlog's ISO stamp: ``2026-11-29T04:43:35.142136Z``."""
     global _second, _second_text
     now = time.time()

@@ -163,8 +163,9 @@ def record(app: web.Application, outcome: Outcome) -> None:
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render refusals, then record the request once, whatever became of it."""
     started = time.perf_counter()
-    if _REQUEST_ID not in request.headers:
-        request[MADE_REQUEST_ID] = os.urandom(16).hex()
+    request_id = request.headers.get(_REQUEST_ID)
+    if request_id is None:  # one is made up, and forwarded with the call
+        request[MADE_REQUEST_ID] = request_id = os.urandom(16).hex()
     refusal: ProxyError | None = None
     cut_off: str | None = None
     try:
@@ -181,14 +182,14 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         refusal = _from_http(request, error)
         response = error_response(refusal)
     except asyncio.CancelledError:
-        _finish(request, None, _CLIENT_GONE, started, cut_off="client_gone")
+        _finish(request, request_id, None, _CLIENT_GONE, started, cut_off="client_gone")
         raise
     except Exception as error:  # the safety net: any surprise is a refusal, never a forward
         _log_unhandled(error)
         refusal = ProxyError()
         response = error_response(refusal)
     correlation = response.headers.get(_CORRELATION_ID) if refusal is None else None
-    _finish(request, refusal, response.status, started, cut_off, correlation)
+    _finish(request, request_id, refusal, response.status, started, cut_off, correlation)
     return response
 
 
@@ -240,14 +241,13 @@ _ID_LENGTH = 200  # what a log line keeps of an id a client or Pipedrive sent
 
 def _finish(
     request: web.Request,
+    request_id: str,
     refusal: ProxyError | None,
     status: int,
     started: float,
     cut_off: str | None = None,
     correlation: str | None = None,
 ) -> None:
-    made: str | None = request.get(MADE_REQUEST_ID)
-    request_id = made if made is not None else request.headers.get(_REQUEST_ID, "")
     outcome = Outcome(
         request.method,
         request.get(DECISION),

@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from datetime import UTC, datetime
 
 from proxy.catalog import Endpoint
 from proxy.decision import Decision
-from proxy.logs import get_logger
+from proxy.logs import get_logger, timestamp
 from proxy.reasons import DECIDED
 from proxy.report import BEFORE, Call
 from proxy.stores import CallCounts, StoreError
@@ -35,7 +34,7 @@ class Recorder:
         self._pending: Counter[_Kind] = Counter()
         self._new_tokens: set[str] = set()  # flushed since the store was last compacted
         self._task: asyncio.Task[None] | None = None
-        self.since = now()  # when counting began: start-up, or the last reset through here
+        self.since = timestamp()  # when counting began: start-up, or the last reset through here
 
     def record(self, decision: Decision) -> None:
         """Count a decided call (the others are not in the report); cheap on the hot path."""
@@ -79,7 +78,7 @@ class Recorder:
         """Start a new run; the time it starts from, which the caller logs."""
         self._pending.clear()
         await self.counts.reset_calls()
-        self.since = now()
+        self.since = timestamp()
         return self.since
 
     async def start(self) -> None:
@@ -119,8 +118,3 @@ def _call(kind: _Kind) -> Call:
         endpoint.token_cost,
         grant,
     )
-
-
-def now() -> str:
-    """The time as the log's timestamps say it (UTC, ISO 8601, ``Z``)."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

@@ -440,7 +440,7 @@ def render_text(report: Mapping[str, Any]) -> str:
         "",
         "endpoints:",
         *(
-            f"  {entry['count']:6}  {_plain(entry['decision']):16}  {endpoint_label(entry)}"
+            f"  {entry['count']:6}  {plain_decision(entry['decision']):16}  {endpoint_label(entry)}"
             f"  [{', '.join(entry['accepted_scopes'])}]  cost {entry['token_cost']}"
             for entry in overall["endpoints"]
         ),
@@ -498,7 +498,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", "<details><summary>Endpoints called</summary>", ""]
     lines += ["| endpoint | calls | decision | token cost |", "|---|---:|---|---:|"]
     lines += [
-        f"| `{endpoint_label(e)}` | {e['count']} | {_plain(e['decision'])} | {e['token_cost']} |"
+        f"| `{endpoint_label(e)}` | {e['count']} | {plain_decision(e['decision'])} "
+        f"| {e['token_cost']} |"
         for e in overall["endpoints"]
     ]
     lines += ["", "</details>"]
@@ -511,7 +512,7 @@ def _md_scopes(names: list[str] | None) -> str:
     return ", ".join(f"`{name}`" for name in names) or "none"
 
 
-def _plain(decision: str) -> str:
+def plain_decision(decision: str) -> str:
     return {"allow": "allowed", "deny": "refused", "report": "would be refused"}.get(
         decision, decision
     )
@@ -534,7 +535,7 @@ def render_junit(report: Mapping[str, Any]) -> str:
         head = f'<testcase classname="pipedrive.{escape(versioned)}" name="{name}">'
         if label in denied:
             why = "; ".join(
-                f"{_plain(d['decision'])} {d['count']}x ({d['reason']}), accepted by "
+                f"{plain_decision(d['decision'])} {d['count']}x ({d['reason']}), accepted by "
                 f"{', '.join(d['accepted_scopes']) or 'no catalogue entry'}"
                 for d in denied[label]
             )

@@ -6,7 +6,14 @@ from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 
-from proxy.report import OTHER_TOKENS, change_lines, endpoint_label, findings, grant_label
+from proxy.report import (
+    OTHER_TOKENS,
+    change_lines,
+    endpoint_label,
+    findings,
+    grant_label,
+    plain_decision,
+)
 
 SHOWN_TOKENS = 20  # token sections on the page; the JSON has every one
 
@@ -38,16 +45,10 @@ ul.change .replace { background: #fff4d6; }
   th, td { padding: .25rem .35rem; } }
 """
 
-_PLAIN = {"allow": "allowed", "deny": "refused", "report": "would be refused"}
-
 
 def _scopes(names: Iterable[str], css: str = "scope") -> str:
     chips = [f'<span class="{css}">{escape(name)}</span>' for name in names]
     return " ".join(chips) or "<em>none</em>"
-
-
-def _plain(decision: str) -> str:
-    return _PLAIN.get(decision, decision)
 
 
 def _table(headers: list[str], rows: list[list[str]], numeric: set[int]) -> str:
@@ -109,7 +110,8 @@ def _section(section: Mapping[str, Any], app_scopes: list[str] | None, level: st
                 [
                     f"<code>{escape(endpoint_label(e))}</code>",
                     str(e["count"]),
-                    f'<span class="{escape(e["decision"])}">{escape(_plain(e["decision"]))}</span>',
+                    f'<span class="{escape(e["decision"])}">'
+                    f"{escape(plain_decision(e['decision']))}</span>",
                     _scopes(e["accepted_scopes"]),
                     str(e["token_cost"]),
                 ]

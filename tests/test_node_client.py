@@ -74,20 +74,26 @@ def node_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+async def run_node(folder: Path, script: str, *args: str) -> bytes:
+    """Run a script with Node in the folder the client is installed in; what it printed."""
+    node = shutil.which("node")
+    assert node is not None
+    process = await asyncio.create_subprocess_exec(
+        node, script, *args, cwd=folder,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, err.decode()
+    return out
+
+
 async def test_official_node_client_authorizes_and_calls_through_the_proxy(
     node_client: Path, make_proxy: ProxyFactory, upstream: FakePipedrive
 ) -> None:
     upstream.respond = FakeOAuth(scope="base,deals:read,activities:read").respond
     client = await make_proxy()
     proxy_url = f"http://{client.host}:{client.port}"
-    node = shutil.which("node")
-    assert node is not None
-    process = await asyncio.create_subprocess_exec(
-        node, "drive.js", proxy_url, cwd=node_client,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode == 0, err.decode()
+    out = await run_node(node_client, "drive.js", proxy_url)
     results = json.loads(out)
     assert results.pop("basePaths") == [f"{proxy_url}/api/v1", f"{proxy_url}/api/v2"]
     assert results == {
@@ -136,14 +142,7 @@ async def test_the_readme_node_snippet_runs_as_written(
         "  .catch((error) => { console.error(String(error)); process.exit(1); });\n"
     )
     (node_client / "readme.js").write_text(script)
-    node = shutil.which("node")
-    assert node is not None
-    process = await asyncio.create_subprocess_exec(
-        node, "readme.js", cwd=node_client,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode == 0, err.decode()
+    out = await run_node(node_client, "readme.js")
     assert json.loads(out) == {"success": True}
     assert [(r.method, r.raw_path.split("?")[0]) for r in upstream.received] == [
         ("POST", "/oauth/token"),
