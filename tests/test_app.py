@@ -336,3 +336,26 @@ async def test_a_call_refused_for_its_token_names_the_endpoint_it_was_for(
         ("multiple_credentials", "GET /v1/noSuchThing/{id}", "v1"),
     ]
     assert upstream.received == []
+
+
+async def test_request_ids_sent_as_raw_bytes_reach_the_upstream_as_sent(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    """Two X-Request-Id headers, or a very long one: forwarded as the client sent them (the
+    proxy adds none), logged as the first one's first 200 characters."""
+    client = await make_proxy(tokens=grants(reader=["deals:read"]))
+    long_id = "r" * 300
+    with capture_logs() as events:
+        for ids in ([b"first", b"second"], [long_id.encode()]):
+            extra = b"".join(b"X-Request-Id: " + value + b"\r\n" for value in ids)
+            status, _, _ = await raw_request(
+                client,
+                b"GET /v1/deals/1 HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer reader\r\n"
+                + extra + b"Connection: close\r\n\r\n",
+            )  # fmt: skip
+            assert status == 200
+    first, second = upstream.received
+    assert first.header("X-Request-Id") == ["first", "second"]
+    assert second.header("X-Request-Id") == [long_id]
+    logged = [e["request_id"] for e in events if e["event"] == "request"]
+    assert logged == ["first", long_id[:200]]
