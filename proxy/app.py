@@ -39,7 +39,6 @@ from proxy.forward import UpstreamClient
 from proxy.internal import handle_internal
 from proxy.logs import SINK, get_logger
 from proxy.metrics import Metrics
-from proxy.observe import mark_decision
 from proxy.reasons import Reason
 from proxy.recorder import Recorder
 from proxy.state import (
@@ -206,7 +205,8 @@ async def _stored_scopes(app: web.Application, credential: Credential) -> frozen
 
 
 async def _no_early_continue(request: web.Request) -> None:
-    """Do not answer ``100 Continue`` before the call is authorized (see UpstreamClient)."""
+    """Do not answer ``100 Continue`` before the call is authorized (see UpstreamClient), should
+    the app ever be served through aiohttp's router (``ProxyRunner`` matches its one route once)."""
 
 
 def create_app(
@@ -216,7 +216,6 @@ def create_app(
     serve it with ``proxy.server.ProxyRunner``, which wraps every request in ``observe``."""
     # Request bodies are forwarded as received: never inflated (see proxy.server).
     app = web.Application(handler_args={"auto_decompress": False})
-    app.on_response_prepare.append(mark_decision)
     app[RUNTIME] = RuntimeHolder(Runtime.build(config, catalogue))
     app[METRICS] = Metrics()
     SINK.on_error = app[METRICS].log_errors.inc

@@ -1,14 +1,15 @@
 """Every request's one log event, its metrics and its report entry, built from its outcome.
 
-``observe`` wraps the handler: it renders refusals in Pipedrive's envelope and,
-once the answer is known, records the request exactly once. ``mark_decision`` (the app's
-``on_response_prepare``) puts the decision header on every response the app sends: forwarded,
-streamed or refused. Both read the request's ``Decision``, which its handler set once.
+``observe`` wraps the handler: it renders refusals in Pipedrive's envelope and, once the answer
+is known, records the request exactly once. ``mark_decision`` (called as each response is
+prepared, see ``proxy.server``) puts the decision header on every response the app sends:
+forwarded, streamed or refused. Both read the request's ``Decision``, which its handler set once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 import traceback
@@ -165,7 +166,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     request_id = request.headers.get(_REQUEST_ID)
     if request_id is None:  # one is made up, and forwarded with the call
-        request[MADE_REQUEST_ID] = request_id = os.urandom(16).hex()
+        request[MADE_REQUEST_ID] = request_id = new_request_id()
     refusal: ProxyError | None = None
     cut_off: str | None = None
     try:
@@ -193,7 +194,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-async def mark_decision(request: web.Request, response: web.StreamResponse) -> None:
+def mark_decision(request: web.Request, response: web.StreamResponse) -> None:
     """``X-Scope-Proxy-Decision`` on every response: the request's verdict, else ``deny``."""
     decision = request.get(DECISION)
     response.headers[DECISION_HEADER] = decision.verdict if decision is not None else "deny"
@@ -228,12 +229,25 @@ def refuse_unparsed(app: web.Application, error: BaseException | None) -> web.Re
     response = error_response(refusal)
     response.headers[DECISION_HEADER] = "deny"
     response.force_close()
-    record(
-        app, Outcome(None, None, refusal, response.status, 0.0, None, False, os.urandom(16).hex())
-    )
+    record(app, Outcome(None, None, refusal, response.status, 0.0, None, False, new_request_id()))
     return response
 
 
+def new_request_id() -> str:
+    """A request id the proxy makes up: 32 hex digits, unique to this process (a random half,
+    drawn again in every forked worker) and to this call (a count): no system call per request."""
+    return f"{_ids_prefix}{next(_ids):016x}"
+
+
+def _new_id_source() -> None:
+    global _ids_prefix, _ids
+    _ids_prefix, _ids = os.urandom(8).hex(), itertools.count(int.from_bytes(os.urandom(4)))
+
+
+_ids_prefix: str
+_ids: itertools.count[int]
+_new_id_source()
+os.register_at_fork(after_in_child=_new_id_source)
 _REQUEST_ID = "X-Request-Id"
 _CORRELATION_ID = "X-Correlation-Id"
 _ID_LENGTH = 200  # what a log line keeps of an id a client or Pipedrive sent

@@ -12,8 +12,8 @@
    refuses) and lengths that fit; here it refuses what llhttp refuses. ``CONNECT`` (a tunnel,
    whose bytes the pure-Python parser would wait for) is refused by both as malformed.
 3. Every request is handled inside ``proxy.observe.observe`` (its refusals rendered, its one
-   log event, metrics and report entry recorded), around aiohttp's own routing: cheaper than a
-   middleware, and it sees the requests the router turns away too.
+   log event, metrics and report entry recorded), cheaper than a middleware. The app's one
+   catch-all route is matched once, at start-up, not by aiohttp's router on every request.
 4. Client limits (config ``limits``): a connection past ``max_connections`` gets a 503 and is
    closed at once; a request head must arrive within ``header_timeout`` (from the connection's
    start, or from the first byte of a later request); idle keep-alive connections close after
@@ -26,6 +26,7 @@ Request bodies are never decompressed (``auto_decompress=False``, set on the app
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from typing import Any
@@ -33,11 +34,12 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine, InvalidHeader, InvalidURLError
 from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from proxy.config import Limits
 from proxy.errors import HeaderTimeout, TooManyConnections
 from proxy.logs import get_logger
-from proxy.observe import observe, refuse_unparsed
+from proxy.observe import mark_decision, observe, refuse_unparsed
 from proxy.responses import raw_refusal
 from proxy.state import METRICS, RUNTIME
 
@@ -71,14 +73,21 @@ class _ProxyServer(web.Server):
             # this long (then the connection closes): a stalled upload holds nothing longer.
             "lingering_time": self.limits.body_timeout,
         }
-        app_handler = made.request_handler
+        # The app has one route, which takes every request: it is matched once, here, rather
+        # than by aiohttp's router on every request.
+        [route] = app.router.routes()
+        matched = UrlMappingMatchInfo({}, route)
+        matched.add_app(app)
+        matched.freeze()
+        handler = route.handler
 
         async def observed(request: web.BaseRequest) -> web.StreamResponse:
-            return await observe(request, app_handler)  # type: ignore[arg-type]
+            request._match_info = matched  # type: ignore[attr-defined]
+            return await observe(request, handler)  # type: ignore[arg-type]
 
         super().__init__(
             observed,
-            request_factory=made.request_factory,
+            request_factory=functools.partial(app._make_request, _cls=_ProxyRequest),
             handler_cancellation=made.handler_cancellation,
             loop=made._loop,
             **options,
@@ -123,6 +132,14 @@ class _ProxyServer(web.Server):
             self._last_said = now
             get_logger().warning("connections_dropped", **self._dropped)
             self._dropped = {}
+
+
+class _ProxyRequest(web.Request):
+    """A request whose responses get the decision header as they are prepared (what an
+    ``on_response_prepare`` signal would do, without a signal's dispatch on every response)."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        mark_decision(self, response)
 
 
 class _ProxyProtocol(web.RequestHandler):
