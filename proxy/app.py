@@ -42,13 +42,10 @@ from proxy.metrics import Metrics
 from proxy.reasons import Reason
 from proxy.recorder import Recorder
 from proxy.state import (
-    CALLED,
-    CHECK,
     CLOCK,
-    DECISION,
     LISTENERS,
-    MADE_REQUEST_ID,
     METRICS,
+    NOTES,
     RECORDER,
     RUNTIME,
     STORE,
@@ -67,11 +64,12 @@ _CHECK_PATH = AUTHZ_PREFIX + "/"
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME].current
+    app = request.app
+    runtime = app[RUNTIME].current
     if request.version not in _HTTP_VERSIONS:  # llhttp reads a request line with none as 0.9
         raise MalformedRequest("HTTP version other than 1.0 or 1.1")
     raw_path = request.raw_path
-    admin_ports = request.app[LISTENERS].admin_ports
+    admin_ports = app[LISTENERS].admin_ports
     if admin_ports and _local_port(request) in admin_ports:
         return await handle_admin(request, raw_path)
     if raw_path.startswith(_CHECK_PATH):
@@ -101,7 +99,7 @@ async def handle_admin(request: web.Request, raw_path: str) -> web.StreamRespons
 
 async def _internal(request: web.Request, canonical: CanonicalRequest) -> web.StreamResponse:
     response = await handle_internal(request, canonical)
-    request[DECISION] = Decision("allow", Reason.INTERNAL, canonical.method)
+    request[NOTES].decision = Decision("allow", Reason.INTERNAL, canonical.method)
     return response
 
 
@@ -116,7 +114,7 @@ async def handle_api(
 ) -> web.StreamResponse:
     await authorize_call(request, runtime, canonical, route)
     url = runtime.config.upstream.api_url + canonical.target
-    return await request.app[UPSTREAM].forward(request, url, request.get(MADE_REQUEST_ID))
+    return await request.app[UPSTREAM].forward(request, url, request[NOTES].made_request_id)
 
 
 async def handle_check(request: web.Request, runtime: Runtime, target: str) -> web.Response:
@@ -130,7 +128,7 @@ async def handle_check(request: web.Request, runtime: Runtime, target: str) -> w
     frame) shows only as Envoy's ``x-envoy-auth-partial-body``, which clients cannot send
     through Envoy; Envoy would forward it chunked, so it is refused too.
     """
-    request[CHECK] = True
+    request[NOTES].check = True
     canonical = canonicalize(request.method, target, request.raw_headers)
     if canonical.method in BODYLESS_METHODS and any(
         name.lower() == _BODY_STREAM for name, _ in request.raw_headers
@@ -153,6 +151,7 @@ async def authorize_call(
     """Decide an API call, record the decision on the request, and raise its refusal."""
     if canonical.method not in METHODS:
         raise MethodNotAllowed(allowed_methods(runtime, route))
+    notes = request[NOTES]
     try:
         credential = extract_credential(canonical.credential_headers, canonical.query_pairs)
         static = runtime.grants.get(credential.digest)
@@ -160,7 +159,7 @@ async def authorize_call(
         if static is None and credential.kind == "oauth":
             stored = await _stored_scopes(request.app, credential)
     except ProxyError:
-        request[CALLED] = _called(runtime, canonical.method, route)  # which call lacked a token
+        notes.called = _called(runtime, canonical.method, route)  # which call lacked a token
         raise
     decision = authorize(
         runtime.catalogue,
@@ -174,8 +173,8 @@ async def authorize_call(
     if decision.reason in _UNKNOWN_ENDPOINT:
         decision = decision._replace(shape=path_shape(canonical.method, route))
     elif decision.endpoint is None and not decision.forwards:  # refused before the match
-        request[CALLED] = _called(runtime, canonical.method, route)
-    request[DECISION] = decision
+        notes.called = _called(runtime, canonical.method, route)
+    notes.decision = decision
     if not decision.forwards:
         raise decision.refusal()
     return decision

@@ -34,7 +34,7 @@ from proxy.forward import StreamAborted
 from proxy.logs import get_logger, log_request
 from proxy.reasons import BEFORE_DECISION, Reason
 from proxy.responses import DECISION_HEADER, error_response
-from proxy.state import CALLED, CHECK, DECISION, MADE_REQUEST_ID, METRICS, RECORDER
+from proxy.state import METRICS, NOTES, RECORDER, Notes
 
 _LOG = get_logger()  # bound once configured; cheap on the hot path
 # Answers cut off mid-body by the client's side rather than the upstream's.
@@ -145,28 +145,32 @@ _UNDECIDED: dict[str, Any] = {
 
 def record(app: web.Application, outcome: Outcome) -> None:
     """Log the request's one event, count it, and count its call in the report."""
-    if outcome.reason is Reason.INTERNAL:
+    reason = outcome.reason
+    if reason is Reason.INTERNAL:
         return  # health checks and scrapes are not traffic
     fields = outcome.fields()
     log_request(fields)
     metrics = app[METRICS]
-    metrics.observe(outcome.verdict, outcome.reason, fields["version"], outcome.seconds)
-    failed = outcome.upstream_failed
-    kind = outcome.cut_off or (failed.kind if failed is not None else None)
-    if kind is not None and kind != "client_stalled":
-        metrics.upstream_errors.labels(kind).inc()
-    if outcome.decision is not None and not (outcome.check and outcome.cut_off is not None):
-        app[RECORDER].record(outcome.decision)  # not a check whose answer Envoy never read
-    if outcome.reason in BEFORE_DECISION:
-        app[RECORDER].refused_before(outcome.reason)
+    metrics.observe(fields["decision"], reason, fields["version"], outcome.seconds)
+    if outcome.cut_off is not None or outcome.refusal is not None:
+        failed = outcome.upstream_failed
+        kind = outcome.cut_off or (failed.kind if failed is not None else None)
+        if kind is not None and kind != "client_stalled":
+            metrics.upstream_errors.labels(kind).inc()
+    decision = outcome.decision
+    if decision is not None and not (outcome.check and outcome.cut_off is not None):
+        app[RECORDER].record(decision)  # not a check whose answer Envoy never read
+    if reason in BEFORE_DECISION:
+        app[RECORDER].refused_before(reason)
 
 
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render refusals, then record the request once, whatever became of it."""
     started = time.perf_counter()
+    request[NOTES] = notes = Notes()
     request_id = request.headers.get(_REQUEST_ID)
     if request_id is None:  # one is made up, and forwarded with the call
-        request[MADE_REQUEST_ID] = request_id = new_request_id()
+        notes.made_request_id = request_id = new_request_id()
     refusal: ProxyError | None = None
     cut_off: str | None = None
     try:
@@ -183,20 +187,21 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         refusal = _from_http(request, error)
         response = error_response(refusal)
     except asyncio.CancelledError:
-        _finish(request, request_id, None, _CLIENT_GONE, started, cut_off="client_gone")
+        _finish(request, notes, request_id, None, _CLIENT_GONE, started, cut_off="client_gone")
         raise
     except Exception as error:  # the safety net: any surprise is a refusal, never a forward
         _log_unhandled(error)
         refusal = ProxyError()
         response = error_response(refusal)
     correlation = response.headers.get(_CORRELATION_ID) if refusal is None else None
-    _finish(request, request_id, refusal, response.status, started, cut_off, correlation)
+    _finish(request, notes, request_id, refusal, response.status, started, cut_off, correlation)
     return response
 
 
 def mark_decision(request: web.Request, response: web.StreamResponse) -> None:
     """``X-Scope-Proxy-Decision`` on every response: the request's verdict, else ``deny``."""
-    decision = request.get(DECISION)
+    notes = request.get(NOTES)  # none on a request aiohttp's parser refused
+    decision = notes.decision if notes is not None else None
     response.headers[DECISION_HEADER] = decision.verdict if decision is not None else "deny"
 
 
@@ -255,6 +260,7 @@ _ID_LENGTH = 200  # what a log line keeps of an id a client or Pipedrive sent
 
 def _finish(
     request: web.Request,
+    notes: Notes,
     request_id: str,
     refusal: ProxyError | None,
     status: int,
@@ -264,15 +270,15 @@ def _finish(
 ) -> None:
     outcome = Outcome(
         request.method,
-        request.get(DECISION),
+        notes.decision,
         refusal,
         status,
         time.perf_counter() - started,
         cut_off,
-        CHECK in request,
+        notes.check,
         request_id[:_ID_LENGTH],
         correlation[:_ID_LENGTH] if correlation is not None else None,
-        request.get(CALLED),
+        notes.called,
     )
     record(request.app, outcome)
 

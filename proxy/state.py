@@ -49,12 +49,22 @@ UPSTREAM = web.AppKey("upstream", UpstreamClient)
 STORE = web.AppKey("store", Store)
 RECORDER = web.AppKey("recorder", Recorder)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")  # UNIX time now: tests give one they can move
-# Set once per request, by the handler that decides it; read by ``proxy.observe``.
-DECISION = web.RequestKey("decision", Decision)
-# Set on Envoy's checks (``/_proxy/authz/...``): decided, never forwarded.
-CHECK = web.RequestKey("check", bool)
-# The endpoint (template or shape) and version of a call refused before its decision (no
-# token, an unknown one): for its log line.
-CALLED = web.RequestKey("called", tuple)
-# The request id the proxy made up for a request that came without X-Request-Id: sent upstream.
-MADE_REQUEST_ID = web.RequestKey("made_request_id", str)
+
+
+class Notes:
+    """What handling one request established: read by ``proxy.observe`` for the request's log
+    event, metrics, report entry and decision header. ``observe`` gives every request one."""
+
+    __slots__ = ("called", "check", "decision", "made_request_id")
+
+    def __init__(self) -> None:
+        self.decision: Decision | None = None  # set once, by the handler that decides it
+        self.check = False  # Envoy's check of a call (``/_proxy/authz/...``): never forwarded
+        # The endpoint (template or shape) and version of a call refused before its decision
+        # (no token, an unknown one): for its log line.
+        self.called: tuple[str, str] | None = None
+        # The request id the proxy made up for a request without X-Request-Id: sent upstream.
+        self.made_request_id: str | None = None
+
+
+NOTES = web.RequestKey("notes", Notes)

@@ -20,7 +20,7 @@ from proxy.errors import AmbiguousRequest, MethodNotAllowed, RequestTooLarge, Up
 from proxy.forward import Fetched, end_to_end, read_limited, send_continue
 from proxy.logs import get_logger
 from proxy.reasons import Reason
-from proxy.state import CLOCK, DECISION, MADE_REQUEST_ID, METRICS, STORE, UPSTREAM, Runtime
+from proxy.state import CLOCK, METRICS, NOTES, STORE, UPSTREAM, Runtime
 from proxy.stores import StoreError
 
 
@@ -37,10 +37,10 @@ async def handle_oauth(
     stall = runtime.config.limits.body_timeout
     form = await read_limited(request.content, oauth.MAX_BODY, too_large, stall)
 
-    request[DECISION] = Decision("allow", Reason.OAUTH_PASSTHROUGH, canonical.method)
+    request[NOTES].decision = Decision("allow", Reason.OAUTH_PASSTHROUGH, canonical.method)
     headers = end_to_end(request.headers)
     headers["Accept-Encoding"] = oauth.ACCEPT_ENCODING
-    made = request.get(MADE_REQUEST_ID)
+    made = request[NOTES].made_request_id
     if made is not None:
         headers["X-Request-Id"] = made
     url = runtime.config.upstream.oauth_url + canonical.target
@@ -73,7 +73,7 @@ def redirect_to_consent(
     server, path and query as they came; nothing is forwarded."""
     if canonical.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(("GET", "HEAD"))
-    request[DECISION] = Decision("allow", Reason.OAUTH_REDIRECT, canonical.method)
+    request[NOTES].decision = Decision("allow", Reason.OAUTH_REDIRECT, canonical.method)
     location = runtime.config.upstream.oauth_url + canonical.target
     return web.Response(status=302, headers={"Location": location})
 
