@@ -42,22 +42,26 @@ class LogSink:
         self.on_error: Callable[[int], None] | None = None  # counts into the app's metrics
         self._broken = False
         self._said = False
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
 
     def msg(self, message: str) -> None:
+        self.line(message.encode("utf-8", "backslashreplace"))
+
+    log = debug = info = warn = warning = msg
+    error = err = critical = exception = fatal = msg
+
+    def line(self, data: bytes) -> None:
+        """One line, already encoded (without its newline)."""
         if self._broken:
             self._count(1)
             return
         pending = self._pending
-        pending.append(message)
+        pending.append(data)
         if len(pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
             except RuntimeError:  # no loop running: now
                 self.flush()
-
-    log = debug = info = warn = warning = msg
-    error = err = critical = exception = fatal = msg
 
     def flush(self) -> None:
         """Write the pending lines (the loop calls this once per iteration that logged)."""
@@ -67,7 +71,7 @@ class LogSink:
         if self._broken:
             self._count(len(lines))
             return
-        data = ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
+        data = b"\n".join(lines) + b"\n"
         try:
             self._write(data)
         except (OSError, ValueError) as error:
@@ -158,7 +162,7 @@ def log_request(fields: dict[str, Any]) -> None:
     fields["event"] = "request"
     fields["level"] = "info"
     fields["timestamp"] = timestamp()
-    SINK.msg(_dumps(fields))
+    SINK.line(_request_line(fields))
 
 
 def _dumps_stdlib(event: Any, default: Callable[[Any], Any] | None = None) -> str:
@@ -172,21 +176,34 @@ def _dumps_orjson(event: Any, default: Callable[[Any], Any] | None = None) -> st
         return _dumps_stdlib(event, default)
 
 
+def _request_line_stdlib(event: dict[str, Any]) -> bytes:
+    return _dumps_stdlib(event).encode("utf-8", "backslashreplace")
+
+
+def _request_line_orjson(event: dict[str, Any]) -> bytes:
+    """A request event (its keys are all strings) as its line's bytes, straight from orjson."""
+    try:
+        return orjson.dumps(event)
+    except TypeError:  # a string orjson will not encode (a lone surrogate): the slow way
+        return _request_line_stdlib(event)
+
+
 # A log line is the same compact UTF-8 JSON whichever renders it: orjson (the ``fast`` extra),
 # about ten times quicker, or the standard library.
 try:
     import orjson
 except ImportError:  # pragma: no cover - the fast extra is not installed
     _dumps = _dumps_stdlib
+    _request_line = _request_line_stdlib
 else:
     _dumps = _dumps_orjson
+    _request_line = _request_line_orjson
 
 
 def timestamp() -> str:
     """UTC now as structlog's ISO stamp: ``2026-11-29T04:43:35.142136Z``."""
     global _second, _second_text
-    now = time.time()
-    second = int(now)
+    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
     if second != _second:
         _second, _second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second_text}.{int((now - second) * 1_000_000):06d}Z"
+    return f"{_second_text}.{micro:06d}Z"

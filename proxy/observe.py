@@ -85,11 +85,17 @@ class Outcome(NamedTuple):
     def fields(self) -> dict[str, Any]:
         """The request event's fields (their names are a contract: see README, "Decision log")."""
         decision, refusal, status = self.decision, self.refusal, self.status
+        duration_ms = int(self.seconds * 1_000_000 + 0.5) / 1000  # round(ms, 3), quicker
         fields: dict[str, Any]
         if decision is None:
             fields = dict(_UNDECIDED)
             fields["reason"] = self.reason
-        else:
+            fields["method"] = self.method
+            fields["status"] = status
+            fields["duration_ms"] = duration_ms
+            fields["request_id"] = self.request_id
+            fields["correlation_id"] = self.correlation_id
+        else:  # the common case: built in one go, in the contract's order
             endpoint, grant, credential = decision.endpoint, decision.grant, decision.credential
             forwarded = (
                 decision.forwards
@@ -101,12 +107,12 @@ class Outcome(NamedTuple):
             fields = {
                 "decision": decision.verdict,
                 "reason": decision.reason,
-                "method": None,
+                "method": self.method,
                 "endpoint": decision.label,
                 "version": decision.version,
-                "status": None,
+                "status": status,
                 "upstream_status": status if forwarded else None,
-                "duration_ms": None,
+                "duration_ms": duration_ms,
                 "token_fp": credential.fingerprint if credential is not None else None,
                 "grant": grant.name if grant is not None else None,
                 "accepted_scopes": endpoint.scope_list if endpoint is not None else (),
@@ -115,18 +121,13 @@ class Outcome(NamedTuple):
                 "error": None,
                 "problem": None,
                 "via": "proxy",
-                "request_id": None,
-                "correlation_id": None,
+                "request_id": self.request_id,
+                "correlation_id": self.correlation_id,
             }
         if self.called is not None and fields["endpoint"] is None:
             fields["endpoint"], fields["version"] = self.called
-        fields["method"] = self.method
         if self.check:
             fields["via"] = "ext_authz"
-        fields["status"] = status
-        fields["duration_ms"] = round(self.seconds * 1000, 3)
-        fields["request_id"] = self.request_id
-        fields["correlation_id"] = self.correlation_id
         if self.cut_off is not None or refusal is not None:
             fields["error"] = self.error
             fields["problem"] = refusal.detail if refusal is not None else None

@@ -83,6 +83,25 @@ def test_orjson_and_the_standard_library_write_the_same_line(event: dict[str, An
     assert json.loads(line) == json.loads(json.dumps(event)), "and it reads back as the event"
 
 
+@pytest.mark.parametrize(
+    "request_id",
+    [
+        "4be0b5a0e8f44a41a4c1b7f2d0c6e2aa",
+        'quo"te\\ \x00\x1f\x7f ünï \U0001f600',
+        "lone \udc80 half",
+    ],
+)
+def test_a_request_line_is_the_same_bytes_from_orjson_and_the_standard_library(
+    request_id: str,
+) -> None:
+    pytest.importorskip("orjson")
+    event = {**REQUEST, "request_id": request_id, "event": "request", "level": "info"}
+    line = logs._request_line_orjson(event)
+    assert line == logs._request_line_stdlib(event)
+    assert b"\n" not in line, "one event, one line"
+    assert json.loads(line)["reason"] == "out_of_scope"
+
+
 def test_what_neither_serializer_knows_is_rendered_by_the_fallback() -> None:
     class Opaque:
         def __repr__(self) -> str:
