@@ -172,9 +172,24 @@ end
 """
 
 
-def wrk(url: str, connections: int, seconds: float, threads: int = 1, script: str = "") -> Load:
+def pin(pid: int, cpus: set[int]) -> None:
+    """Keep a process, its threads and its children on these CPUs."""
+    for each in children(pid):
+        for task in os.listdir(f"/proc/{each}/task"):
+            os.sched_setaffinity(int(task), cpus)
+
+
+def wrk(
+    url: str,
+    connections: int,
+    seconds: float,
+    threads: int = 1,
+    script: str = "",
+    cpus: set[int] | None = None,
+) -> Load:
     """Drive ``url`` with wrk; ``script`` (Lua) may define ``request()`` to vary the calls, and
-    ``prepare()`` to build them once per thread (where ``wrk.format`` knows the Host)."""
+    ``prepare()`` to build them once per thread (where ``wrk.format`` knows the Host). With
+    ``cpus``, wrk runs on those CPUs only."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script + _REPORTING)
         lua = handle.name
@@ -183,6 +198,7 @@ def wrk(url: str, connections: int, seconds: float, threads: int = 1, script: st
             ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
              "-s", lua, url],
             capture_output=True, text=True, check=False, timeout=seconds + 60,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )  # fmt: skip
     finally:
         os.unlink(lua)

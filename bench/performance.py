@@ -43,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, cpu_seconds, free_port, proxy, require, rss_mib, wait_ready, wrk
+from harness import ROOT, cpu_seconds, free_port, pin, proxy, require, rss_mib, wait_ready, wrk
 
 TOKEN = "bench-token"
 BODY = json.dumps(
@@ -54,6 +54,9 @@ BODY = json.dumps(
 )  # fmt: skip
 ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
 AUTH = f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n'
+# Each connection pauses 0-20 ms, at random, before each call: 50 connections started together
+# against an upstream that always takes 100 ms otherwise stay in step for the whole run.
+OUT_OF_STEP = AUTH + "math.randomseed(os.time())\nfunction delay() return math.random(0, 20) end\n"
 TARGETS = {"throughput": 0.85, "stretch": 1.0, "workers": 1.6, "p50": 1.0, "p99": 5.0,
            "decision_us": 10.0, "streaming_mib": 80.0, "idle_mib": 60.0}  # fmt: skip
 
@@ -155,15 +158,19 @@ def throughput(
 
 
 def added_latency(
-    direct: str, hops: dict[str, str], seconds: float
+    direct: str,
+    hops: dict[str, str],
+    seconds: float,
+    script: str = AUTH,
+    cpus: set[int] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """p50 and p99 each hop adds over calling the 100 ms upstream directly, 50 connections."""
     for url in (direct, *hops.values()):
-        wrk(url, 50, 2, script=AUTH)  # warm up
-    floor = wrk(direct, 50, seconds, script=AUTH)
+        wrk(url, 50, 2, script=script, cpus=cpus)  # warm up
+    floor = wrk(direct, 50, seconds, script=script, cpus=cpus)
     added = {}
     for name, url in hops.items():
-        through = wrk(url, 50, seconds, script=AUTH)
+        through = wrk(url, 50, seconds, script=script, cpus=cpus)
         added[name] = (through.p50_ms - floor.p50_ms, through.p99_ms - floor.p99_ms)
     return added
 
@@ -325,8 +332,8 @@ def main() -> int:
             variants[module] = stack.enter_context(process(
                 [sys.executable, str(ROOT / "bench" / "httpx_variant.py"), module,
                  str(variant_config)]))  # fmt: skip
-        stack.enter_context(proxy(proxy_document(ports["slow"], slow, folder)))
-        stack.enter_context(process(
+        slow_proxy = stack.enter_context(proxy(proxy_document(ports["slow"], slow, folder)))
+        bare_slow = stack.enter_context(process(
             [sys.executable, str(ROOT / "bench" / "bare_passthrough.py"), str(ports["bare slow"]),
              str(slow)]))  # fmt: skip
         for name in ("bare", "bare asyncio", "bare slow", "httpx", "httpx2"):
@@ -345,13 +352,24 @@ def main() -> int:
         }
         print(f"throughput: wrk, 1 thread, 32 connections, {rounds} rounds of {seconds:g} s each")
         measured = throughput(targets, rounds, seconds, 32)
-        print("latency: 100 ms upstream, 50 connections")
-        latency = added_latency(
-            f"http://127.0.0.1:{slow}{target}",
-            {"proxy": f"http://127.0.0.1:{ports['slow']}{target}",
-             "bare": f"http://127.0.0.1:{ports['bare slow']}{target}"},
-            4 if args.quick else 10,
-        )  # fmt: skip
+        direct_slow = f"http://127.0.0.1:{slow}{target}"
+        hops = {"proxy": f"http://127.0.0.1:{ports['slow']}{target}",
+                "bare": f"http://127.0.0.1:{ports['bare slow']}{target}"}  # fmt: skip
+        latency_seconds = 4 if args.quick else 10
+        print("latency: 100 ms upstream, 50 connections, all on every CPU, calls in step")
+        in_step = added_latency(direct_slow, hops, latency_seconds)
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:
+            # As deployed: the app and Pipedrive are not on the proxy's CPU.
+            print(f"latency: the same, the hop alone on CPU {cpus[0]} (wrk and nginx on CPU "
+                  f"{cpus[1]}), calls out of step")  # fmt: skip
+            for pid, on in ((nginx.pid, cpus[1]), (slow_proxy.pid, cpus[0]),
+                            (bare_slow.pid, cpus[0])):  # fmt: skip
+                pin(pid, {on})
+            latency = added_latency(direct_slow, hops, latency_seconds, OUT_OF_STEP, cpus={cpus[1]})
+        else:
+            print("latency: one CPU only: the hop cannot have one to itself; calls in step")
+            latency = in_step
         p50, p99 = latency["proxy"]
     print("decision alone: canonical request, credential, match, decision")
     decision_us, endpoints = decision_alone()
@@ -368,10 +386,13 @@ def main() -> int:
               f"{values['p50']:8.2f} {values['p99']:8.2f} {values['cpu']:11.3f} "
               f"{values['cpu'] / bare['cpu']:7.2f}")  # fmt: skip
     print()
-    for name, (added50, added99) in latency.items():
-        print(
-            f"added over the 100 ms upstream, {name:5}: p50 {added50:+.2f} ms, p99 {added99:+.2f} ms"
-        )
+    for heading, measured_latency in (
+        ("the hop alone on a CPU, calls out of step (the targets)", latency),
+        ("everything on every CPU, calls in step", in_step),
+    )[: 2 if latency is not in_step else 1]:
+        print(f"added over the 100 ms upstream, {heading}:")
+        for name, (added50, added99) in measured_latency.items():
+            print(f"  {name:5}: p50 {added50:+.2f} ms, p99 {added99:+.2f} ms")
     ratio = measured["proxy"]["rate"] / bare["rate"]
     workers = measured["proxy x2"]["rate"] / measured["proxy"]["rate"]
     results = [

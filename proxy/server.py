@@ -79,15 +79,19 @@ class _ProxyServer(web.Server):
         matched = UrlMappingMatchInfo({}, route)
         matched.add_app(app)
         matched.freeze()
-        handler = route.handler
 
-        async def observed(request: web.BaseRequest) -> web.StreamResponse:
-            request._match_info = matched  # type: ignore[attr-defined]
-            return await observe(request, handler)  # type: ignore[arg-type]
+        def request_factory(
+            message: Any, payload: Any, protocol: Any, writer: Any, task: Any
+        ) -> web.Request:
+            request = app._make_request(
+                message, payload, protocol, writer, task, _cls=_ProxyRequest
+            )
+            request._match_info = matched
+            return request
 
         super().__init__(
-            observed,
-            request_factory=functools.partial(app._make_request, _cls=_ProxyRequest),
+            functools.partial(observe, handler=route.handler),
+            request_factory=request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=made._loop,
             **options,
