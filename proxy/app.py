@@ -76,7 +76,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await handle_check(request, runtime, raw_path[len(AUTHZ_PREFIX) :])
     canonical = canonicalize(request.method, raw_path, request.raw_headers)
     route = api_route(canonical.path)
-    if route is not None:  # an API call: decided, then forwarded (one coroutine, on every call)
+    if route is not None:  # an API call: authorize_call written out (one coroutine less per call)
         credential, static = identify(request, runtime, canonical, route)
         stored = None
         if static is None and credential.kind == "oauth":
