@@ -184,7 +184,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             response.force_close()  # the rest of what this client sends cannot be trusted either
         if error.status == 408:
             request.content.feed_eof()  # a stalled body: do not linger waiting for the rest
-    except web.HTTPException as error:  # raised by aiohttp itself, e.g. a target it cannot route
+    except web.HTTPException as error:  # raised by aiohttp itself (a net: nothing is routed)
         refusal = _from_http(request, error)
         response = error_response(refusal)
     except asyncio.CancelledError:
@@ -292,7 +292,7 @@ def _log_unhandled(error: Exception) -> None:
 
 
 def _from_http(request: web.Request, error: web.HTTPException) -> ProxyError:
-    """The proxy's own refusal for a request aiohttp's router turned away."""
+    """The proxy's own refusal for a request aiohttp itself turned away."""
     try:
         canonicalize(request.method, request.raw_path, request.raw_headers)
     except ProxyError as refusal:
