@@ -18,11 +18,18 @@ from typing import Any, cast
 import aiohttp
 from aiohttp import StreamReader, web
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from proxy.config import UpstreamSettings
-from proxy.errors import RequestTimeout, UpstreamFailure, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import (
+    MalformedRequest,
+    RequestTimeout,
+    UpstreamFailure,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 HOP_BY_HOP = tuple(  # istr: looked up without being case-folded again on every request
     istr(name)
@@ -199,7 +206,7 @@ async def read_limited(
     stream: StreamReader, limit: int, too_large: Exception, stall_timeout: float | None = None
 ) -> bytes:
     """A whole (small) body; ``too_large`` past ``limit`` bytes, ``RequestTimeout`` when no
-    byte comes for ``stall_timeout`` seconds."""
+    byte comes for ``stall_timeout`` seconds, ``MalformedRequest`` when its framing breaks."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -208,6 +215,8 @@ async def read_limited(
                 chunk = await stream.readany()
         except TimeoutError:
             raise RequestTimeout(f"no body bytes for {stall_timeout:g} s") from None
+        except HttpProcessingError:  # a chunk the parser refused mid-body: never quoted
+            raise MalformedRequest("malformed body framing") from None
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)

@@ -220,6 +220,16 @@ class _ProxyProtocol(web.RequestHandler):
         self._server.dropped("header_timeout")
         self.force_close()
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's own report of an error it met outside any handler (a malformed chunk in the
+        rest of a body it reads and drops after the answer, say): one event naming the kind of
+        error, never its message, which may quote what the client sent."""
+        error = kw.get("exc_info")
+        get_logger().warning(
+            "connection_error",
+            error_type=type(error).__name__ if isinstance(error, BaseException) else None,
+        )
+
     def handle_error(
         self,
         request: web.BaseRequest,

@@ -109,3 +109,35 @@ async def test_a_chunked_body_with_a_token_for_a_size_is_not_echoed(
     assert SECRET not in answer
     assert SECRET.decode() not in capsys.readouterr().out
     assert all(SECRET not in r.body for r in upstream.received)
+
+
+async def test_a_malformed_chunk_after_the_answer_is_not_quoted_in_any_log(
+    http_parser_kind: str,
+    make_proxy: ProxyFactory,
+    upstream: FakePipedrive,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The call is refused while its body is still coming; the rest of the body, which aiohttp
+    reads and drops after the answer, has a chunk size that is the token. aiohttp's own error
+    report (a traceback quoting the line) would print it; the proxy logs the kind of error."""
+    client = await make_proxy(tokens=grants(reader=["deals:read"]), limits={"body_timeout": 1})
+    assert client.server.port is not None
+    with capture_logs() as events:
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(
+            b"POST /v1/deals HTTP/1.1\r\n" + HOST + b"Authorization: Bearer reader\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n"
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        writer.write(SECRET + b"\r\n0\r\n\r\n")  # after the answer: read and dropped
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), timeout=10)  # the connection closes
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 403 ")
+    printed = capsys.readouterr()
+    for where in (repr(events), printed.out, printed.err, caplog.text):
+        assert SECRET.decode() not in where
+    assert not [r for r in caplog.records if r.name.startswith("aiohttp")], caplog.text
+    assert upstream.received == []

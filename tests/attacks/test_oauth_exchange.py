@@ -10,6 +10,7 @@ token answer it still cannot read. A token whose lifetime cannot be believed (``
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -77,6 +78,36 @@ async def test_a_content_encoded_oauth_request_is_refused(
         "/oauth/revoke", data=b"\x1f\x8b...", headers={**AXIOS, "Content-Encoding": "gzip"}
     )
     assert response.status == 400
+    assert upstream.received == []
+
+
+async def test_an_oauth_body_whose_chunking_breaks_is_a_400_never_passed_on(
+    http_parser_kind: str, make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    """The body is read whole before the exchange is passed on; a chunk size the parser refuses
+    halfway through is a malformed request (the pure-Python parser reports it as an error, the
+    compiled one stops reading: the stall timeout answers)."""
+    upstream.respond = FakeOAuth().respond
+    client = await make_proxy(limits={"body_timeout": 1})
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(
+        b"POST /oauth/token HTTP/1.1\r\nHost: proxy.test\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n1\r\na\r\n"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the first chunk is read before the broken one comes
+    writer.write(b"ZZ\r\nxx\r\n0\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    reason = envelope(body)["scope_proxy"]["reason"]
+    assert (status, reason) in ((400, "malformed_request"), (408, "request_timeout")), answer
+    if http_parser_kind == "pure-Python parser":
+        assert (status, reason) == (400, "malformed_request")
     assert upstream.received == []
 
 
