@@ -197,8 +197,9 @@ def answer_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
 
 
 async def send_continue(request: web.Request) -> None:
-    """Answer ``Expect: 100-continue``: the client may now send the body."""
-    if request.headers.get("Expect", "").lower() == "100-continue":
+    """Answer ``Expect: 100-continue``: the client may now send the body. An HTTP/1.0 client's
+    expectation is ignored (RFC 9110, 10.1.1): it cannot read an interim answer."""
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         await request.writer.write(_CONTINUE)
 
 

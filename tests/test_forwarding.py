@@ -253,6 +253,28 @@ async def test_expect_continue_is_answered_only_after_authorization(
     assert [(r.method, r.body) for r in upstream.received] == [("POST", b"{}")]
 
 
+async def test_an_http_1_0_clients_expect_continue_is_ignored(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    """RFC 9110, 10.1.1: a server ignores a 100-continue expectation in an HTTP/1.0 request;
+    the client sends its body without waiting, and gets the final answer only."""
+    client = await make_proxy(tokens=grants(writer=["deals:full"]))
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(
+        b"POST /v1/deals HTTP/1.0\r\nHost: p\r\nAuthorization: Bearer writer\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    assert not answer.startswith(b"HTTP/1.1 100"), answer[:40]
+    assert answer.split(b" ")[1] == b"200", answer[:40]
+    assert b"100 Continue" not in answer
+    [received] = upstream.received
+    assert received.body == b"{}"
+
+
 async def test_upstream_cookies_are_not_replayed_to_other_clients(
     make_proxy: ProxyFactory, upstream: FakePipedrive
 ) -> None:
