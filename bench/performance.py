@@ -384,6 +384,7 @@ def main() -> int:
         latency_seconds = 4 if args.quick else 10
         print("latency: 100 ms upstream, 50 connections, all on every CPU, calls in step")
         in_step = added_latency(direct_slow, hops, latency_seconds)
+        latencies = [("everything on every CPU, calls in step", in_step)]
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) >= 2:
             # As deployed: the app and Pipedrive are not on the proxy's CPU.
@@ -393,6 +394,9 @@ def main() -> int:
                             (bare_slow.pid, cpus[0])):  # fmt: skip
                 pin(pid, {on})
             latency = added_latency(direct_slow, hops, latency_seconds, OUT_OF_STEP, cpus={cpus[1]})
+            latencies.insert(
+                0, ("the hop alone on a CPU, calls out of step (the targets)", latency)
+            )
         else:
             print("latency: one CPU only: the hop cannot have one to itself; calls in step")
             latency = in_step
@@ -415,10 +419,7 @@ def main() -> int:
               f"{values['p50']:8.2f} {values['p99']:8.2f} {values['cpu']:11.3f} "
               f"{values['cpu'] / bare['cpu']:7.2f}")  # fmt: skip
     print()
-    for heading, measured_latency in (
-        ("the hop alone on a CPU, calls out of step (the targets)", latency),
-        ("everything on every CPU, calls in step", in_step),
-    )[: 2 if latency is not in_step else 1]:
+    for heading, measured_latency in latencies:
         print(f"added over the 100 ms upstream, {heading}:")
         for name, (added50, added99) in measured_latency.items():
             print(f"  {name:5}: p50 {added50:+.2f} ms, p99 {added99:+.2f} ms")

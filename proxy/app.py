@@ -26,7 +26,7 @@ from proxy.canonical import (
 from proxy.catalog import API_PREFIXES, AUTHZ_PREFIX, Catalogue, Route, api_route, path_shape
 from proxy.config import Config
 from proxy.credentials import Credential, extract_credential
-from proxy.decision import Decision, Grant, authorize
+from proxy.decision import Decision, authorize
 from proxy.errors import (
     AmbiguousRequest,
     MalformedRequest,
@@ -76,12 +76,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await handle_check(request, runtime, raw_path[len(AUTHZ_PREFIX) :])
     canonical = canonicalize(request.method, raw_path, request.raw_headers)
     route = api_route(canonical.path)
-    if route is not None:  # an API call: authorize_call written out (one coroutine less per call)
-        credential, static = identify(request, runtime, canonical, route)
-        stored = None
-        if static is None and credential.kind == "oauth":
-            stored = await _stored_scopes(request, runtime, canonical, route, credential)
-        settle(request, runtime, canonical, route, credential, static, stored)
+    if route is not None:  # an API call: decided, then forwarded
+        await authorize_call(request, runtime, canonical, route)
         url = runtime.config.upstream.api_url + canonical.target
         return await app[UPSTREAM].forward(request, url, request[NOTES].made_request_id)
     if canonical.path in OAUTH_PATHS:
@@ -146,40 +142,19 @@ _UNKNOWN_ENDPOINT = (Reason.UNKNOWN_ENDPOINT, Reason.UNKNOWN_ENDPOINT_ALLOWED)
 async def authorize_call(
     request: web.Request, runtime: Runtime, canonical: CanonicalRequest, route: Route
 ) -> Decision:
-    """Decide an API call, record the decision on the request, and raise its refusal."""
-    credential, static = identify(request, runtime, canonical, route)
-    stored = None
-    if static is None and credential.kind == "oauth":
-        stored = await _stored_scopes(request, runtime, canonical, route, credential)
-    return settle(request, runtime, canonical, route, credential, static, stored)
-
-
-def identify(
-    request: web.Request, runtime: Runtime, canonical: CanonicalRequest, route: Route
-) -> tuple[Credential, Grant | None]:
-    """The call's one credential and its static grant, if it has one; raises the refusal of a
-    call that cannot be decided (a method no endpoint takes, no usable credential)."""
+    """Decide an API call, note the decision on the request, and raise its refusal."""
     if canonical.method not in METHODS:
         raise MethodNotAllowed(allowed_methods(runtime, route))
+    notes = request[NOTES]
     try:
         credential = extract_credential(canonical.credential_headers, canonical.query_pairs)
+        static = runtime.grants.get(credential.digest)
+        stored = None
+        if static is None and credential.kind == "oauth":
+            stored = await _stored_scopes(request.app, credential)
     except ProxyError:
-        request[NOTES].called = _called(runtime, canonical.method, route)  # which lacked a token
+        notes.called = _called(runtime, canonical.method, route)  # which call lacked a token
         raise
-    return credential, runtime.grants.get(credential.digest)
-
-
-def settle(
-    request: web.Request,
-    runtime: Runtime,
-    canonical: CanonicalRequest,
-    route: Route,
-    credential: Credential,
-    static: Grant | None,
-    stored: frozenset[str] | None,
-) -> Decision:
-    """The decision on a call whose credential is known, noted on the request; raises its
-    refusal."""
     decision = authorize(
         runtime.catalogue,
         runtime.config.policy,
@@ -189,7 +164,6 @@ def settle(
         static,
         stored,
     )
-    notes = request[NOTES]
     if decision.reason in _UNKNOWN_ENDPOINT:
         decision = decision._replace(shape=path_shape(canonical.method, route))
     elif decision.endpoint is None and not decision.forwards:  # refused before the match
@@ -214,20 +188,11 @@ def allowed_methods(runtime: Runtime, route: Route) -> tuple[str, ...]:
     return runtime.catalogue.methods(route)
 
 
-async def _stored_scopes(
-    request: web.Request,
-    runtime: Runtime,
-    canonical: CanonicalRequest,
-    route: Route,
-    credential: Credential,
-) -> frozenset[str] | None:
-    """What the token store learned of an OAuth token's scopes (None: nothing)."""
-    app = request.app
+async def _stored_scopes(app: web.Application, credential: Credential) -> frozenset[str] | None:
     try:
         learned = await app[STORE].get(credential.digest)
     except StoreError as error:
         app[METRICS].store_errors.labels("get").inc()
-        request[NOTES].called = _called(runtime, canonical.method, route)
         raise StoreUnavailable("cannot resolve this token's scopes now") from error
     return learned.scopes if learned is not None else None
 

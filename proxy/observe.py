@@ -153,11 +153,10 @@ def record(app: web.Application, outcome: Outcome) -> None:
     log_request(fields)
     metrics = app[METRICS]
     metrics.observe(fields["decision"], reason, fields["version"], outcome.seconds)
-    if outcome.cut_off is not None or outcome.refusal is not None:
-        failed = outcome.upstream_failed
-        kind = outcome.cut_off or (failed.kind if failed is not None else None)
-        if kind is not None and kind != "client_stalled":
-            metrics.upstream_errors.labels(kind).inc()
+    failed = outcome.upstream_failed
+    kind = outcome.cut_off or (failed.kind if failed is not None else None)
+    if kind is not None and kind != "client_stalled":
+        metrics.upstream_errors.labels(kind).inc()
     decision = outcome.decision
     if decision is not None and not (outcome.check and outcome.cut_off is not None):
         app[RECORDER].record(decision)  # not a check whose answer Envoy never read
