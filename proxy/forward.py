@@ -66,11 +66,31 @@ class _ExactResponses(ResponseHandler):
     unsolicited or extra answer), and the next request on it would read those bytes as its
     own answer: every later client would get the previous one's. Here a connection that
     receives a byte when no answer is due, or a second final answer to one request, is closed.
+
+    Its read timeout (``sock_read``) is a deadline that ``_ReadDeadlines`` checks, rather than
+    aiohttp's timer, made and cancelled again for every read.
     """
 
-    def __init__(self, loop: Any) -> None:
+    def __init__(self, loop: Any, deadlines: _ReadDeadlines) -> None:
         super().__init__(loop)
         self._awaiting = False  # an answer is due
+        self.read_deadline: float | None = None  # when no byte has come by then: a timeout
+        self._deadlines = deadlines
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._deadlines.watch(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._deadlines.forget(self)
+        super().connection_lost(exc)
+
+    def _reschedule_timeout(self) -> None:
+        timeout = self._read_timeout
+        self.read_deadline = self._loop.time() + timeout if timeout else None
+
+    def _drop_timeout(self) -> None:
+        self.read_deadline = None
 
     def set_response_params(self, **params: Any) -> None:
         self._awaiting = True
@@ -81,20 +101,55 @@ class _ExactResponses(ResponseHandler):
             if data:
                 self._refuse()
             return
-        super().data_received(data)
+        ResponseHandler.data_received(self, data)
         queued = self._buffer  # ((message, payload), size) of the answers not yet read
         if len(queued) > 1 and sum(not _interim(answer[0].code) for answer, _ in queued) > 1:
             self._refuse()
             return
         payload = self._payload
-        last_interim = bool(queued) and _interim(queued[-1][0][0].code)
-        if payload is not None and payload.is_eof() and not last_interim:
+        if (
+            payload is not None
+            and payload.is_eof()
+            and not (queued and _interim(queued[-1][0][0].code))
+        ):
             self._awaiting = False  # the final answer is whole: nothing more is due
 
     def _refuse(self) -> None:
         self.force_close()
         if self.transport is not None:
             self.transport.close()
+
+
+class _ReadDeadlines:
+    """The upstream read timeout of every pooled connection, checked by one timer about four
+    times per timeout (at least once a second): a connection that has waited past its deadline
+    for a byte of its answer fails as aiohttp's own timer would fail it, up to a quarter of the
+    timeout later."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
+        self._loop = loop
+        self._every = min(1.0, timeout / 4) if timeout else 1.0
+        self._connections: set[_ExactResponses] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, connection: _ExactResponses) -> None:
+        self._connections.add(connection)
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._every, self._sweep)
+
+    def forget(self, connection: _ExactResponses) -> None:
+        self._connections.discard(connection)
+        if not self._connections and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self) -> None:
+        now = self._loop.time()
+        for connection in [c for c in self._connections if c.read_deadline is not None]:
+            deadline = connection.read_deadline
+            if deadline is not None and deadline <= now:
+                connection._on_read_timeout()  # clears the deadline, as it drops aiohttp's timer
+        self._timer = self._loop.call_later(self._every, self._sweep)
 
 
 def _interim(code: int) -> bool:
@@ -113,11 +168,13 @@ class _AsSent(aiohttp.ClientRequest):
 class _Connector(aiohttp.TCPConnector):
     """aiohttp's pooled connector, with connections that read only what they asked for."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, read_timeout: float | None, **options: Any) -> None:
         super().__init__(**options)
         self._factory = cast(
             "functools.partial[ResponseHandler]",
-            functools.partial(_ExactResponses, loop=self._loop),
+            functools.partial(
+                _ExactResponses, loop=self._loop, deadlines=_ReadDeadlines(self._loop, read_timeout)
+            ),
         )
 
 
@@ -243,7 +300,7 @@ class UpstreamClient:
             sock_read=self.settings.read_timeout,
         )
         self._session = aiohttp.ClientSession(
-            connector=_Connector(limit=1024, ttl_dns_cache=60),
+            connector=_Connector(self.settings.read_timeout, limit=1024, ttl_dns_cache=60),
             timeout=timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # never carry one app's cookies to another
