@@ -69,7 +69,30 @@ def extract_credential(
 ) -> Credential:
     """The request's single credential, from its credential headers (lower-case names, as
     ``canonicalize`` collects them) and its query; raises if it has none, several, or an
-    unusable one."""
+    unusable one.
+
+    An app sends the same header with every call: a header accepted once is known by its
+    exact bytes (at most ``KNOWN_HEADERS`` of them), and is not parsed or hashed again.
+    """
+    if len(headers) == 1 and not any(parameter_credential(name) for name, _ in query_pairs):
+        header = headers[0]
+        known = _known.get(header)
+        if known is None:
+            known = _parse(headers, ())
+            if len(_known) >= KNOWN_HEADERS:
+                _known.clear()  # bounded; the ones in use come back on their next call
+            _known[header] = known
+        return known
+    return _parse(headers, query_pairs)
+
+
+KNOWN_HEADERS = 4096
+_known: dict[tuple[str, bytes], Credential] = {}  # only headers that were accepted
+
+
+def _parse(
+    headers: Sequence[tuple[str, bytes]], query_pairs: Sequence[tuple[str, str]]
+) -> Credential:
     found: list[tuple[CredentialKind, str, str, bool]] = []  # kind, token, where, canonical
     for name, raw_value in headers:
         if name == "authorization":

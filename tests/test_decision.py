@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from proxy import credentials
 from proxy.catalog import Endpoint, Route
 from proxy.credentials import Credential, extract_credential, fingerprint
 from proxy.decision import Grant, Policy, authorize, decide, resolve_grant
@@ -197,11 +198,31 @@ def test_extract_credential(
     headers: list[tuple[bytes, bytes]], query: list[tuple[str, str]], expected: object
 ) -> None:
     named = [(name.decode().lower(), value) for name, value in headers]
-    if isinstance(expected, type):
-        with pytest.raises(expected):
-            extract_credential(named, query)
-    else:
-        assert extract_credential(named, query) == expected
+    for _ in range(2):  # the second time, an accepted header is known by its bytes
+        if isinstance(expected, type):
+            with pytest.raises(expected):
+                extract_credential(named, query)
+        else:
+            assert extract_credential(named, query) == expected
+
+
+def test_a_known_header_still_counts_beside_a_query_credential() -> None:
+    header = [("authorization", b"Bearer known")]
+    assert extract_credential(header, [("limit", "10")]) == Credential("oauth", digest("known"))
+    with pytest.raises(MultipleCredentials):
+        extract_credential(header, [("api_token", "other")])
+    with pytest.raises(MultipleCredentials):
+        extract_credential(header, [("api.token", "other")])  # what PHP reads as api_token
+
+
+def test_the_known_headers_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(credentials, "KNOWN_HEADERS", 3)
+    for n in range(10):
+        token = f"t{n}"
+        assert extract_credential([("x-api-token", token.encode())], []) == Credential(
+            "api_token", digest(token)
+        )
+        assert len(credentials._known) <= 3
 
 
 def test_fingerprint_is_the_first_12_hex_of_the_sha256() -> None:
