@@ -107,12 +107,10 @@ class _ExactResponses(ResponseHandler):
             self._refuse()
             return
         payload = self._payload
-        if (
-            payload is not None
-            and payload.is_eof()
-            and not (queued and _interim(queued[-1][0][0].code))
-        ):
-            self._awaiting = False  # the final answer is whole: nothing more is due
+        if payload is not None and payload.is_eof():
+            last = queued[-1][0][0].code if queued else 0
+            if not 100 <= last < 200 or last == 101:  # not an interim answer (``_interim``)
+                self._awaiting = False  # the final answer is whole: nothing more is due
 
     def _refuse(self) -> None:
         self.force_close()

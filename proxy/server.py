@@ -203,7 +203,7 @@ class _ProxyProtocol(web.RequestHandler):
             if self._head_since is None:
                 self._head_since = self._loop.time()  # the first byte of a later request
             self._head_begun = True  # the first request's deadline runs from the connection
-        super().data_received(data)
+        web.RequestHandler.data_received(self, data)
         if self._messages or self._current_request is not None:
             self._head_since = None
 
