@@ -39,6 +39,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -139,22 +140,29 @@ def nginx_worker(master: int) -> int:
 
 
 def throughput(
-    targets: dict[str, tuple[str, int]], rounds: int, seconds: float, connections: int
+    targets: dict[str, tuple[str, int]],
+    rounds: int,
+    seconds: float,
+    connections: int,
+    upstream: int,
 ) -> dict[str, dict[str, Any]]:
     """Median requests/s, p50, p99 and CPU seconds per 1000 requests of each target, and its
-    requests/s in each round."""
-    samples: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in targets}
+    requests/s in each round; and ``beside``: the CPU seconds per 1000 requests that wrk and
+    the upstream (the nginx process ``upstream`` and its workers) used meanwhile."""
+    samples: dict[str, list[tuple[float, ...]]] = {name: [] for name in targets}
     for url, _ in targets.values():
         wrk(url, connections, 1, script=AUTH)  # warm up
     for round_number in range(rounds):
         for name, (url, pid) in targets.items():
-            before = cpu_seconds(pid)
+            before, beside = cpu_seconds(pid), cpu_seconds(upstream) + _waited_cpu()
             load = wrk(url, connections, seconds, script=AUTH)
             used = cpu_seconds(pid) - before
+            beside = cpu_seconds(upstream) + _waited_cpu() - beside
             unexpected = sum(n for status, n in load.statuses.items() if status != "200")
             if unexpected or load.socket_errors:
                 sys.exit(f"bench: {name} answered {load.statuses}, {load.socket_errors} errors")
-            samples[name].append((load.rate, load.p50_ms, load.p99_ms, 1000 * used / load.requests))
+            samples[name].append((load.rate, load.p50_ms, load.p99_ms,
+                                  1000 * used / load.requests, 1000 * beside / load.requests))  # fmt: skip
         print(f"  round {round_number + 1}/{rounds}: " + ", ".join(
             f"{name} {samples[name][-1][0]:.0f}/s" for name in targets))  # fmt: skip
     return {
@@ -163,10 +171,38 @@ def throughput(
             "p50": statistics.median(s[1] for s in values),
             "p99": statistics.median(s[2] for s in values),
             "cpu": statistics.median(s[3] for s in values),
+            "beside": statistics.median(s[4] for s in values),
             "rates": [s[0] for s in values],  # by round
+            "cpus": [s[3] for s in values],
+            "besides": [s[4] for s in values],
         }
         for name, values in samples.items()
     }
+
+
+def _waited_cpu() -> float:
+    """CPU seconds of this process's finished children (each wrk run, once waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def workers_ceiling(measured: dict[str, dict[str, Any]], cpus: int) -> float:
+    """The most ``--workers 2`` can reach over one worker on this machine, from CPU costs.
+
+    One worker is bound by its own CPU: ``1 / p1`` calls per second, ``p1`` its CPU per call,
+    while wrk and nginx fit on another CPU. Two workers share all ``cpus`` with wrk and nginx:
+    at ``p2`` per call for the workers and ``c`` for wrk and nginx, ``cpus / (p2 + c)`` calls
+    per second at most. The ratio is at most ``cpus * p1 / (p2 + c)``: the cheaper a call,
+    the larger wrk's and nginx's share of the CPUs, and the lower the ceiling.
+    """
+    rounds = zip(
+        measured["proxy"]["cpus"],
+        measured["proxy x2"]["cpus"],
+        measured["proxy x2"]["besides"],
+        strict=True,
+    )
+    # The median of each round's ceiling, as the ratio itself is the median of each round's.
+    return float(min(2.0, statistics.median(cpus * p1 / (p2 + c) for p1, p2, c in rounds)))
 
 
 def paired(measured: dict[str, dict[str, Any]], name: str, reference: str) -> float:
@@ -377,7 +413,7 @@ def main() -> int:
             "httpx2": (f"http://127.0.0.1:{ports['httpx2']}{target}", variants["httpx2"].pid),
         }
         print(f"throughput: wrk, 1 thread, 32 connections, {rounds} rounds of {seconds:g} s each")
-        measured = throughput(targets, rounds, seconds, 32)
+        measured = throughput(targets, rounds, seconds, 32, nginx.pid)
         direct_slow = f"http://127.0.0.1:{slow}{target}"
         hops = {"proxy": f"http://127.0.0.1:{ports['slow']}{target}",
                 "bare": f"http://127.0.0.1:{ports['bare slow']}{target}"}  # fmt: skip
@@ -447,6 +483,11 @@ def main() -> int:
         print(f"{name:48} {value:>12}  {wanted:>12}  {'ok' if met else 'MISSED'}")
         if not met:
             missed.append(name)
+    cpu_count = len(os.sched_getaffinity(0))
+    beside = measured["proxy x2"]["beside"]
+    print(f"{'2 workers / 1 worker: about the most possible':48} "
+          f"{workers_ceiling(measured, cpu_count):>11.2f}x  (wrk and nginx: {beside:.3f} s/1000 "
+          f"beside 2 workers, {cpu_count} CPUs)")  # fmt: skip
     stretch = paired(measured, "proxy", "bare asyncio")
     print(f"{'stretch: proxy / bare pass-through on asyncio':48} {stretch:>11.2f}x  "
           f"{'>= 1.0x: reached' if stretch >= TARGETS['stretch'] else '>= 1.0x: not reached'}")  # fmt: skip
