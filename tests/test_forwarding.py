@@ -290,3 +290,35 @@ async def test_upstream_cookies_are_not_replayed_to_other_clients(
     client.session.cookie_jar.clear()
     await client.get("/v1/deals", headers={"Authorization": "Bearer reader"})
     assert upstream.received[1].header("Cookie") == []
+
+
+async def test_a_client_reading_slowly_is_not_cut_off_by_the_upstream_read_timeout(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    """The upstream sends at once; the client stops reading for several read timeouts. The
+    proxy stops reading the upstream meanwhile, and that silence is its own, not the upstream's.
+    """
+    body = bytes(range(256)) * 131072  # 32 MiB: more than the sockets' buffers hold
+
+    async def at_once(request: web.Request, seen: Received) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    upstream.respond = at_once
+    client = await make_proxy(
+        tokens=READER, upstream={"api_url": upstream.url, "read_timeout": 0.3}
+    )
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(
+        b"GET /v1/deals HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer reader\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    received = bytearray(await asyncio.wait_for(reader.read(65536), timeout=10))
+    await asyncio.sleep(1.5)  # five read timeouts without reading
+    while chunk := await asyncio.wait_for(reader.read(1 << 20), timeout=10):
+        received += chunk
+    writer.close()
+    head, _, got = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(got) == len(body)
+    assert got == body
