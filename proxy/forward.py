@@ -86,8 +86,11 @@ class _ExactResponses(ResponseHandler):
         super().connection_lost(exc)
 
     def _reschedule_timeout(self) -> None:
+        # Only while an answer is due: aiohttp also re-arms it when a paused connection resumes
+        # reading, even where what it then parses completes the answer and the connection is
+        # back in the pool, idle, where the timeout would fail the next call sent on it.
         timeout = self._read_timeout
-        self.read_deadline = self._loop.time() + timeout if timeout else None
+        self.read_deadline = self._loop.time() + timeout if timeout and self._awaiting else None
 
     def _drop_timeout(self) -> None:
         self.read_deadline = None
@@ -111,6 +114,15 @@ class _ExactResponses(ResponseHandler):
             last = queued[-1][0][0].code if queued else 0
             if not 100 <= last < 200 or last == 101:  # not an interim answer (``_interim``)
                 self._awaiting = False  # the final answer is whole: nothing more is due
+                self.read_deadline = None
+            elif self.read_deadline is None and not self._reading_held():
+                # aiohttp drops the timeout with an interim answer's (empty) body, but the
+                # final answer is still due: an upstream that stalls now must still time out.
+                self._reschedule_timeout()
+
+    def _reading_held(self) -> bool:
+        """Paused (a slow client), or failed: the silence would not be the upstream's."""
+        return self._reading_paused or self._buffer_paused or self._exception is not None
 
     def _refuse(self) -> None:
         self.force_close()

@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from proxy.state import UPSTREAM
 from tests.conftest import ProxyFactory, envelope, free_port, grants
 
 TOKENS = grants(reader=["deals:read"])
@@ -88,6 +89,11 @@ class FaultyUpstream:
             await writer.drain()
             await reader.read()  # until the proxy gives up and closes
             return False
+        if fault == "interim":  # an interim answer, then nothing: the final one is still due
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+            await writer.drain()
+            await reader.read()  # until the proxy gives up and closes
+            return False
         if fault == "status":
             writer.write(b"HTTP/1.1 two hundred OK\r\nContent-Length: 0\r\n\r\n")
         elif fault == "hugeheader":
@@ -123,7 +129,10 @@ async def fetch(client: TestClient[Any, Any], fault: str) -> tuple[int, bytes, s
     connection of its own, closed after it, so that only the proxy holds descriptors."""
     url = client.make_url(f"/v1/deals/{fault}")
     async with (
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True),
+            timeout=aiohttp.ClientTimeout(total=10),  # a fault the proxy never answers fails
+        ) as session,
         session.get(url, headers=AUTH) as response,
     ):
         try:
@@ -136,6 +145,7 @@ async def fetch(client: TestClient[Any, Any], fault: str) -> tuple[int, bytes, s
 
 UPFRONT = [
     ("never answers", "silent", 504, "upstream_timeout"),
+    ("an interim 103, then nothing", "interim", 504, "upstream_timeout"),
     ("malformed status line", "status", 502, "upstream_unavailable"),
     ("200 KB header", "hugeheader", 502, "upstream_unavailable"),
     ("control character in a header", "control", 502, "upstream_unavailable"),
@@ -178,6 +188,26 @@ async def test_a_dripped_answer_arrives_whole(
 ) -> None:
     client = await make_proxy(tokens=TOKENS, upstream={"api_url": faulty.url, "read_timeout": 0.5})
     assert await fetch(client, "drip") == (200, BODY, "whole")
+
+
+async def test_a_pooled_connection_has_no_read_deadline_left_to_fail_it(
+    make_proxy: ProxyFactory, faulty: FaultyUpstream
+) -> None:
+    """aiohttp re-arms the read timeout when a paused connection resumes reading, even when
+    the rest of the answer it then parses completes it and the connection goes back to the
+    pool; the timeout must not then fail the idle connection (the next call on it would get a
+    504 without being sent). The resumption is imitated: it depends on socket buffer sizes."""
+    client = await make_proxy(tokens=TOKENS, upstream={"api_url": faulty.url, "read_timeout": 0.2})
+    assert (await fetch(client, "fine"))[:2] == (200, BODY)
+    session = client.app[UPSTREAM]._session
+    assert session is not None
+    assert isinstance(session.connector, aiohttp.TCPConnector)
+    pooled = [protocol for idle in session.connector._conns.values() for protocol, _ in idle]
+    assert pooled, "the connection went back to the pool"
+    for protocol in pooled:
+        protocol._reschedule_timeout()  # what ResponseHandler.resume_reading does
+    await asyncio.sleep(0.6)  # past the read timeout and the checks after it
+    assert (await fetch(client, "fine"))[:2] == (200, BODY)
 
 
 async def test_kept_alive_connections_closed_by_the_upstream_are_not_reused(
