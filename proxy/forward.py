@@ -111,8 +111,7 @@ class _ExactResponses(ResponseHandler):
             return
         payload = self._payload
         if payload is not None and payload.is_eof():
-            last = queued[-1][0][0].code if queued else 0
-            if not 100 <= last < 200 or last == 101:  # not an interim answer (``_interim``)
+            if not (queued and _interim(queued[-1][0][0].code)):
                 self._awaiting = False  # the final answer is whole: nothing more is due
                 self.read_deadline = None
             elif self.read_deadline is None and not self._reading_held():
@@ -155,7 +154,7 @@ class _ReadDeadlines:
 
     def _sweep(self) -> None:
         now = self._loop.time()
-        for connection in [c for c in self._connections if c.read_deadline is not None]:
+        for connection in list(self._connections):  # a timeout may close, and forget, one
             deadline = connection.read_deadline
             if deadline is not None and deadline <= now:
                 connection._on_read_timeout()  # clears the deadline, as it drops aiohttp's timer
