@@ -257,9 +257,16 @@ def answer_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
     """The upstream answer's end-to-end headers; a control character in them, or in its reason
     phrase, is a malformed answer (the server could not send it on)."""
     headers = end_to_end(upstream.headers)
-    if _CONTROL.search("\t".join(headers.values())) or _CONTROL.search(upstream.reason or ""):
+    if has_control(" ".join(headers.values())) or has_control(upstream.reason or ""):
         raise UpstreamUnavailable("upstream sent a malformed header", kind="malformed")
     return headers
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control character other than HTAB. Every such character is
+    unprintable, so text ``isprintable`` (nearly every header, at a fraction of the search's
+    cost) has none; the rest (a tab, a byte over 127, ...) is searched."""
+    return not text.isprintable() and _CONTROL.search(text) is not None
 
 
 async def send_continue(request: web.Request) -> None:

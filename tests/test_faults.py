@@ -21,7 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import example, given
+from hypothesis import strategies as st
 
+from proxy.forward import has_control
 from proxy.state import UPSTREAM
 from tests.conftest import ProxyFactory, envelope, free_port, grants
 
@@ -100,6 +103,10 @@ class FaultyUpstream:
             writer.write(answer(extra=b"X-Big: " + b"a" * 200_000 + b"\r\n"))
         elif fault == "control":
             writer.write(answer(extra=b"X-Note: a\x01b\r\n"))
+        elif fault == "delete":
+            writer.write(answer(extra=b"X-Note: a\x7fb\r\n"))
+        elif fault == "tabbed":  # a tab and bytes over 127 are allowed in a field value
+            writer.write(answer(extra=b"X-Note: a\tb \xe9t\xc3\xa9\r\n"))
         elif fault == "drip":
             for byte in answer():
                 writer.write(bytes([byte]))
@@ -149,6 +156,7 @@ UPFRONT = [
     ("malformed status line", "status", 502, "upstream_unavailable"),
     ("200 KB header", "hugeheader", 502, "upstream_unavailable"),
     ("control character in a header", "control", 502, "upstream_unavailable"),
+    ("DEL in a header", "delete", 502, "upstream_unavailable"),
 ]
 
 
@@ -164,6 +172,23 @@ async def test_a_fault_before_the_answer_is_a_502_or_504_in_the_envelope(
     document = envelope(body)
     assert (document["errorCode"], document["scope_proxy"]["reason"]) == (status, reason)
     assert (await fetch(client, "fine"))[:2] == (200, BODY), "and it keeps serving"
+
+
+async def test_a_tab_and_bytes_over_127_in_an_upstream_header_are_not_refused(
+    make_proxy: ProxyFactory, faulty: FaultyUpstream
+) -> None:
+    client = await make_proxy(tokens=TOKENS, upstream={"api_url": faulty.url})
+    assert (await fetch(client, "tabbed"))[:2] == (200, BODY)
+
+
+@given(st.text(st.characters(codec=None, categories=None), max_size=40))
+@example("a\tb")
+@example("\x7f")
+@example("\udce9")  # a byte over 127 that is not UTF-8, as aiohttp decodes it
+@example("".join(map(chr, range(0x80, 0x100))))
+def test_has_control_finds_exactly_the_control_characters_other_than_a_tab(text: str) -> None:
+    expected = any(char != "\t" and (char < " " or char == "\x7f") for char in text)
+    assert has_control(text) is expected
 
 
 MID_BODY = [
