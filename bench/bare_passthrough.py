@@ -8,13 +8,18 @@ client would send every GET with ``Transfer-Encoding: chunked``, an empty chunke
 ``Content-Type``, a request other than the one received, from a task of its own, which costs it
 about a fifth of its throughput here.
 
+With ``BARE_PROCESSES=N``, N such processes share the port (``SO_REUSEPORT``), as
+``serve --workers N`` does: the most a second process gives a pass-through on this machine.
+
     python bench/bare_passthrough.py PORT UPSTREAM_PORT
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 
@@ -23,6 +28,7 @@ from aiohttp import web
 from yarl import URL
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -62,12 +68,30 @@ def event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    processes = int(os.environ.get("BARE_PROCESSES", "1"))
+    others: list[int] = []
+    for _ in range(processes - 1):  # before any event loop exists
+        pid = os.fork()
+        if pid == 0:
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # and if it is killed
+            others = []
+            break
+        others.append(pid)
     app = web.Application()
     app.cleanup_ctx.append(session)
     app.router.add_get("/ready", ready)
     app.router.add_route("*", "/{tail:.*}", forward)
-    web.run_app(
-        app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
-        loop=event_loop(),
-    )  # fmt: skip
+    try:
+        web.run_app(
+            app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
+            loop=event_loop(), reuse_port=processes > 1,
+        )  # fmt: skip
+    finally:
+        for pid in others:  # stopped (SIGTERM, SIGINT): the others stop too
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+
+
+if __name__ == "__main__":
+    main()

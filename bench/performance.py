@@ -11,6 +11,8 @@ the load generator, and on the same upstream:
 - nginx: an nginx ``proxy_pass`` hop, what a platform team would deploy otherwise;
 - bare: an aiohttp streaming pass-through that decides nothing, on the proxy's event loop
   (uvloop when the ``fast`` extra is installed), and "bare asyncio" on asyncio's own loop;
+- bare x2: two such processes on one port, as ``--workers 2`` runs: what a second process
+  gives a pass-through that decides nothing, on this machine;
 - proxy, proxy x2: ``pipedrive-scope-proxy serve`` with 1 and 2 workers, enforce mode, JSON
   decision log on (written to /dev/null);
 - httpx, httpx2: the proxy's own pipeline with httpx or httpx2 as its upstream client.
@@ -377,11 +379,15 @@ def main() -> int:
         nginx = stack.enter_context(process(
             ["nginx", "-p", str(folder), "-c", str(config), "-g", "daemon off;"]))  # fmt: skip
         wait_ready(f"http://127.0.0.1:{fast}/")
-        names = ("bare", "bare asyncio", "proxy", "workers", "httpx", "httpx2", "slow", "bare slow")
+        names = ("bare", "bare x2", "bare asyncio", "proxy", "workers", "httpx", "httpx2", "slow",
+                 "bare slow")  # fmt: skip
         ports = {name: free_port() for name in names}
         bare_process = stack.enter_context(process(
             [sys.executable, str(ROOT / "bench" / "bare_passthrough.py"), str(ports["bare"]),
              str(fast)]))  # fmt: skip
+        bare_two = stack.enter_context(process(
+            [sys.executable, str(ROOT / "bench" / "bare_passthrough.py"), str(ports["bare x2"]),
+             str(fast)], env={"BARE_PROCESSES": "2"}))  # fmt: skip
         bare_asyncio = stack.enter_context(process(
             [sys.executable, str(ROOT / "bench" / "bare_passthrough.py"),
              str(ports["bare asyncio"]), str(fast)], env={"BARE_LOOP": "asyncio"}))  # fmt: skip
@@ -398,7 +404,7 @@ def main() -> int:
         bare_slow = stack.enter_context(process(
             [sys.executable, str(ROOT / "bench" / "bare_passthrough.py"), str(ports["bare slow"]),
              str(slow)]))  # fmt: skip
-        for name in ("bare", "bare asyncio", "bare slow", "httpx", "httpx2"):
+        for name in ("bare", "bare x2", "bare asyncio", "bare slow", "httpx", "httpx2"):
             wait_ready(f"http://127.0.0.1:{ports[name]}/_proxy/health" if "bare" not in name
                        else f"http://127.0.0.1:{ports[name]}/ready")  # fmt: skip
         target = "/v1/deals/42"
@@ -406,6 +412,7 @@ def main() -> int:
             "direct": (f"http://127.0.0.1:{fast}{target}", nginx_worker(nginx.pid)),
             "nginx": (f"http://127.0.0.1:{relay}{target}", nginx_worker(nginx.pid)),
             "bare": (f"http://127.0.0.1:{ports['bare']}{target}", bare_process.pid),
+            "bare x2": (f"http://127.0.0.1:{ports['bare x2']}{target}", bare_two.pid),
             "bare asyncio": (f"http://127.0.0.1:{ports['bare asyncio']}{target}", bare_asyncio.pid),
             "proxy": (f"http://127.0.0.1:{ports['proxy']}{target}", one.pid),
             "proxy x2": (f"http://127.0.0.1:{ports['workers']}{target}", two.pid),
@@ -488,6 +495,9 @@ def main() -> int:
     print(f"{'2 workers / 1 worker: about the most possible':48} "
           f"{workers_ceiling(measured, cpu_count):>11.2f}x  (wrk and nginx: {beside:.3f} s/1000 "
           f"beside 2 workers, {cpu_count} CPUs)")  # fmt: skip
+    bare_scaling = paired(measured, "bare x2", "bare")
+    print(f"{'2 bare processes / 1, a pass-through alone':48} {bare_scaling:>11.2f}x  (the same "
+          "measure where nothing is decided)")  # fmt: skip
     stretch = paired(measured, "proxy", "bare asyncio")
     print(f"{'stretch: proxy / bare pass-through on asyncio':48} {stretch:>11.2f}x  "
           f"{'>= 1.0x: reached' if stretch >= TARGETS['stretch'] else '>= 1.0x: not reached'}")  # fmt: skip
