@@ -18,7 +18,9 @@ the load generator, and on the same upstream:
 - httpx, httpx2: the proxy's own pipeline with httpx or httpx2 as its upstream client.
 
 Rounds alternate between the targets so that all see the same machine; the figures are
-medians. It then measures the latency the proxy (and the bare pass-through) adds over calling
+medians. Within a round the targets compared run one after the other (bare, proxy, proxy x2),
+and every other round runs them in reverse order, so that a machine getting busier or quieter
+during a round favours neither side of a ratio. It then measures the latency the proxy (and the bare pass-through) adds over calling
 the 100 ms upstream directly, 50 connections, twice:
 
 - as deployed, the targets: the hop alone on one CPU, wrk and nginx on another (an app and
@@ -70,6 +72,10 @@ AUTH = f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n'
 # Each connection pauses 0-20 ms, at random, before each call: 50 connections started together
 # against an upstream that always takes 100 ms otherwise stay in step for the whole run.
 OUT_OF_STEP = AUTH + "math.randomseed(os.time())\nfunction delay() return math.random(0, 20) end\n"
+# The order targets run in within a round (reversed every other round): those compared in a
+# ratio next to each other. Reports list them in the order they were given.
+MEASURED_ORDER = ("direct", "nginx", "httpx", "httpx2", "bare asyncio", "bare", "proxy",
+                  "proxy x2", "bare x2")  # fmt: skip
 TARGETS = {"throughput": 0.85, "stretch": 1.0, "workers": 1.6, "p50": 1.0, "p99": 5.0,
            "decision_us": 10.0, "streaming_mib": 80.0, "idle_mib": 60.0}  # fmt: skip
 
@@ -154,8 +160,11 @@ def throughput(
     samples: dict[str, list[tuple[float, ...]]] = {name: [] for name in targets}
     for url, _ in targets.values():
         wrk(url, connections, 1, script=AUTH)  # warm up
+    order = [name for name in MEASURED_ORDER if name in targets]
+    order += [name for name in targets if name not in order]
     for round_number in range(rounds):
-        for name, (url, pid) in targets.items():
+        for name in order if round_number % 2 == 0 else reversed(order):
+            url, pid = targets[name]
             before, beside = cpu_seconds(pid), cpu_seconds(upstream) + _waited_cpu()
             load = wrk(url, connections, seconds, script=AUTH)
             used = cpu_seconds(pid) - before
@@ -209,8 +218,8 @@ def workers_ceiling(measured: dict[str, dict[str, Any]], cpus: int) -> float:
 
 def paired(measured: dict[str, dict[str, Any]], name: str, reference: str) -> float:
     """The median over rounds of one target's rate over another's in the same round: the two
-    ran minutes apart at most, where the medians of each may come from different rounds (on a
-    shared machine, from busier or quieter minutes)."""
+    ran seconds apart (those of the targets one right after the other), where the medians of
+    each may come from different rounds (on a shared machine, from busier or quieter spells)."""
     rates = zip(measured[name]["rates"], measured[reference]["rates"], strict=True)
     return float(statistics.median(ours / theirs for ours, theirs in rates))
 
@@ -370,7 +379,7 @@ def main() -> int:
     require("nginx", "wrk")
     if not Path(ECHO_MODULE).exists():
         sys.exit("bench: nginx's echo module is missing: apt-get install -y libnginx-mod-http-echo")
-    rounds, seconds = (2, 3.0) if args.quick else (6, 5.0)
+    rounds, seconds = (2, 3.0) if args.quick else (8, 4.0)
     missed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="scope-proxy-perf-") as temporary, ExitStack() as stack:
         folder = Path(temporary)
