@@ -95,35 +95,25 @@ class Outcome(NamedTuple):
             fields["duration_ms"] = duration_ms
             fields["request_id"] = self.request_id
             fields["correlation_id"] = self.correlation_id
-        else:  # the common case: built in one go, in the contract's order
-            endpoint, grant, credential = decision.endpoint, decision.grant, decision.credential
+        else:  # the common case: what the decision says is the same for each of its calls
+            key = (decision, self.check)
+            template = _DECIDED_FIELDS.get(key)
+            if template is None:
+                template = _decided_fields(decision, self.check)
+                if len(_DECIDED_FIELDS) >= DECIDED_FIELDS_KEPT:
+                    _DECIDED_FIELDS.clear()  # decisions of a reloaded catalogue, or many tokens
+                _DECIDED_FIELDS[key] = template
+            fields = template.copy()  # in the contract's order, as the template has it
             forwarded = (
-                decision.forwards
+                template["upstream_status"]  # the decision forwards, and the proxy sent it on
                 and refusal is None
                 and status != _CLIENT_GONE
-                and not self.check
-                and decision.reason is not Reason.OAUTH_REDIRECT  # answered here
             )
-            fields = {
-                "decision": decision.verdict,
-                "reason": decision.reason,
-                "method": self.method,
-                "endpoint": decision.label,
-                "version": decision.version,
-                "status": status,
-                "upstream_status": status if forwarded else None,
-                "duration_ms": duration_ms,
-                "token_fp": credential.fingerprint if credential is not None else None,
-                "grant": grant.name if grant is not None else None,
-                "accepted_scopes": endpoint.scope_list if endpoint is not None else (),
-                "granted_scopes": grant.scope_list if grant is not None else (),
-                "token_cost": endpoint.token_cost if endpoint is not None else None,
-                "error": None,
-                "problem": None,
-                "via": "proxy",
-                "request_id": self.request_id,
-                "correlation_id": self.correlation_id,
-            }
+            fields["status"] = status
+            fields["upstream_status"] = status if forwarded else None
+            fields["duration_ms"] = duration_ms
+            fields["request_id"] = self.request_id
+            fields["correlation_id"] = self.correlation_id
         if self.called is not None and fields["endpoint"] is None:
             fields["endpoint"], fields["version"] = self.called
         if self.check:
@@ -134,6 +124,41 @@ class Outcome(NamedTuple):
         return fields
 
 
+def _decided_fields(decision: Decision, check: bool) -> dict[str, Any]:
+    """The fields every call with this decision logs alike; ``upstream_status`` holds whether
+    such a call goes upstream (its status is filled in per call)."""
+    endpoint, grant, credential = decision.endpoint, decision.grant, decision.credential
+    return {
+        "decision": decision.verdict,
+        "reason": decision.reason,
+        "method": decision.method,
+        "endpoint": decision.label,
+        "version": decision.version,
+        "status": None,
+        "upstream_status": (
+            decision.forwards
+            and not check
+            and decision.reason is not Reason.OAUTH_REDIRECT  # answered here
+        ),
+        "duration_ms": None,
+        "token_fp": credential.fingerprint if credential is not None else None,
+        "grant": grant.name if grant is not None else None,
+        "accepted_scopes": endpoint.scope_list if endpoint is not None else (),
+        "granted_scopes": grant.scope_list if grant is not None else (),
+        "token_cost": endpoint.token_cost if endpoint is not None else None,
+        "error": None,
+        "problem": None,
+        "via": "proxy",
+        "request_id": None,
+        "correlation_id": None,
+    }
+
+
+# The fields each decision logs alike, by decision (and whether it was Envoy's check): built
+# once per token, endpoint and verdict rather than on every call. Each key holds its decision,
+# so what it refers to stays alive, and is compared by its values.
+DECIDED_FIELDS_KEPT = 1024
+_DECIDED_FIELDS: dict[tuple[Decision, bool], dict[str, Any]] = {}
 _CLIENT_GONE = 499
 # The fields of a request refused before any decision: what is filled in is the same each time.
 _UNDECIDED: dict[str, Any] = {

@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 import structlog
 
-from proxy import logs
+from proxy import logs, observe
+from proxy.catalog import load_catalogue
+from proxy.credentials import Credential
+from proxy.decision import Decision, Grant
+from proxy.errors import UpstreamTimeout
+from proxy.observe import Outcome
 from proxy.reasons import Reason
 
 # A request event as ``Outcome.fields`` builds it: tuples, a StrEnum, None, a float.
@@ -132,3 +137,63 @@ def test_a_sink_whose_reader_is_gone_drops_and_counts_lines_and_says_so_once(
     said = capsys.readouterr().err
     assert said.count("the log sink failed") == 1
     assert "Broken pipe" in said
+
+
+def _outcomes() -> list[Outcome]:
+    """Calls whose decisions repeat, each ending another way."""
+    endpoint = load_catalogue().endpoints[0]
+    credential = Credential("oauth", "0" * 64)
+    grant = Grant(frozenset({"deals:read"}), "static:crm-sync")
+    allowed = Decision("allow", Reason.IN_SCOPE, "GET", "v1", endpoint, credential, grant)
+    refused = Decision("deny", Reason.OUT_OF_SCOPE, "GET", "v1", endpoint, credential, grant)
+    redirect = Decision("allow", Reason.OAUTH_REDIRECT, "GET", None, credential=credential)
+    unknown = Decision("deny", Reason.UNKNOWN_TOKEN, "GET", "v1", credential=credential)
+    late, called = UpstreamTimeout("no bytes", kind="timeout"), ("GET /v1/deals", "v1")
+    return [
+        Outcome("GET", allowed, None, 200, 0.0012, None, False, "a", "pipedrive-1"),
+        Outcome("GET", allowed, None, 404, 0.5, None, False, "b", None),
+        Outcome("GET", allowed, None, 499, 0.01, "client_gone", False, "c", None),
+        Outcome("GET", allowed, late, 504, 30.0, None, False, "d", None),
+        Outcome("GET", allowed, None, 200, 0.002, "disconnect", False, "e", None),
+        Outcome("GET", allowed, None, 200, 0.0001, None, True, "f", None),  # Envoy's check
+        Outcome("GET", allowed, None, 200, 0.0001, "client_gone", True, "g", None),
+        Outcome("GET", refused, refused.refusal(), 403, 0.0003, None, False, "h", None),
+        Outcome("GET", refused, refused.refusal(), 403, 0.0003, None, True, "i", None),
+        Outcome("GET", redirect, None, 302, 0.0001, None, False, "j", None),
+        Outcome("GET", unknown, unknown.refusal(), 401, 0.0, None, False, "k", None, called),
+    ]
+
+
+def test_a_decision_logged_again_gets_this_calls_fields_not_the_last_ones() -> None:
+    """What a decision logs alike is kept from its first call; the rest is each call's own.
+    Every outcome, logged after all the others (their decisions known), logs what it logs
+    first (none known)."""
+    outcomes = _outcomes()
+    first = []
+    for outcome in outcomes:
+        observe._DECIDED_FIELDS.clear()
+        first.append(outcome.fields())
+    for outcome in outcomes:
+        outcome.fields()
+    assert [outcome.fields() for outcome in reversed(outcomes)] == first[::-1]
+    assert [fields["request_id"] for fields in first] == list("abcdefghijk")
+    assert [fields["status"] for fields in first] == [outcome.status for outcome in outcomes]
+    assert [fields["duration_ms"] for fields in first][:4] == [1.2, 500.0, 10.0, 30000.0]
+    allowed, client_gone, timeout, check = first[0], first[2], first[3], first[5]
+    assert (allowed["upstream_status"], allowed["correlation_id"]) == (200, "pipedrive-1")
+    assert (client_gone["upstream_status"], client_gone["error"]) == (None, "client_gone")
+    assert (timeout["upstream_status"], timeout["error"]) == (None, "upstream_timeout")
+    assert (check["upstream_status"], check["via"]) == (None, "ext_authz")
+    assert first[9]["upstream_status"] is None, "an OAuth redirect is answered here"
+    assert first[10]["endpoint"] == "GET /v1/deals"
+
+
+def test_the_fields_kept_by_decision_stay_within_their_bound() -> None:
+    endpoint = load_catalogue().endpoints[0]
+    grant = Grant(frozenset({"deals:read"}), "static:crm-sync")
+    for number in range(observe.DECIDED_FIELDS_KEPT + 10):
+        credential = Credential("oauth", f"{number:064x}")
+        decision = Decision("allow", Reason.IN_SCOPE, "GET", "v1", endpoint, credential, grant)
+        fields = Outcome("GET", decision, None, 200, 0.001, None, False, "x", None).fields()
+        assert fields["token_fp"] == f"{number:064x}"[:12]
+        assert len(observe._DECIDED_FIELDS) <= observe.DECIDED_FIELDS_KEPT
