@@ -20,8 +20,8 @@ the load generator, and on the same upstream:
 Rounds alternate between the targets so that all see the same machine; the figures are
 medians. Within a round the targets compared run one after the other (bare, proxy, proxy x2),
 and every other round runs them in reverse order, so that a machine getting busier or quieter
-during a round favours neither side of a ratio. It then measures the latency the proxy (and the bare pass-through) adds over calling
-the 100 ms upstream directly, 50 connections, twice:
+during a round favours neither side of a ratio. It then measures the latency the proxy (and
+the bare pass-through) adds over calling the 100 ms upstream directly, 50 connections, twice:
 
 - as deployed, the targets: the hop alone on one CPU, wrk and nginx on another (an app and
   Pipedrive do not run on the proxy's CPU), each connection pausing 0-20 ms at random before
@@ -52,7 +52,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,14 @@ def process(
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+
+
+def bare_passthrough(
+    port: int, upstream: int, **env: str
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """``bench/bare_passthrough.py`` on ``port``, forwarding to ``upstream``, with ``env``."""
+    script = str(ROOT / "bench" / "bare_passthrough.py")
+    return process([sys.executable, script, str(port), str(upstream)], env=env)
 
 
 def proxy_document(port: int, upstream: int, folder: Path, **extra: Any) -> dict[str, Any]:
@@ -391,15 +399,11 @@ def main() -> int:
         names = ("bare", "bare x2", "bare asyncio", "proxy", "workers", "httpx", "httpx2", "slow",
                  "bare slow")  # fmt: skip
         ports = {name: free_port() for name in names}
-        bare_process = stack.enter_context(process(
-            [sys.executable, str(ROOT / "bench" / "bare_passthrough.py"), str(ports["bare"]),
-             str(fast)]))  # fmt: skip
-        bare_two = stack.enter_context(process(
-            [sys.executable, str(ROOT / "bench" / "bare_passthrough.py"), str(ports["bare x2"]),
-             str(fast)], env={"BARE_PROCESSES": "2"}))  # fmt: skip
-        bare_asyncio = stack.enter_context(process(
-            [sys.executable, str(ROOT / "bench" / "bare_passthrough.py"),
-             str(ports["bare asyncio"]), str(fast)], env={"BARE_LOOP": "asyncio"}))  # fmt: skip
+        bare_process = stack.enter_context(bare_passthrough(ports["bare"], fast))
+        bare_two = stack.enter_context(bare_passthrough(ports["bare x2"], fast, BARE_PROCESSES="2"))
+        bare_asyncio = stack.enter_context(
+            bare_passthrough(ports["bare asyncio"], fast, BARE_LOOP="asyncio")
+        )
         one = stack.enter_context(proxy(proxy_document(ports["proxy"], fast, folder)))
         two = stack.enter_context(proxy(proxy_document(ports["workers"], fast, folder), workers=2))
         variants = {}
@@ -410,9 +414,7 @@ def main() -> int:
                 [sys.executable, str(ROOT / "bench" / "httpx_variant.py"), module,
                  str(variant_config)]))  # fmt: skip
         slow_proxy = stack.enter_context(proxy(proxy_document(ports["slow"], slow, folder)))
-        bare_slow = stack.enter_context(process(
-            [sys.executable, str(ROOT / "bench" / "bare_passthrough.py"), str(ports["bare slow"]),
-             str(slow)]))  # fmt: skip
+        bare_slow = stack.enter_context(bare_passthrough(ports["bare slow"], slow))
         for name in ("bare", "bare x2", "bare asyncio", "bare slow", "httpx", "httpx2"):
             wait_ready(f"http://127.0.0.1:{ports[name]}/_proxy/health" if "bare" not in name
                        else f"http://127.0.0.1:{ports[name]}/ready")  # fmt: skip

@@ -97,18 +97,15 @@ class Outcome(NamedTuple):
             fields["correlation_id"] = self.correlation_id
         else:  # the common case: what the decision says is the same for each of its calls
             key = (decision, self.check)
-            template = _DECIDED_FIELDS.get(key)
-            if template is None:
-                template = _decided_fields(decision, self.check)
+            decided = _DECIDED_FIELDS.get(key)
+            if decided is None:
+                decided = _decided_fields(decision, self.check)
                 if len(_DECIDED_FIELDS) >= DECIDED_FIELDS_KEPT:
                     _DECIDED_FIELDS.clear()  # decisions of a reloaded catalogue, or many tokens
-                _DECIDED_FIELDS[key] = template
+                _DECIDED_FIELDS[key] = decided
+            template, goes_upstream = decided
             fields = template.copy()  # in the contract's order, as the template has it
-            forwarded = (
-                template["upstream_status"]  # the decision forwards, and the proxy sent it on
-                and refusal is None
-                and status != _CLIENT_GONE
-            )
+            forwarded = goes_upstream and refusal is None and status != _CLIENT_GONE
             fields["status"] = status
             fields["upstream_status"] = status if forwarded else None
             fields["duration_ms"] = duration_ms
@@ -124,22 +121,18 @@ class Outcome(NamedTuple):
         return fields
 
 
-def _decided_fields(decision: Decision, check: bool) -> dict[str, Any]:
-    """The fields every call with this decision logs alike; ``upstream_status`` holds whether
-    such a call goes upstream (its status is filled in per call)."""
+def _decided_fields(decision: Decision, check: bool) -> tuple[dict[str, Any], bool]:
+    """The fields every call with this decision logs alike (those of each call left None), and
+    whether such a call is sent upstream."""
     endpoint, grant, credential = decision.endpoint, decision.grant, decision.credential
-    return {
+    fields = {
         "decision": decision.verdict,
         "reason": decision.reason,
         "method": decision.method,
         "endpoint": decision.label,
         "version": decision.version,
         "status": None,
-        "upstream_status": (
-            decision.forwards
-            and not check
-            and decision.reason is not Reason.OAUTH_REDIRECT  # answered here
-        ),
+        "upstream_status": None,
         "duration_ms": None,
         "token_fp": credential.fingerprint if credential is not None else None,
         "grant": grant.name if grant is not None else None,
@@ -152,13 +145,19 @@ def _decided_fields(decision: Decision, check: bool) -> dict[str, Any]:
         "request_id": None,
         "correlation_id": None,
     }
+    goes_upstream = (
+        decision.forwards
+        and not check
+        and decision.reason is not Reason.OAUTH_REDIRECT  # answered here
+    )
+    return fields, goes_upstream
 
 
 # The fields each decision logs alike, by decision (and whether it was Envoy's check): built
 # once per token, endpoint and verdict rather than on every call. Each key holds its decision,
 # so what it refers to stays alive, and is compared by its values.
 DECIDED_FIELDS_KEPT = 1024
-_DECIDED_FIELDS: dict[tuple[Decision, bool], dict[str, Any]] = {}
+_DECIDED_FIELDS: dict[tuple[Decision, bool], tuple[dict[str, Any], bool]] = {}
 _CLIENT_GONE = 499
 # The fields of a request refused before any decision: what is filled in is the same each time.
 _UNDECIDED: dict[str, Any] = {
