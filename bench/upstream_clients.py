@@ -1,4 +1,6 @@
-"""Why the upstream client is aiohttp's: fidelity and cost of aiohttp, httpx 0.28 and httpx2.
+"""Why the upstream client is aiohttp's: fidelity and cost of aiohttp, httpx 0.28 and httpx2,
+and of the proxy's own upstream client ("proxy": aiohttp's parts without
+``ClientSession.request``, each answer read whole and its headers checked, as for OAuth calls).
 
 Three measurements, all side by side in one run, against an upstream on loopback that runs in
 its own process (so the client being measured has a core to itself):
@@ -27,7 +29,11 @@ from typing import Any
 import aiohttp
 import httpx
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
+
+from proxy.config import UpstreamSettings
+from proxy.forward import UpstreamClient
 
 httpx2: Any
 try:
@@ -106,6 +112,9 @@ class Client:
         if self.name == "aiohttp":
             connector = aiohttp.TCPConnector(limit=self.limit)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        elif self.name == "proxy":
+            self._session = UpstreamClient(UpstreamSettings(), body_timeout=30)
+            await self._session.start()
         else:
             module: Any = httpx if self.name == "httpx" else httpx2
             limits = module.Limits(max_connections=self.limit, max_keepalive_connections=self.limit)
@@ -113,7 +122,7 @@ class Client:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.name == "aiohttp":
+        if self.name in ("aiohttp", "proxy"):
             await self._session.close()
         else:
             await self._session.aclose()
@@ -122,6 +131,8 @@ class Client:
         if self.name == "aiohttp":
             async with self._session.get(URL(url, encoded=True)) as response:
                 await response.read()
+        elif self.name == "proxy":
+            await self._session.fetch("GET", url, CIMultiDict(), None, 1 << 20)
         else:
             response = await self._session.get(url)
             await response.aread()
@@ -199,7 +210,7 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=50, help="concurrent requests")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of the concurrent run")
     args = parser.parse_args()
-    names = ["aiohttp", "httpx"] + (["httpx2"] if httpx2 is not None else [])
+    names = ["aiohttp", "proxy", "httpx"] + (["httpx2"] if httpx2 is not None else [])
     print(f"clients: aiohttp {aiohttp.__version__}, httpx {httpx.__version__}"
           + (f", httpx2 {httpx2.__version__}" if httpx2 is not None else ", httpx2 not installed"))  # fmt: skip
 

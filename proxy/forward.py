@@ -18,6 +18,7 @@ from typing import Any, cast
 import aiohttp
 from aiohttp import StreamReader, web
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.helpers import TimerNoop
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
@@ -54,6 +55,22 @@ _NOT_ADDED: CIMultiDict[None] = CIMultiDict(
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _UPSTREAM_FAILURES = (aiohttp.ClientError, ConnectionError, TimeoutError)
+# Sent again, once, on another connection when the pooled one turns out closed (as
+# ``ClientSession.request`` does): the methods RFC 9110 calls idempotent.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# How an upstream answer is read (aiohttp's defaults): its body as it comes, never decompressed,
+# to the end of the connection where it declares no length; a head of at most 128 lines of at
+# most 8190 bytes. ``read_timeout`` and ``skip_payload`` are set per call.
+_READING: dict[str, Any] = {
+    "timer": TimerNoop(),
+    "read_until_eof": True,
+    "auto_decompress": False,
+    "read_bufsize": 2**16,
+    "timeout_ceil_threshold": 5,
+    "max_line_size": 8190,
+    "max_field_size": 8190,
+    "max_headers": 128,
+}
 # Control characters an upstream header may not carry (HTAB aside): the server would refuse to
 # send them on, after the status was already decided.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -307,20 +324,20 @@ class UpstreamClient:
         self.settings = settings
         self.body_timeout = body_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.connect_timeout,
+            sock_connect=settings.connect_timeout,
+            sock_read=settings.read_timeout,
+        )
 
     async def start(self) -> None:
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=self.settings.connect_timeout,
-            sock_connect=self.settings.connect_timeout,
-            sock_read=self.settings.read_timeout,
-        )
+        self._loop = asyncio.get_running_loop()
         self._session = aiohttp.ClientSession(
             connector=_Connector(self.settings.read_timeout, limit=1024, ttl_dns_cache=60),
-            timeout=timeout,
+            timeout=self._timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # never carry one app's cookies to another
-            request_class=_AsSent,
         )
 
     async def close(self) -> None:
@@ -333,7 +350,6 @@ class UpstreamClient:
         """Send the request to ``url`` (origin + target, byte for byte) and stream the answer
         back, with ``X-Request-Id: request_id`` added when given (the client sent none).
         Raises ``UpstreamFailure`` before the answer starts, ``StreamAborted`` after."""
-        assert self._session is not None, "UpstreamClient.start() was not awaited"
         target = URL(url, encoded=True)
         body: ClientBody | None = None
         if request.body_exists:
@@ -344,13 +360,10 @@ class UpstreamClient:
         if request_id is not None:
             headers["X-Request-Id"] = request_id
         try:
-            async with self._session.request(
-                request.method,
-                target,
-                headers=headers,
-                data=body.chunks() if body is not None else None,
-                allow_redirects=False,
-            ) as upstream:
+            upstream = await self._exchange(
+                request.method, target, headers, body.chunks() if body is not None else None
+            )
+            try:
                 answered = answer_headers(upstream)
                 if upstream.content.is_eof():
                     # The whole body has already arrived with the headers: send both at once.
@@ -366,6 +379,9 @@ class UpstreamClient:
                     await response.write(chunk)
                 await response.write_eof()
                 return response
+            finally:
+                upstream.release()  # its connection back to the pool, or closed mid-answer
+                await upstream.wait_for_close()
         except _UPSTREAM_FAILURES as error:
             if body is not None and body.stalled:
                 if response is not None and response.prepared:
@@ -379,21 +395,92 @@ class UpstreamClient:
             raise self._failure(error, target) from error
 
     async def fetch(
-        self, method: str, url: str, headers: CIMultiDict[str], body: bytes, limit: int
+        self, method: str, url: str, headers: CIMultiDict[str], body: bytes | None, limit: int
     ) -> Fetched:
         """A small exchange read whole (the OAuth endpoints); an answer over ``limit`` bytes is
         an ``UpstreamUnavailable``. Failures map as in ``forward``."""
-        assert self._session is not None, "UpstreamClient.start() was not awaited"
         target = URL(url, encoded=True)
         try:
-            async with self._session.request(
-                method, target, headers=headers, data=body, allow_redirects=False
-            ) as upstream:
+            upstream = await self._exchange(method, target, headers, body)
+            try:
                 too_large = UpstreamUnavailable(f"upstream answer over {limit} bytes")
                 whole = await read_limited(upstream.content, limit, too_large)
                 return Fetched(upstream.status, upstream.reason, answer_headers(upstream), whole)
+            finally:
+                upstream.release()
+                await upstream.wait_for_close()
         except _UPSTREAM_FAILURES as error:
             raise self._failure(error, target) from error
+
+    async def _exchange(
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        data: bytes | AsyncIterator[bytes] | None,
+    ) -> aiohttp.ClientResponse:
+        """Send one request on a pooled connection and read its answer's head.
+
+        This is what ``ClientSession.request`` does with the proxy's calls, less what it does
+        for calls the proxy never makes: cookies, redirects, auth and proxies from the URL or the
+        environment, traces, middlewares, a total timeout. That general case costs about 64k
+        instructions a call here, more than a tenth of the proxy's whole per-call work. The
+        session's connector, request and response classes, and so the bytes sent and how the
+        answer is read, are aiohttp's own.
+        """
+        session = self._session
+        assert session is not None, "UpstreamClient.start() was not awaited"
+        connector = session.connector
+        assert connector is not None
+        again = method in _IDEMPOTENT and not isinstance(data, AsyncIterator)  # a body sent once
+        while True:
+            request = _AsSent(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                loop=self._loop,
+                response_class=aiohttp.ClientResponse,
+                timer=_READING["timer"],
+                session=session,
+            )
+            try:
+                try:
+                    connection = await connector.connect(request, [], self._timeout)
+                except TimeoutError as error:
+                    raise aiohttp.ConnectionTimeoutError(
+                        f"Connection timeout to {url.host}"
+                    ) from error
+                protocol = connection.protocol
+                assert protocol is not None
+                protocol.set_response_params(
+                    skip_payload=method == "HEAD",
+                    read_timeout=self._timeout.sock_read,
+                    **_READING,
+                )
+                try:
+                    response = await request.send(connection)
+                    try:
+                        await response.start(connection)
+                    except BaseException:
+                        response.close()
+                        raise
+                except BaseException:
+                    connection.close()
+                    raise
+                return response
+            except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError):
+                raise  # no connection was made: nothing to send again
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                if not again:
+                    raise
+                again = False  # the pooled connection had been closed: once more, on another
+            except aiohttp.ClientError:
+                raise
+            except OSError as error:  # as ClientSession.request: a plain OSError is a client's
+                if error.errno is None and isinstance(error, TimeoutError):
+                    raise
+                raise aiohttp.ClientOSError(*error.args) from error
 
     def _failure(self, error: BaseException, url: URL) -> UpstreamFailure:
         """The one mapping of upstream client failures to the proxy's errors."""

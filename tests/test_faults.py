@@ -2,7 +2,8 @@
 
 The upstream is raw sockets, told what to do by the id in the path (``/v1/deals/<fault>``):
 refuse, never answer, reset or close mid-body, send a malformed status line, a 200 KB header or
-a control character in one, drip its answer, close kept-alive connections without a word. The
+a control character in one, drip its answer, close kept-alive connections without a word, or
+drop the second request sent on a connection. The
 right answer is a 502 or 504 in Pipedrive's envelope while nothing was sent yet, a visibly
 truncated body once the answer has started; and afterwards the proxy's descriptors are back
 where they were.
@@ -47,6 +48,8 @@ class FaultyUpstream:
     def __init__(self) -> None:
         self.server: asyncio.Server | None = None
         self.url = ""
+        self.heads: list[bytes] = []  # every request head received, in order
+        self._answered: set[asyncio.StreamWriter] = set()  # connections that answered once
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
@@ -61,6 +64,7 @@ class FaultyUpstream:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
                 fault = head.split(b" ", 2)[1].rsplit(b"/", 1)[-1].decode()
                 if not await self.behave(fault, reader, writer):
                     return
@@ -92,6 +96,11 @@ class FaultyUpstream:
             await writer.drain()
             await reader.read()  # until the proxy gives up and closes
             return False
+        if fault == "once":  # the first request on a connection; the next one is dropped
+            if writer in self._answered:
+                return False  # closed as the request arrives: the pooled connection is gone
+            self._answered.add(writer)
+            await reader.readexactly(content_length(self.heads[-1]))
         if fault == "interim":  # an interim answer, then nothing: the final one is still due
             writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
             await writer.drain()
@@ -121,6 +130,14 @@ class FaultyUpstream:
             writer.write(answer())
         await writer.drain()
         return True
+
+
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
 
 
 @pytest.fixture
@@ -242,6 +259,39 @@ async def test_kept_alive_connections_closed_by_the_upstream_are_not_reused(
     for _ in range(5):
         assert (await fetch(client, "hangup"))[:2] == (200, BODY)
         await asyncio.sleep(0.1)  # the upstream has closed the pooled connection by now
+
+
+async def test_an_idempotent_call_is_sent_again_when_its_pooled_connection_was_dropped(
+    make_proxy: ProxyFactory, faulty: FaultyUpstream
+) -> None:
+    """The upstream drops the second request sent on a kept-alive connection, as one that
+    closed it while idle but before the proxy noticed: a call without a body whose method is
+    idempotent goes again, once, on a new connection; one with a body, or not idempotent, is
+    never sent twice (a 502)."""
+    client = await make_proxy(
+        tokens=[*TOKENS, *grants(writer=["deals:full", "goals:full"])],
+        upstream={"api_url": faulty.url},
+    )
+    writer = {"Authorization": "Bearer writer"}
+    calls = [
+        ("GET", "/api/v2/deals/once", AUTH, None, 200),
+        ("DELETE", "/api/v2/deals/once", writer, None, 200),
+        ("PATCH", "/api/v2/deals/once", writer, b'{"title": "x"}', 502),
+        ("PUT", "/v1/goals/once", writer, b'{"title": "x"}', 502),  # idempotent, with a body
+    ]
+    for method, path, headers, body, status in calls:
+        assert (await client.get(calls[0][1], headers=AUTH)).status == 200  # pools one
+        sent = len(faulty.heads)
+        response = await client.request(method, path, headers=headers, data=body)
+        assert response.status == status, (method, await response.text())
+        again = faulty.heads[sent:]
+        assert [head.split(b" ", 1)[0] for head in again] == [method.encode()] * (
+            2 if status == 200 else 1
+        )
+        if status == 502:
+            assert envelope(await response.read())["scope_proxy"]["reason"] == (
+                "upstream_unavailable"
+            )
 
 
 async def test_an_upstream_refusing_connections_is_a_502(make_proxy: ProxyFactory) -> None:
