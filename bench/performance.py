@@ -21,7 +21,8 @@ Rounds alternate between the targets so that all see the same machine; the figur
 medians. Within a round the targets compared run one after the other (bare, proxy, proxy x2),
 and every other round runs them in reverse order, so that a machine getting busier or quieter
 during a round favours neither side of a ratio. It then measures the latency the proxy (and
-the bare pass-through) adds over calling the 100 ms upstream directly, 50 connections, twice:
+the bare pass-through) adds over calling the 100 ms upstream directly, 50 connections, in
+rounds the same way (each round's hop less that round's direct call; the medians), twice:
 
 - as deployed, the targets: the hop alone on one CPU, wrk and nginx on another (an app and
   Pipedrive do not run on the proxy's CPU), each connection pausing 0-20 ms at random before
@@ -235,19 +236,35 @@ def paired(measured: dict[str, dict[str, Any]], name: str, reference: str) -> fl
 def added_latency(
     direct: str,
     hops: dict[str, str],
+    rounds: int,
     seconds: float,
     script: str = AUTH,
     cpus: set[int] | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """p50 and p99 each hop adds over calling the 100 ms upstream directly, 50 connections."""
+    """p50 and p99 each hop adds over calling the 100 ms upstream directly, 50 connections: the
+    medians over rounds of each round's hop less that round's direct call (the two a few seconds
+    apart, in reverse order every other round, as for throughput)."""
     for url in (direct, *hops.values()):
         wrk(url, 50, 2, script=script, cpus=cpus)  # warm up
-    floor = wrk(direct, 50, seconds, script=script, cpus=cpus)
-    added = {}
-    for name, url in hops.items():
-        through = wrk(url, 50, seconds, script=script, cpus=cpus)
-        added[name] = (through.p50_ms - floor.p50_ms, through.p99_ms - floor.p99_ms)
-    return added
+    added: dict[str, list[tuple[float, float]]] = {name: [] for name in hops}
+    order = ["direct", *hops]
+    urls = {"direct": direct, **hops}
+    for number in range(rounds):
+        measured = {
+            name: wrk(urls[name], 50, seconds, script=script, cpus=cpus)
+            for name in (order if number % 2 == 0 else order[::-1])
+        }
+        floor = measured["direct"]
+        for name in hops:
+            through = measured[name]
+            added[name].append((through.p50_ms - floor.p50_ms, through.p99_ms - floor.p99_ms))
+        print(f"  round {number + 1}/{rounds}: direct p50 {floor.p50_ms:.2f} ms, " + ", ".join(
+            f"{name} +{p50:.2f}/+{p99:.2f} ms" for name, [*_, (p50, p99)] in added.items()
+        ), flush=True)  # fmt: skip
+    return {
+        name: (statistics.median(p50 for p50, _ in each), statistics.median(p99 for _, p99 in each))
+        for name, each in added.items()
+    }
 
 
 DECISION_ROUNDS = 25
@@ -435,9 +452,9 @@ def main() -> int:
         direct_slow = f"http://127.0.0.1:{slow}{target}"
         hops = {"proxy": f"http://127.0.0.1:{ports['slow']}{target}",
                 "bare": f"http://127.0.0.1:{ports['bare slow']}{target}"}  # fmt: skip
-        latency_seconds = 4 if args.quick else 10
+        latency_rounds, latency_seconds = (2, 2.0) if args.quick else (3, 4.0)
         print("latency: 100 ms upstream, 50 connections, all on every CPU, calls in step")
-        in_step = added_latency(direct_slow, hops, latency_seconds)
+        in_step = added_latency(direct_slow, hops, latency_rounds, latency_seconds)
         latencies = [("everything on every CPU, calls in step", in_step)]
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) >= 2:
@@ -447,7 +464,9 @@ def main() -> int:
             for pid, on in ((nginx.pid, cpus[1]), (slow_proxy.pid, cpus[0]),
                             (bare_slow.pid, cpus[0])):  # fmt: skip
                 pin(pid, {on})
-            latency = added_latency(direct_slow, hops, latency_seconds, OUT_OF_STEP, cpus={cpus[1]})
+            latency = added_latency(
+                direct_slow, hops, latency_rounds, latency_seconds, OUT_OF_STEP, cpus={cpus[1]}
+            )
             latencies.insert(
                 0, ("the hop alone on a CPU, calls out of step (the targets)", latency)
             )
