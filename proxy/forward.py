@@ -333,10 +333,10 @@ class UpstreamClient:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # The session holds the connector (the pool); how each call is sent and its answer read
+        # is ``_exchange``'s (``self._timeout``, ``_READING``), not the session's defaults.
         self._session = aiohttp.ClientSession(
             connector=_Connector(self.settings.read_timeout, limit=1024, ttl_dns_cache=60),
-            timeout=self._timeout,
-            auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # never carry one app's cookies to another
         )
 

@@ -24,6 +24,7 @@ async def test_request_goes_upstream_unchanged_except_hop_by_hop_headers_and_hos
         b"Authorization: Bearer reader\r\n"
         b"Content-Type: application/json\r\n"
         b"X-Custom: kept\r\n"
+        b"X-Trace: a\r\nx-trace: b\r\nX-TRACE: c\r\n"  # one name, three spellings: all go
         b"Keep-Alive: timeout=5\r\n"
         b"X-Drop-Me: named by Connection\r\n"
         b"Connection: close, X-Drop-Me\r\n"
@@ -36,6 +37,9 @@ async def test_request_goes_upstream_unchanged_except_hop_by_hop_headers_and_hos
     assert (seen.method, seen.raw_path, seen.body) == ("PUT", "/api/v1/deals/42?x=1&y=%C3%A9", body)
     assert seen.header("Authorization") == ["Bearer reader"]
     assert seen.header("X-Custom") == ["kept"]
+    assert [(k, v) for k, v in seen.headers if k.lower() == "x-trace"] == [
+        ("X-Trace", "a"), ("x-trace", "b"), ("X-TRACE", "c")
+    ]  # fmt: skip
     assert seen.header("Content-Type") == ["application/json"]
     assert seen.header("Host") == [upstream.url.removeprefix("http://")]
     for dropped in ("Keep-Alive", "X-Drop-Me", "User-Agent", "Accept-Encoding", "Accept"):
