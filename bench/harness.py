@@ -172,6 +172,53 @@ end
 """
 
 
+# A process that only sleeps, 5 ms at a time, on one CPU, and notes how late it wakes: how long
+# that CPU itself was not available (the host, the kernel), whatever runs on it.
+_STALL_PROBE = r"""
+import os, signal, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+longest, late_2ms = 0.0, 0
+def report(*_):
+    print(f"{longest:.3f} {late_2ms}", flush=True)
+    os._exit(0)
+signal.signal(signal.SIGTERM, report)
+print("ready", flush=True)
+while True:
+    started = time.perf_counter()
+    time.sleep(0.005)
+    late = (time.perf_counter() - started - 0.005) * 1000
+    late_2ms += late > 2
+    longest = max(longest, late)
+"""
+
+
+@dataclass
+class Stalls:
+    """How long, at most, a CPU was not available, and how often for over 2 ms."""
+
+    longest_ms: float = 0.0
+    over_2ms: int = 0
+
+
+@contextmanager
+def stalls(cpu: int) -> Iterator[Stalls]:
+    """Watch ``cpu`` for stalls while the block runs (about 0.5% of it, 200 wake-ups a second)."""
+    found = Stalls()
+    probe = subprocess.Popen(
+        [sys.executable, "-c", _STALL_PROBE, str(cpu)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert probe.stdout is not None
+        probe.stdout.readline()  # ready
+        yield found
+    finally:
+        probe.terminate()
+        out, _ = probe.communicate(timeout=10)
+        if out.strip():
+            longest, over = out.split()
+            found.longest_ms, found.over_2ms = float(longest), int(over)
+
+
 def pin(pid: int, cpus: set[int]) -> None:
     """Keep a process, its threads and its children on these CPUs."""
     for each in children(pid):

@@ -1,6 +1,6 @@
 """What the proxy costs, side by side in one run, with the targets it must meet.
 
-    python bench/performance.py            # about 7 minutes
+    python bench/performance.py            # about 8 minutes
     python bench/performance.py --quick    # shorter rounds, for a first look
 
 Everything it needs is started and stopped here: nginx from Debian's packages as the upstream
@@ -25,8 +25,11 @@ the bare pass-through) adds over calling the 100 ms upstream directly, 50 connec
 rounds the same way (each round's hop less that round's direct call; the medians), twice:
 
 - as deployed, the targets: the hop alone on one CPU, wrk and nginx on another (an app and
-  Pipedrive do not run on the proxy's CPU), each connection pausing 0-20 ms at random before
-  each call;
+  Pipedrive do not run on the proxy's CPU), each connection pausing at random before each
+  call, 0-110 ms before its first (so that the 50 do not start together) and 0-20 ms before
+  the others; meanwhile a process that only sleeps, 5 ms at a time, on the hop's CPU notes how
+  late it wakes, and each hop's line says how long that CPU itself stalled at most (a stall
+  that long delays every call in flight);
 - everything sharing every CPU, calls in step: wrk starts its 50 connections together and the
   upstream always takes 100 ms, so the 50 calls arrive together for the whole run and the last
   of each burst waits for the 49 before it (a measure of a burst, not of a stall).
@@ -53,13 +56,25 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, cpu_seconds, free_port, pin, proxy, require, rss_mib, wait_ready, wrk
+from harness import (
+    ROOT,
+    Stalls,
+    cpu_seconds,
+    free_port,
+    pin,
+    proxy,
+    require,
+    rss_mib,
+    stalls,
+    wait_ready,
+    wrk,
+)
 
 TOKEN = "bench-token"
 BODY = json.dumps(
@@ -70,9 +85,21 @@ BODY = json.dumps(
 )  # fmt: skip
 ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
 AUTH = f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n'
-# Each connection pauses 0-20 ms, at random, before each call: 50 connections started together
-# against an upstream that always takes 100 ms otherwise stay in step for the whole run.
-OUT_OF_STEP = AUTH + "math.randomseed(os.time())\nfunction delay() return math.random(0, 20) end\n"
+LATENCY_CONNECTIONS = 50
+# Each connection pauses before each call, at random: 0-110 ms before its first (one upstream
+# cycle), 0-20 ms before the others. Started together against an upstream that always takes
+# 100 ms, the connections would otherwise stay in step for the whole run, and every run would
+# start with a burst of 50 calls at once (one in 36 of a 4 s run's calls: its p99).
+OUT_OF_STEP = (
+    AUTH
+    + f"""math.randomseed(os.time())
+local started = 0
+function delay()
+  if started < {LATENCY_CONNECTIONS} then started = started + 1; return math.random(0, 110) end
+  return math.random(0, 20)
+end
+"""
+)
 # The order targets run in within a round (reversed every other round): those compared in a
 # ratio next to each other. Reports list them in the order they were given.
 MEASURED_ORDER = ("direct", "nginx", "httpx", "httpx2", "bare asyncio", "bare", "proxy",
@@ -240,26 +267,35 @@ def added_latency(
     seconds: float,
     script: str = AUTH,
     cpus: set[int] | None = None,
+    hop_cpu: int | None = None,
 ) -> dict[str, tuple[float, float]]:
     """p50 and p99 each hop adds over calling the 100 ms upstream directly, 50 connections: the
     medians over rounds of each round's hop less that round's direct call (the two a few seconds
-    apart, in reverse order every other round, as for throughput)."""
+    apart, in reverse order every other round, as for throughput). With ``hop_cpu``, each hop's
+    line also says how long that CPU itself stalled meanwhile, at most."""
     for url in (direct, *hops.values()):
-        wrk(url, 50, 2, script=script, cpus=cpus)  # warm up
+        wrk(url, LATENCY_CONNECTIONS, 2, script=script, cpus=cpus)  # warm up
     added: dict[str, list[tuple[float, float]]] = {name: [] for name in hops}
     order = ["direct", *hops]
     urls = {"direct": direct, **hops}
     for number in range(rounds):
-        measured = {
-            name: wrk(urls[name], 50, seconds, script=script, cpus=cpus)
-            for name in (order if number % 2 == 0 else order[::-1])
-        }
+        measured, stalled = {}, {}
+        for name in order if number % 2 == 0 else order[::-1]:
+            with stalls(hop_cpu) if hop_cpu is not None else nullcontext(Stalls()) as found:
+                measured[name] = wrk(
+                    urls[name], LATENCY_CONNECTIONS, seconds, script=script, cpus=cpus
+                )
+            stalled[name] = (
+                f" (CPU {hop_cpu} stalled up to {found.longest_ms:.1f} ms)"
+                if hop_cpu is not None else ""
+            )  # fmt: skip
         floor = measured["direct"]
         for name in hops:
             through = measured[name]
             added[name].append((through.p50_ms - floor.p50_ms, through.p99_ms - floor.p99_ms))
         print(f"  round {number + 1}/{rounds}: direct p50 {floor.p50_ms:.2f} ms, " + ", ".join(
-            f"{name} +{p50:.2f}/+{p99:.2f} ms" for name, [*_, (p50, p99)] in added.items()
+            f"{name} +{p50:.2f}/+{p99:.2f} ms{stalled[name]}"
+            for name, [*_, (p50, p99)] in added.items()
         ), flush=True)  # fmt: skip
     return {
         name: (statistics.median(p50 for p50, _ in each), statistics.median(p99 for _, p99 in each))
@@ -467,7 +503,13 @@ def main() -> int:
                             (bare_slow.pid, cpus[0])):  # fmt: skip
                 pin(pid, {on})
             latency = added_latency(
-                direct_slow, hops, target_rounds, latency_seconds, OUT_OF_STEP, cpus={cpus[1]}
+                direct_slow,
+                hops,
+                target_rounds,
+                latency_seconds,
+                OUT_OF_STEP,
+                cpus={cpus[1]},
+                hop_cpu=cpus[0],
             )
             latencies.insert(
                 0, ("the hop alone on a CPU, calls out of step (the targets)", latency)
