@@ -528,7 +528,8 @@ def main() -> int:
 
     bare = measured["bare"]
     print()
-    print("(req/s, p50, p99, CPU: medians of the rounds; x bare: the median of the rounds' ratios)")
+    print("(req/s, p50, p99, CPU: medians of the rounds; x bare after req/s: the median of the "
+          "rounds' ratios; after CPU: the ratio of the medians)")  # fmt: skip
     print(f"{'target':13} {'req/s':>8} {'x bare':>7} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'CPU s/1000':>11} {'x bare':>7}")  # fmt: skip
     for name, values in measured.items():
