@@ -1,0 +1,101 @@
+"""An HTTPS upstream, as Pipedrive's is: the proxy verifies its certificate against the CAs the
+process trusts, forwards over TLS when it verifies, and refuses (a 502, nothing sent) when it
+does not. ``serve`` runs as users run it; the upstream's certificate is made here by openssl
+and trusted (or not) through ``SSL_CERT_FILE``."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import envelope, free_port, sha
+from tests.processes import serving, wait_ready, write_config
+
+OPENSSL = shutil.which("openssl")
+pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is missing")
+
+
+def certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, and its key."""
+    cert, key = folder / "upstream.pem", folder / "upstream.key"
+    assert OPENSSL is not None
+    subprocess.run(
+        [OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+class TlsUpstream:
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, str | None]] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append((request.method, request.raw_path, request.headers.get("Host")))
+        return web.json_response({"success": True, "data": {"id": 42}})
+
+
+@pytest.fixture
+async def tls_upstream(tmp_path: Path) -> AsyncIterator[tuple[TlsUpstream, Path]]:
+    cert, key = certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    upstream = TlsUpstream()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", upstream.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+    upstream.url = f"https://127.0.0.1:{port}"
+    yield upstream, cert
+    await runner.cleanup()
+
+
+async def call_through(tmp_path: Path, upstream: TlsUpstream, trusted: Path) -> tuple[int, bytes]:
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        upstream={"api_url": upstream.url},
+        tokens=[{"name": "reader", "sha256": sha("reader"), "scopes": ["deals:read"]}],
+    )
+    with serving(config, port, env={"SSL_CERT_FILE": str(trusted)}, log=tmp_path / "log"):
+        await wait_ready(port)
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(
+                f"http://127.0.0.1:{port}/api/v2/deals/42",
+                headers={"Authorization": "Bearer reader"},
+            ) as answer,
+        ):
+            return answer.status, await answer.read()
+
+
+async def test_a_call_goes_over_tls_to_an_upstream_whose_certificate_verifies(
+    tmp_path: Path, tls_upstream: tuple[TlsUpstream, Path]
+) -> None:
+    upstream, cert = tls_upstream
+    status, body = await call_through(tmp_path, upstream, trusted=cert)
+    assert (status, envelope(body)["data"]) == (200, {"id": 42})
+    assert upstream.received == [("GET", "/api/v2/deals/42", upstream.url.removeprefix("https://"))]
+
+
+async def test_an_upstream_whose_certificate_does_not_verify_gets_nothing(
+    tmp_path: Path, tls_upstream: tuple[TlsUpstream, Path]
+) -> None:
+    upstream, _ = tls_upstream
+    (tmp_path / "other").mkdir()
+    other, _ = certificate(tmp_path / "other")  # a certificate, but not the upstream's
+    status, body = await call_through(tmp_path, upstream, trusted=other)
+    assert (status, envelope(body)["scope_proxy"]["reason"]) == (502, "upstream_unavailable")
+    assert upstream.received == []
