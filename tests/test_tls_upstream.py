@@ -19,13 +19,13 @@ from tests.conftest import envelope, free_port, sha
 from tests.processes import serving, wait_ready, write_config
 
 OPENSSL = shutil.which("openssl")
-pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is missing")
 
 
 def certificate(folder: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1, and its key."""
     cert, key = folder / "upstream.pem", folder / "upstream.key"
-    assert OPENSSL is not None
+    if OPENSSL is None:
+        pytest.fail("openssl is not installed (apt-get install -y openssl)")
     subprocess.run(
         [OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
          "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
