@@ -132,14 +132,9 @@ class Client:
             async with self._session.get(URL(url, encoded=True)) as response:
                 await response.read()
         elif self.name == "proxy":
-            answer = await self._session._exchange(
-                "GET", URL(url, encoded=True), CIMultiDict(), None
-            )
-            try:
+            sent = self._session._exchange("GET", URL(url, encoded=True), CIMultiDict(), None)
+            async with await sent as answer:
                 await answer.read()
-            finally:
-                answer.release()
-                await answer.wait_for_close()
         else:
             response = await self._session.get(url)
             await response.aread()

@@ -61,8 +61,9 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # How an upstream answer is read (aiohttp's defaults): its body as it comes, never decompressed,
 # to the end of the connection where it declares no length; a head of at most 128 lines of at
 # most 8190 bytes. ``read_timeout`` and ``skip_payload`` are set per call.
+_NO_TIMER = TimerNoop()  # the read timeout is ``_ReadDeadlines``'; there is no total timeout
 _READING: dict[str, Any] = {
-    "timer": TimerNoop(),
+    "timer": _NO_TIMER,
     "read_until_eof": True,
     "auto_decompress": False,
     "read_bufsize": 2**16,
@@ -363,7 +364,7 @@ class UpstreamClient:
             upstream = await self._exchange(
                 request.method, target, headers, body.chunks() if body is not None else None
             )
-            try:
+            async with upstream:  # then its connection goes back to the pool, or is closed
                 answered = answer_headers(upstream)
                 if upstream.content.is_eof():
                     # The whole body has already arrived with the headers: send both at once.
@@ -379,9 +380,6 @@ class UpstreamClient:
                     await response.write(chunk)
                 await response.write_eof()
                 return response
-            finally:
-                upstream.release()  # its connection back to the pool, or closed mid-answer
-                await upstream.wait_for_close()
         except _UPSTREAM_FAILURES as error:
             if body is not None and body.stalled:
                 if response is not None and response.prepared:
@@ -401,14 +399,10 @@ class UpstreamClient:
         an ``UpstreamUnavailable``. Failures map as in ``forward``."""
         target = URL(url, encoded=True)
         try:
-            upstream = await self._exchange(method, target, headers, body)
-            try:
+            async with await self._exchange(method, target, headers, body) as upstream:
                 too_large = UpstreamUnavailable(f"upstream answer over {limit} bytes")
                 whole = await read_limited(upstream.content, limit, too_large)
                 return Fetched(upstream.status, upstream.reason, answer_headers(upstream), whole)
-            finally:
-                upstream.release()
-                await upstream.wait_for_close()
         except _UPSTREAM_FAILURES as error:
             raise self._failure(error, target) from error
 
@@ -441,7 +435,7 @@ class UpstreamClient:
                 data=data,
                 loop=self._loop,
                 response_class=aiohttp.ClientResponse,
-                timer=_READING["timer"],
+                timer=_NO_TIMER,
                 session=session,
             )
             try:

@@ -128,7 +128,7 @@ class EagerUpstream:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                request = _parse_head(connection, head)
+                request = parse_head(connection, head)
                 self.received.append(request)
                 if request.method == "<garbage>":
                     writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
@@ -147,7 +147,7 @@ class EagerUpstream:
                 if self.ignore_get_body and request.method in ("GET", "HEAD"):
                     continue
                 try:
-                    request.body = await _read_body(reader, request.headers)
+                    request.body = await read_body(reader, request.headers)
                 except (asyncio.IncompleteReadError, ConnectionError, ValueError):
                     self.cut_mid_body.append(connection)
                     return
@@ -155,7 +155,7 @@ class EagerUpstream:
             writer.close()
 
 
-def _parse_head(connection: int, head: bytes) -> Parsed:
+def parse_head(connection: int, head: bytes) -> Parsed:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -168,7 +168,7 @@ def _parse_head(connection: int, head: bytes) -> Parsed:
     return Parsed(connection, parts[0], parts[1], headers)
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+async def read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
     if "chunked" in headers.get("transfer-encoding", "").lower():
         body = b""
         while True:

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from proxy.forward import has_control
 from proxy.state import UPSTREAM
 from tests.conftest import ProxyFactory, envelope, free_port, grants
+from tests.fakes import parse_head, read_body
 
 TOKENS = grants(reader=["deals:read"])
 AUTH = {"Authorization": "Bearer reader"}
@@ -100,7 +101,7 @@ class FaultyUpstream:
             if writer in self._answered:
                 return False  # closed as the request arrives: the pooled connection is gone
             self._answered.add(writer)
-            await reader.readexactly(content_length(self.heads[-1]))
+            await read_body(reader, parse_head(0, self.heads[-1]).headers)
         if fault == "interim":  # an interim answer, then nothing: the final one is still due
             writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
             await writer.drain()
@@ -130,14 +131,6 @@ class FaultyUpstream:
             writer.write(answer())
         await writer.drain()
         return True
-
-
-def content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    return 0
 
 
 @pytest.fixture
