@@ -215,6 +215,32 @@ def stalls(cpu: int) -> Iterator[Stalls]:
             found.longest_ms = float(out)
 
 
+def preemptions(pid: int) -> int:
+    """How many times a process and its descendants were preempted so far (involuntary context
+    switches: made to give up the CPU while they had work, all their threads counted)."""
+    total = 0
+    for each in children(pid):
+        try:
+            for task in os.listdir(f"/proc/{each}/task"):
+                with open(f"/proc/{each}/task/{task}/status") as handle:
+                    for line in handle:
+                        if line.startswith("nonvoluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def schedule(pid: int, batch: bool) -> None:
+    """Run a process, its threads and its children as ``SCHED_BATCH`` (``batch``), or as
+    ordinary processes again. A batch process gets its fair share of the CPU, but when it wakes
+    it does not preempt the process running: it waits for that one's slice to end."""
+    policy = os.SCHED_BATCH if batch else os.SCHED_OTHER
+    for each in children(pid):
+        for task in os.listdir(f"/proc/{each}/task"):
+            os.sched_setscheduler(int(task), policy, os.sched_param(0))
+
+
 def pin(pid: int, cpus: set[int]) -> None:
     """Keep a process, its threads and its children on these CPUs."""
     for each in children(pid):
@@ -229,10 +255,19 @@ def wrk(
     threads: int = 1,
     script: str = "",
     cpus: set[int] | None = None,
+    batch: bool = False,
 ) -> Load:
     """Drive ``url`` with wrk; ``script`` (Lua) may define ``request()`` to vary the calls, and
     ``prepare()`` to build them once per thread (where ``wrk.format`` knows the Host). With
-    ``cpus``, wrk runs on those CPUs only."""
+    ``cpus``, wrk runs on those CPUs only; with ``batch``, as ``SCHED_BATCH`` (see
+    ``schedule``)."""
+
+    def start() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        if batch:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script + _REPORTING)
         lua = handle.name
@@ -241,7 +276,7 @@ def wrk(
             ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
              "-s", lua, url],
             capture_output=True, text=True, check=False, timeout=seconds + 60,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            preexec_fn=start if cpus or batch else None,
         )  # fmt: skip
     finally:
         os.unlink(lua)

@@ -15,7 +15,17 @@ the load generator, and on the same upstream:
   gives a pass-through that decides nothing, on this machine;
 - proxy, proxy x2: ``pipedrive-scope-proxy serve`` with 1 and 2 workers, enforce mode, JSON
   decision log on (written to /dev/null);
+- proxy x2 preempted: the same 2 workers, wrk and nginx scheduled as ordinary processes (below);
 - httpx, httpx2: the proxy's own pipeline with httpx or httpx2 as its upstream client.
+
+wrk and nginx run as ``SCHED_BATCH`` processes while throughput is measured: they get their
+fair share of the CPUs, but waking up (a response for wrk, a request for nginx) they wait for
+the running process's time slice to end instead of preempting it. With 2 workers on 2 CPUs,
+every process on every CPU, ordinary scheduling has wrk and nginx preempt a worker more than
+once per call, so that a second worker measures how well 4 processes share 2 CPUs call by call
+rather than what it adds; an app and Pipedrive do not run on the proxy's CPUs. The
+``preempted`` column shows how often each target was made to give up its CPU per call, and
+"proxy x2 preempted" the figure under ordinary scheduling.
 
 Rounds alternate between the targets so that all see the same machine; the figures are
 medians. Within a round the targets compared run one after the other (bare, proxy, proxy x2),
@@ -68,9 +78,11 @@ from harness import (
     cpu_seconds,
     free_port,
     pin,
+    preemptions,
     proxy,
     require,
     rss_mib,
+    schedule,
     stalls,
     wait_ready,
     wrk,
@@ -100,10 +112,12 @@ function delay()
 end
 """
 )
+# The proxy with 2 workers again, wrk and nginx scheduled as ordinary processes.
+PREEMPTED = "proxy x2 preempted"
 # The order targets run in within a round (reversed every other round): those compared in a
 # ratio next to each other. Reports list them in the order they were given.
 MEASURED_ORDER = ("direct", "nginx", "httpx", "httpx2", "bare asyncio", "bare", "proxy",
-                  "proxy x2", "bare x2")  # fmt: skip
+                  "proxy x2", PREEMPTED, "bare x2")  # fmt: skip
 TARGETS = {"throughput": 0.85, "stretch": 1.0, "workers": 1.6, "p50": 1.0, "p99": 5.0,
            "decision_us": 10.0, "streaming_mib": 80.0, "idle_mib": 60.0}  # fmt: skip
 
@@ -189,29 +203,39 @@ def throughput(
     seconds: float,
     connections: int,
     upstream: int,
+    preempting: frozenset[str] = frozenset(),
 ) -> dict[str, dict[str, Any]]:
-    """Median requests/s, p50, p99 and CPU seconds per 1000 requests of each target, and its
-    requests/s in each round; and ``beside``: the CPU seconds per 1000 requests that wrk and
-    the upstream (the nginx process ``upstream`` and its workers) used meanwhile."""
+    """Median requests/s, p50, p99, CPU seconds per 1000 requests and preemptions per request of
+    each target, and its requests/s in each round; and ``beside``: the CPU seconds per 1000
+    requests that wrk and the upstream (the nginx process ``upstream`` and its workers) used
+    meanwhile. wrk and nginx run as ``SCHED_BATCH``, but for the targets in ``preempting``."""
     samples: dict[str, list[tuple[float, ...]]] = {name: [] for name in targets}
     for url, _ in targets.values():
         wrk(url, connections, 1, script=AUTH)  # warm up
     order = [name for name in MEASURED_ORDER if name in targets]
     order += [name for name in targets if name not in order]
-    for round_number in range(rounds):
-        for name in order if round_number % 2 == 0 else reversed(order):
-            url, pid = targets[name]
-            before, beside = cpu_seconds(pid), cpu_seconds(upstream) + _waited_cpu()
-            load = wrk(url, connections, seconds, script=AUTH)
-            used = cpu_seconds(pid) - before
-            beside = cpu_seconds(upstream) + _waited_cpu() - beside
-            unexpected = sum(n for status, n in load.statuses.items() if status != "200")
-            if unexpected or load.socket_errors:
-                sys.exit(f"bench: {name} answered {load.statuses}, {load.socket_errors} errors")
-            samples[name].append((load.rate, load.p50_ms, load.p99_ms,
-                                  1000 * used / load.requests, 1000 * beside / load.requests))  # fmt: skip
-        print(f"  round {round_number + 1}/{rounds}: " + ", ".join(
-            f"{name} {samples[name][-1][0]:.0f}/s" for name in targets))  # fmt: skip
+    try:
+        for round_number in range(rounds):
+            for name in order if round_number % 2 == 0 else reversed(order):
+                url, pid = targets[name]
+                batch = name not in preempting
+                schedule(upstream, batch)
+                before, beside = cpu_seconds(pid), cpu_seconds(upstream) + _waited_cpu()
+                preempted = preemptions(pid)
+                load = wrk(url, connections, seconds, script=AUTH, batch=batch)
+                used = cpu_seconds(pid) - before
+                beside = cpu_seconds(upstream) + _waited_cpu() - beside
+                preempted = preemptions(pid) - preempted
+                unexpected = sum(n for status, n in load.statuses.items() if status != "200")
+                if unexpected or load.socket_errors:
+                    sys.exit(f"bench: {name} answered {load.statuses}, {load.socket_errors} errors")
+                samples[name].append((load.rate, load.p50_ms, load.p99_ms,
+                                      1000 * used / load.requests, 1000 * beside / load.requests,
+                                      preempted / load.requests))  # fmt: skip
+            print(f"  round {round_number + 1}/{rounds}: " + ", ".join(
+                f"{name} {samples[name][-1][0]:.0f}/s" for name in targets))  # fmt: skip
+    finally:
+        schedule(upstream, batch=False)
     return {
         name: {
             "rate": statistics.median(s[0] for s in values),
@@ -219,6 +243,7 @@ def throughput(
             "p99": statistics.median(s[2] for s in values),
             "cpu": statistics.median(s[3] for s in values),
             "beside": statistics.median(s[4] for s in values),
+            "preempted": statistics.median(s[5] for s in values),
             "rates": [s[0] for s in values],  # by round
             "cpus": [s[3] for s in values],
             "besides": [s[4] for s in values],
@@ -480,11 +505,12 @@ def main() -> int:
             "bare asyncio": (f"http://127.0.0.1:{ports['bare asyncio']}{target}", bare_asyncio.pid),
             "proxy": (f"http://127.0.0.1:{ports['proxy']}{target}", one.pid),
             "proxy x2": (f"http://127.0.0.1:{ports['workers']}{target}", two.pid),
+            PREEMPTED: (f"http://127.0.0.1:{ports['workers']}{target}", two.pid),
             "httpx": (f"http://127.0.0.1:{ports['httpx']}{target}", variants["httpx"].pid),
             "httpx2": (f"http://127.0.0.1:{ports['httpx2']}{target}", variants["httpx2"].pid),
         }
         print(f"throughput: wrk, 1 thread, 32 connections, {rounds} rounds of {seconds:g} s each")
-        measured = throughput(targets, rounds, seconds, 32, nginx.pid)
+        measured = throughput(targets, rounds, seconds, 32, nginx.pid, frozenset({PREEMPTED}))
         direct_slow = f"http://127.0.0.1:{slow}{target}"
         hops = {"proxy": f"http://127.0.0.1:{ports['slow']}{target}",
                 "bare": f"http://127.0.0.1:{ports['bare slow']}{target}"}  # fmt: skip
@@ -528,14 +554,15 @@ def main() -> int:
 
     bare = measured["bare"]
     print()
-    print("(req/s, p50, p99, CPU: medians of the rounds; x bare after req/s: the median of the "
-          "rounds' ratios; after CPU: the ratio of the medians)")  # fmt: skip
-    print(f"{'target':13} {'req/s':>8} {'x bare':>7} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'CPU s/1000':>11} {'x bare':>7}")  # fmt: skip
+    print("(req/s, p50, p99, CPU, preempted: medians of the rounds; x bare after req/s: the "
+          "median of the rounds' ratios; after CPU: the ratio of the medians; preempted: how "
+          "often the target was made to give up its CPU, per call)")  # fmt: skip
+    print(f"{'target':18} {'req/s':>8} {'x bare':>7} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'CPU s/1000':>11} {'x bare':>7} {'preempted':>10}")  # fmt: skip
     for name, values in measured.items():
-        print(f"{name:13} {values['rate']:8.0f} {paired(measured, name, 'bare'):7.2f} "
+        print(f"{name:18} {values['rate']:8.0f} {paired(measured, name, 'bare'):7.2f} "
               f"{values['p50']:8.2f} {values['p99']:8.2f} {values['cpu']:11.3f} "
-              f"{values['cpu'] / bare['cpu']:7.2f}")  # fmt: skip
+              f"{values['cpu'] / bare['cpu']:7.2f} {values['preempted']:10.2f}")  # fmt: skip
     print()
     for heading, measured_latency in latencies:
         print(f"added over the 100 ms upstream, {heading}:")
@@ -570,6 +597,9 @@ def main() -> int:
     print(f"{'2 workers / 1 worker: about the most possible':48} "
           f"{workers_ceiling(measured, cpu_count):>11.2f}x  (wrk and nginx: {beside:.3f} s/1000 "
           f"beside 2 workers, {cpu_count} CPUs)")  # fmt: skip
+    preempted = paired(measured, PREEMPTED, "proxy")
+    print(f"{'2 workers / 1, wrk and nginx preempting them':48} {preempted:>11.2f}x  (wrk and "
+          "nginx as ordinary processes: each wake-up takes a worker's CPU)")  # fmt: skip
     bare_scaling = paired(measured, "bare x2", "bare")
     print(f"{'2 bare processes / 1, a pass-through alone':48} {bare_scaling:>11.2f}x  (the same "
           "measure where nothing is decided)")  # fmt: skip
