@@ -15,7 +15,8 @@ the load generator, and on the same upstream:
   gives a pass-through that decides nothing, on this machine;
 - proxy, proxy x2: ``pipedrive-scope-proxy serve`` with 1 and 2 workers, enforce mode, JSON
   decision log on (written to /dev/null);
-- proxy x2 preempted: the same 2 workers, wrk and nginx scheduled as ordinary processes (below);
+- proxy x2 preempted, bare x2 preempted: the same 2 workers and 2 bare processes, wrk and nginx
+  scheduled as ordinary processes (below);
 - httpx, httpx2: the proxy's own pipeline with httpx or httpx2 as its upstream client.
 
 wrk and nginx run as ``SCHED_BATCH`` processes while throughput is measured: they get their
@@ -25,7 +26,7 @@ every process on every CPU, ordinary scheduling has wrk and nginx preempt a work
 once per call, so that a second worker measures how well 4 processes share 2 CPUs call by call
 rather than what it adds; an app and Pipedrive do not run on the proxy's CPUs. The
 ``preempted`` column shows how often each target was made to give up its CPU per call, and
-"proxy x2 preempted" the figure under ordinary scheduling.
+the two "preempted" targets the figures under ordinary scheduling.
 
 Rounds alternate between the targets so that all see the same machine; the figures are
 medians. Within a round the targets compared run one after the other (bare, proxy, proxy x2),
@@ -112,12 +113,14 @@ function delay()
 end
 """
 )
-# The proxy with 2 workers again, wrk and nginx scheduled as ordinary processes.
+# The proxy with 2 workers and the 2 bare processes again, wrk and nginx scheduled as ordinary
+# processes.
 PREEMPTED = "proxy x2 preempted"
+BARE_PREEMPTED = "bare x2 preempted"
 # The order targets run in within a round (reversed every other round): those compared in a
 # ratio next to each other. Reports list them in the order they were given.
 MEASURED_ORDER = ("direct", "nginx", "httpx", "httpx2", "bare asyncio", "bare", "proxy",
-                  "proxy x2", PREEMPTED, "bare x2")  # fmt: skip
+                  "proxy x2", PREEMPTED, "bare x2", BARE_PREEMPTED)  # fmt: skip
 TARGETS = {"throughput": 0.85, "stretch": 1.0, "workers": 1.6, "p50": 1.0, "p99": 5.0,
            "decision_us": 10.0, "streaming_mib": 80.0, "idle_mib": 60.0}  # fmt: skip
 
@@ -506,11 +509,14 @@ def main() -> int:
             "proxy": (f"http://127.0.0.1:{ports['proxy']}{target}", one.pid),
             "proxy x2": (f"http://127.0.0.1:{ports['workers']}{target}", two.pid),
             PREEMPTED: (f"http://127.0.0.1:{ports['workers']}{target}", two.pid),
+            BARE_PREEMPTED: (f"http://127.0.0.1:{ports['bare x2']}{target}", bare_two.pid),
             "httpx": (f"http://127.0.0.1:{ports['httpx']}{target}", variants["httpx"].pid),
             "httpx2": (f"http://127.0.0.1:{ports['httpx2']}{target}", variants["httpx2"].pid),
         }
         print(f"throughput: wrk, 1 thread, 32 connections, {rounds} rounds of {seconds:g} s each")
-        measured = throughput(targets, rounds, seconds, 32, nginx.pid, frozenset({PREEMPTED}))
+        measured = throughput(
+            targets, rounds, seconds, 32, nginx.pid, frozenset({PREEMPTED, BARE_PREEMPTED})
+        )
         direct_slow = f"http://127.0.0.1:{slow}{target}"
         hops = {"proxy": f"http://127.0.0.1:{ports['slow']}{target}",
                 "bare": f"http://127.0.0.1:{ports['bare slow']}{target}"}  # fmt: skip
@@ -597,12 +603,13 @@ def main() -> int:
     print(f"{'2 workers / 1 worker: about the most possible':48} "
           f"{workers_ceiling(measured, cpu_count):>11.2f}x  (wrk and nginx: {beside:.3f} s/1000 "
           f"beside 2 workers, {cpu_count} CPUs)")  # fmt: skip
-    preempted = paired(measured, PREEMPTED, "proxy")
-    print(f"{'2 workers / 1, wrk and nginx preempting them':48} {preempted:>11.2f}x  (wrk and "
-          "nginx as ordinary processes: each wake-up takes a worker's CPU)")  # fmt: skip
     bare_scaling = paired(measured, "bare x2", "bare")
     print(f"{'2 bare processes / 1, a pass-through alone':48} {bare_scaling:>11.2f}x  (the same "
           "measure where nothing is decided)")  # fmt: skip
+    preempted = paired(measured, PREEMPTED, "proxy")
+    bare_preempted = paired(measured, BARE_PREEMPTED, "bare")
+    print(f"{'2 workers / 1, wrk and nginx preempting them':48} {preempted:>11.2f}x  (2 bare "
+          f"processes / 1: {bare_preempted:.2f}x; wrk and nginx as ordinary processes)")  # fmt: skip
     stretch = paired(measured, "proxy", "bare asyncio")
     print(f"{'stretch: proxy / bare pass-through on asyncio':48} {stretch:>11.2f}x  "
           f"{'>= 1.0x: reached' if stretch >= TARGETS['stretch'] else '>= 1.0x: not reached'}")  # fmt: skip
