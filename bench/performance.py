@@ -268,7 +268,9 @@ def workers_ceiling(measured: dict[str, dict[str, Any]], cpus: int) -> float:
     while wrk and nginx fit on another CPU. Two workers share all ``cpus`` with wrk and nginx:
     at ``p2`` per call for the workers and ``c`` for wrk and nginx, ``cpus / (p2 + c)`` calls
     per second at most. The ratio is at most ``cpus * p1 / (p2 + c)``: the cheaper a call,
-    the larger wrk's and nginx's share of the CPUs, and the lower the ceiling.
+    the larger wrk's and nginx's share of the CPUs, and the lower the ceiling. It may be over
+    ``cpus`` where two workers spend less CPU per call than one, as they do when the calls
+    reach them in batches.
     """
     rounds = zip(
         measured["proxy"]["cpus"],
@@ -277,7 +279,7 @@ def workers_ceiling(measured: dict[str, dict[str, Any]], cpus: int) -> float:
         strict=True,
     )
     # The median of each round's ceiling, as the ratio itself is the median of each round's.
-    return float(min(2.0, statistics.median(cpus * p1 / (p2 + c) for p1, p2, c in rounds)))
+    return float(statistics.median(cpus * p1 / (p2 + c) for p1, p2, c in rounds))
 
 
 def paired(measured: dict[str, dict[str, Any]], name: str, reference: str) -> float:
