@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,8 +237,11 @@ def schedule(pid: int, batch: bool) -> None:
     it does not preempt the process running: it waits for that one's slice to end."""
     policy = os.SCHED_BATCH if batch else os.SCHED_OTHER
     for each in children(pid):
-        for task in os.listdir(f"/proc/{each}/task"):
-            os.sched_setscheduler(int(task), policy, os.sched_param(0))
+        try:
+            for task in os.listdir(f"/proc/{each}/task"):
+                os.sched_setscheduler(int(task), policy, os.sched_param(0))
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # ended meanwhile: nothing left to schedule
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -246,6 +249,20 @@ def pin(pid: int, cpus: set[int]) -> None:
     for each in children(pid):
         for task in os.listdir(f"/proc/{each}/task"):
             os.sched_setaffinity(int(task), cpus)
+
+
+def starting(cpus: set[int] | None, batch: bool) -> Callable[[], None] | None:
+    """What a child process runs before its program: on ``cpus`` only, as ``SCHED_BATCH``."""
+    if not cpus and not batch:
+        return None
+
+    def start() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        if batch:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+    return start
 
 
 def wrk(
@@ -262,12 +279,8 @@ def wrk(
     ``cpus``, wrk runs on those CPUs only; with ``batch``, as ``SCHED_BATCH`` (see
     ``schedule``)."""
 
-    def start() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-        if batch:
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-
+    if not float(seconds).is_integer():
+        raise ValueError(f"wrk runs for whole seconds, not {seconds:g}")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script + _REPORTING)
         lua = handle.name
@@ -276,7 +289,7 @@ def wrk(
             ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
              "-s", lua, url],
             capture_output=True, text=True, check=False, timeout=seconds + 60,
-            preexec_fn=start if cpus or batch else None,
+            preexec_fn=starting(cpus, batch),
         )  # fmt: skip
     finally:
         os.unlink(lua)

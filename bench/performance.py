@@ -15,18 +15,18 @@ the load generator, and on the same upstream:
   gives a pass-through that decides nothing, on this machine;
 - proxy, proxy x2: ``pipedrive-scope-proxy serve`` with 1 and 2 workers, enforce mode, JSON
   decision log on (written to /dev/null);
-- proxy x2 preempted, bare x2 preempted: the same 2 workers and 2 bare processes, wrk and nginx
-  scheduled as ordinary processes (below);
+- the same four, "preempted": proxy, proxy x2, bare and bare x2 again, wrk and nginx scheduled
+  as ordinary processes (below);
 - httpx, httpx2: the proxy's own pipeline with httpx or httpx2 as its upstream client.
 
 wrk and nginx run as ``SCHED_BATCH`` processes while throughput is measured: they get their
 fair share of the CPUs, but waking up (a response for wrk, a request for nginx) they wait for
 the running process's time slice to end instead of preempting it. With 2 workers on 2 CPUs,
-every process on every CPU, ordinary scheduling has wrk and nginx preempt a worker more than
-once per call, so that a second worker measures how well 4 processes share 2 CPUs call by call
+every process on every CPU, ordinary scheduling has wrk and nginx preempt a worker about once
+per call, so that a second worker measures how well 4 processes share 2 CPUs call by call
 rather than what it adds; an app and Pipedrive do not run on the proxy's CPUs. The
 ``preempted`` column shows how often each target was made to give up its CPU per call, and
-the two "preempted" targets the figures under ordinary scheduling.
+the four "preempted" targets the figures under ordinary scheduling.
 
 Rounds alternate between the targets so that all see the same machine; the figures are
 medians. Within a round the targets compared run one after the other (bare, proxy, proxy x2),
@@ -113,14 +113,15 @@ function delay()
 end
 """
 )
-# The proxy with 2 workers and the 2 bare processes again, wrk and nginx scheduled as ordinary
-# processes.
-PREEMPTED = "proxy x2 preempted"
-BARE_PREEMPTED = "bare x2 preempted"
+# The proxy with 1 and 2 workers and the bare pass-through with 1 and 2 processes again, wrk and
+# nginx scheduled as ordinary processes: each target's name with this after it.
+PREEMPTED = " preempted"
+COMPARED = ("proxy", "proxy x2", "bare", "bare x2")
 # The order targets run in within a round (reversed every other round): those compared in a
 # ratio next to each other. Reports list them in the order they were given.
-MEASURED_ORDER = ("direct", "nginx", "httpx", "httpx2", "bare asyncio", "bare", "proxy",
-                  "proxy x2", PREEMPTED, "bare x2", BARE_PREEMPTED)  # fmt: skip
+MEASURED_ORDER = ("direct", "nginx", "httpx", "httpx2", "bare asyncio", "bare x2", "bare", "proxy",
+                  "proxy x2", "proxy x2 preempted", "proxy preempted", "bare preempted",
+                  "bare x2 preempted")  # fmt: skip
 TARGETS = {"throughput": 0.85, "stretch": 1.0, "workers": 1.6, "p50": 1.0, "p99": 5.0,
            "decision_us": 10.0, "streaming_mib": 80.0, "idle_mib": 60.0}  # fmt: skip
 
@@ -470,7 +471,7 @@ def main() -> int:
     require("nginx", "wrk")
     if not Path(ECHO_MODULE).exists():
         sys.exit("bench: nginx's echo module is missing: apt-get install -y libnginx-mod-http-echo")
-    rounds, seconds = (2, 3.0) if args.quick else (8, 4.0)
+    rounds, seconds = (2, 3.0) if args.quick else (8, 3.0)
     missed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="scope-proxy-perf-") as temporary, ExitStack() as stack:
         folder = Path(temporary)
@@ -510,15 +511,15 @@ def main() -> int:
             "bare asyncio": (f"http://127.0.0.1:{ports['bare asyncio']}{target}", bare_asyncio.pid),
             "proxy": (f"http://127.0.0.1:{ports['proxy']}{target}", one.pid),
             "proxy x2": (f"http://127.0.0.1:{ports['workers']}{target}", two.pid),
-            PREEMPTED: (f"http://127.0.0.1:{ports['workers']}{target}", two.pid),
-            BARE_PREEMPTED: (f"http://127.0.0.1:{ports['bare x2']}{target}", bare_two.pid),
+        }
+        targets |= {name + PREEMPTED: targets[name] for name in COMPARED}
+        targets |= {
             "httpx": (f"http://127.0.0.1:{ports['httpx']}{target}", variants["httpx"].pid),
             "httpx2": (f"http://127.0.0.1:{ports['httpx2']}{target}", variants["httpx2"].pid),
         }
         print(f"throughput: wrk, 1 thread, 32 connections, {rounds} rounds of {seconds:g} s each")
-        measured = throughput(
-            targets, rounds, seconds, 32, nginx.pid, frozenset({PREEMPTED, BARE_PREEMPTED})
-        )
+        preempting = frozenset(name + PREEMPTED for name in COMPARED)
+        measured = throughput(targets, rounds, seconds, 32, nginx.pid, preempting)
         direct_slow = f"http://127.0.0.1:{slow}{target}"
         hops = {"proxy": f"http://127.0.0.1:{ports['slow']}{target}",
                 "bare": f"http://127.0.0.1:{ports['bare slow']}{target}"}  # fmt: skip
@@ -602,16 +603,21 @@ def main() -> int:
             missed.append(name)
     cpu_count = len(os.sched_getaffinity(0))
     beside = measured["proxy x2"]["beside"]
+    beside_preempting = measured["proxy x2" + PREEMPTED]["beside"]
     print(f"{'2 workers / 1 worker: about the most possible':48} "
           f"{workers_ceiling(measured, cpu_count):>11.2f}x  (wrk and nginx: {beside:.3f} s/1000 "
-          f"beside 2 workers, {cpu_count} CPUs)")  # fmt: skip
+          f"beside 2 workers, {beside_preempting:.3f} preempting them; {cpu_count} CPUs)")  # fmt: skip
     bare_scaling = paired(measured, "bare x2", "bare")
     print(f"{'2 bare processes / 1, a pass-through alone':48} {bare_scaling:>11.2f}x  (the same "
           "measure where nothing is decided)")  # fmt: skip
-    preempted = paired(measured, PREEMPTED, "proxy")
-    bare_preempted = paired(measured, BARE_PREEMPTED, "bare")
+    preempted = paired(measured, "proxy x2" + PREEMPTED, "proxy" + PREEMPTED)
+    bare_preempted = paired(measured, "bare x2" + PREEMPTED, "bare" + PREEMPTED)
     print(f"{'2 workers / 1, wrk and nginx preempting them':48} {preempted:>11.2f}x  (2 bare "
           f"processes / 1: {bare_preempted:.2f}x; wrk and nginx as ordinary processes)")  # fmt: skip
+    alone = paired(measured, "proxy" + PREEMPTED, "proxy")
+    bare_alone = paired(measured, "bare" + PREEMPTED, "bare")
+    print(f"{'1 worker, wrk and nginx preempting / not':48} {alone:>11.2f}x  (1 bare process: "
+          f"{bare_alone:.2f}x; one process has a CPU to itself)")  # fmt: skip
     stretch = paired(measured, "proxy", "bare asyncio")
     print(f"{'stretch: proxy / bare pass-through on asyncio':48} {stretch:>11.2f}x  "
           f"{'>= 1.0x: reached' if stretch >= TARGETS['stretch'] else '>= 1.0x: not reached'}")  # fmt: skip

@@ -84,3 +84,51 @@ def test_preemptions_counts_involuntary_switches_of_the_whole_family(
     assert all(count > 0 for count in each), each  # they took the CPU from each other
     # Asleep now, neither is preempted while the count is read: the sum of both.
     assert harness.preemptions(family.pid) == sum(each)
+
+
+def test_schedule_reaches_every_thread(harness: ModuleType) -> None:
+    """nginx may run threads (its thread pools): each thread has its own policy."""
+    threaded = subprocess.Popen(
+        [sys.executable, "-c", "import threading, time\n"
+         "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+         "print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert threaded.stdout is not None
+        assert threaded.stdout.readline() == b"ready\n"
+        tasks = [int(task) for task in os.listdir(f"/proc/{threaded.pid}/task")]
+        assert len(tasks) == 2
+        harness.schedule(threaded.pid, batch=True)
+        assert [os.sched_getscheduler(task) for task in tasks] == [os.SCHED_BATCH] * 2
+    finally:
+        threaded.kill()
+        threaded.wait()
+        assert threaded.stdout is not None
+        threaded.stdout.close()
+
+
+def test_schedule_passes_over_a_process_that_has_ended(harness: ModuleType) -> None:
+    """The bench restores nginx's scheduling in a ``finally``: if nginx died, what went wrong
+    first is what the run reports, not the restoring."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    harness.schedule(ended.pid, batch=False)
+
+
+@pytest.mark.parametrize(("batch", "policy"), [(True, os.SCHED_BATCH), (False, os.SCHED_OTHER)])
+def test_wrk_starts_as_a_batch_process_when_asked(
+    harness: ModuleType, batch: bool, policy: int
+) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        preexec_fn=harness.starting({cpu}, batch),
+    )
+    try:
+        assert os.sched_getscheduler(child.pid) == policy
+        assert os.sched_getaffinity(child.pid) == {cpu}
+    finally:
+        child.kill()
+        child.wait()
+    assert harness.starting(None, False) is None  # nothing to do before wrk starts
