@@ -1,6 +1,6 @@
 """What the proxy costs, side by side in one run, with the targets it must meet.
 
-    python bench/performance.py            # about 8 minutes
+    python bench/performance.py            # about 7.5 minutes
     python bench/performance.py --quick    # shorter rounds, for a first look
 
 Everything it needs is started and stopped here: nginx from Debian's packages as the upstream
