@@ -23,17 +23,21 @@ wrk and nginx run as ``SCHED_BATCH`` processes while throughput is measured: the
 fair share of the CPUs, but waking up (a response for wrk, a request for nginx) they wait for
 the running process's time slice to end instead of preempting it. With 2 workers on 2 CPUs,
 every process on every CPU, ordinary scheduling has wrk and nginx preempt a worker about once
-per call, so that a second worker measures how well 4 processes share 2 CPUs call by call
-rather than what it adds; an app and Pipedrive do not run on the proxy's CPUs. The
-``preempted`` column shows how often each target was made to give up its CPU per call, and
-the four "preempted" targets the figures under ordinary scheduling.
+per call, so that a second worker measures how well 4 processes share 2 CPUs call by call as
+much as what it adds; the bench takes the proxy as deployed with CPUs of its own, the app and
+Pipedrive elsewhere, as its latency targets are measured. The ``preempted`` column shows how
+often each target was made to give up its CPU per call, and the four "preempted" targets the
+figures under ordinary scheduling.
 
-Rounds alternate between the targets so that all see the same machine; the figures are
-medians. Within a round the targets compared run one after the other (bare, proxy, proxy x2),
-and every other round runs them in reverse order, so that a machine getting busier or quieter
-during a round favours neither side of a ratio. It then measures the latency the proxy (and
-the bare pass-through) adds over calling the 100 ms upstream directly, 50 connections, in
-rounds the same way (each round's hop less that round's direct call; the medians), twice:
+Rounds alternate between the targets so that all see the same machine; the figures are medians.
+Within a round the targets of the two throughput targets' ratios run one after the other (bare
+x2, bare, proxy, proxy x2), then the same four "preempted" (in reverse, so that proxy x2 runs
+next to proxy x2 preempted), and every other round runs the whole order reversed, so that a
+machine getting busier or quieter during a round favours neither side of a ratio. Other ratios
+(to the bare pass-through on asyncio, of a target "preempted" to itself) compare targets a few
+seconds apart. It then measures the latency the proxy (and the bare pass-through) adds over
+calling the 100 ms upstream directly, 50 connections, in rounds the same way (each round's hop
+less that round's direct call; the medians), twice:
 
 - as deployed, the targets: the hop alone on one CPU, wrk and nginx on another (an app and
   Pipedrive do not run on the proxy's CPU), each connection pausing at random before each
@@ -117,8 +121,8 @@ end
 # nginx scheduled as ordinary processes: each target's name with this after it.
 PREEMPTED = " preempted"
 COMPARED = ("proxy", "proxy x2", "bare", "bare x2")
-# The order targets run in within a round (reversed every other round): those compared in a
-# ratio next to each other. Reports list them in the order they were given.
+# The order targets run in within a round (reversed every other round): those of the targets'
+# ratios next to each other. Reports list them in the order they were given.
 MEASURED_ORDER = ("direct", "nginx", "httpx", "httpx2", "bare asyncio", "bare x2", "bare", "proxy",
                   "proxy x2", "proxy x2 preempted", "proxy preempted", "bare preempted",
                   "bare x2 preempted")  # fmt: skip
