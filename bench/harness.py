@@ -13,7 +13,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -96,18 +96,31 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process and its descendants, in MiB."""
-    total = 0
+def tasks(pid: int) -> Iterator[int]:
+    """The thread ids of a process and its descendants, those that ended meanwhile left out."""
     for each in children(pid):
         try:
-            with open(f"/proc/{each}/status") as handle:
-                for line in handle:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
+            found = os.listdir(f"/proc/{each}/task")
+        except FileNotFoundError:
+            continue
+        yield from (int(task) for task in found)
+
+
+def _status(task: int, field: str) -> int:
+    """A number from ``/proc/<task>/status`` (0 for a process that has ended)."""
+    try:
+        with open(f"/proc/{task}/status") as handle:
+            for line in handle:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its descendants, in MiB."""
+    return sum(_status(each, "VmRSS:") for each in children(pid)) / 1024
 
 
 def cpu_seconds(pid: int) -> float:
@@ -218,17 +231,7 @@ def stalls(cpu: int) -> Iterator[Stalls]:
 def preemptions(pid: int) -> int:
     """How many times a process and its descendants were preempted so far (involuntary context
     switches: made to give up the CPU while they had work, all their threads counted)."""
-    total = 0
-    for each in children(pid):
-        try:
-            for task in os.listdir(f"/proc/{each}/task"):
-                with open(f"/proc/{each}/task/{task}/status") as handle:
-                    for line in handle:
-                        if line.startswith("nonvoluntary_ctxt_switches:"):
-                            total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
+    return sum(_status(task, "nonvoluntary_ctxt_switches:") for task in tasks(pid))
 
 
 def schedule(pid: int, batch: bool) -> None:
@@ -236,19 +239,15 @@ def schedule(pid: int, batch: bool) -> None:
     ordinary processes again. A batch process gets its fair share of the CPU, but when it wakes
     it does not preempt the process running: it waits for that one's slice to end."""
     policy = os.SCHED_BATCH if batch else os.SCHED_OTHER
-    for each in children(pid):
-        try:
-            for task in os.listdir(f"/proc/{each}/task"):
-                os.sched_setscheduler(int(task), policy, os.sched_param(0))
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # ended meanwhile: nothing left to schedule
+    for task in tasks(pid):
+        with suppress(ProcessLookupError):  # ended meanwhile: nothing to schedule
+            os.sched_setscheduler(task, policy, os.sched_param(0))
 
 
 def pin(pid: int, cpus: set[int]) -> None:
     """Keep a process, its threads and its children on these CPUs."""
-    for each in children(pid):
-        for task in os.listdir(f"/proc/{each}/task"):
-            os.sched_setaffinity(int(task), cpus)
+    for task in tasks(pid):
+        os.sched_setaffinity(task, cpus)
 
 
 def starting(cpus: set[int] | None, batch: bool) -> Callable[[], None] | None:

@@ -3,10 +3,9 @@
 The upstream is raw sockets, told what to do by the id in the path (``/v1/deals/<fault>``):
 refuse, never answer, reset or close mid-body, send a malformed status line, a 200 KB header or
 a control character in one, drip its answer, close kept-alive connections without a word, or
-drop the second request sent on a connection. The
-right answer is a 502 or 504 in Pipedrive's envelope while nothing was sent yet, a visibly
-truncated body once the answer has started; and afterwards the proxy's descriptors are back
-where they were.
+drop the second request sent on a connection. The right answer is a 502 or 504 in Pipedrive's
+envelope while nothing was sent yet, a visibly truncated body once the answer has started; and
+afterwards the proxy's descriptors are back where they were.
 """
 
 from __future__ import annotations
