@@ -8,6 +8,8 @@ Inputs, all in ``catalog/sources/`` (copies of Pipedrive's published material):
   lists the OAuth scopes that accept it, its ``x-token-cost`` and whether it is deprecated.
 - ``spec-scopes-history.tsv``: v1 operations Pipedrive removed from the spec that may remain
   functional, with their last known scopes and token cost.
+- ``overlay.yaml``: what Pipedrive changed that its OpenAPI files do not say (new scopes, endpoint
+  lifecycle), each change with its date and the Pipedrive page that says so. Reviewed by hand.
 
 For each (version, method, path shape) the accepted scopes are the union over all sources.
 Run ``python catalog/generate.py`` to rewrite the data file, ``--check`` to compare only.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import hashlib
 import json
 import re
@@ -34,6 +37,7 @@ OUTPUT = ROOT / "proxy" / "data" / "catalog.json"
 FOUNDING = "scopes-and-permissions.txt"
 OPENAPI = {"v1": "openapi-v1.yaml", "v2": "openapi-v2.yaml"}
 HISTORY = "spec-scopes-history.tsv"
+OVERLAY = "overlay.yaml"
 METHODS = ("get", "post", "put", "patch", "delete")
 
 # Corrections to the founding document, each with the reason it is made. The key is the entry as
@@ -80,6 +84,7 @@ class Entry:
     token_cost: int | None = None
     operation_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    lifecycle: dict[str, str] | None = None  # {state, since, change}: from the overlay
     template_rank: int = 99
 
     def as_json(self) -> dict[str, Any]:
@@ -93,6 +98,7 @@ class Entry:
             "token_cost": self.token_cost,
             "operation_id": self.operation_id,
             "notes": self.notes,
+            "lifecycle": self.lifecycle,
         }
 
 
@@ -206,6 +212,108 @@ def load_founding(catalogue: Catalogue, path: Path, declared: dict[str, str]) ->
             entry.notes.append(note)
 
 
+LIFECYCLE_STATES = ("deprecated", "out_of_support", "removed")
+_CHANGE_KEYS = {"id", "title", "source", "announced", "since", "reviewed", "says"}
+_EFFECTS = {"scopes", "accept", "lifecycle"}
+
+
+class OverlayError(SystemExit):
+    """A change in overlay.yaml that cannot be merged; the message names the entry."""
+
+
+def load_overlay(
+    catalogue: Catalogue, path: Path, declared: dict[str, str]
+) -> list[dict[str, str]]:
+    """Merge the reviewed overlay of what Pipedrive changed; the changes, for the catalogue's
+    ``changes`` list (what ``explain`` cites)."""
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(document, dict) or set(document) != {"changes"}:
+        raise OverlayError(f"{OVERLAY}: expected a mapping with the one key 'changes'")
+    changes: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(document["changes"] or []):
+        where = f"{OVERLAY}: changes[{index}]"
+        if not isinstance(raw, dict):
+            raise OverlayError(f"{where}: expected a mapping")
+        unknown = set(raw) - _CHANGE_KEYS - _EFFECTS
+        if unknown:
+            raise OverlayError(f"{where}.{sorted(unknown)[0]}: unknown key")
+        missing = sorted({"id", "title", "source", "since", "reviewed", "says"} - set(raw))
+        if missing:
+            raise OverlayError(f"{where}: missing {', '.join(missing)}")
+        if not set(raw) & _EFFECTS:
+            raise OverlayError(f"{where}: changes nothing (give scopes, accept or lifecycle)")
+        change_id = str(raw["id"])
+        where = f"{OVERLAY}: {change_id}"
+        if change_id in seen:
+            raise OverlayError(f"{where}: a second change with this id")
+        seen.add(change_id)
+        if not str(raw["source"]).startswith("https://"):
+            raise OverlayError(f"{where}.source: expected the https:// address of Pipedrive's page")
+        since = _date(raw["since"], f"{where}.since")
+        change = {
+            "id": change_id,
+            "title": str(raw["title"]),
+            "source": str(raw["source"]),
+            "since": since,
+            "reviewed": _date(raw["reviewed"], f"{where}.reviewed"),
+            "says": " ".join(str(raw["says"]).split()),
+        }
+        if raw.get("announced") is not None:
+            change["announced"] = _date(raw["announced"], f"{where}.announced")
+        changes.append(change)
+        for scope, description in (raw.get("scopes") or {}).items():
+            declared.setdefault(str(scope), str(description))
+        for number, accept in enumerate(raw.get("accept") or []):
+            entry = _overlay_entry(catalogue, accept, f"{where}.accept[{number}]")
+            scopes = accept.get("scopes")
+            if not isinstance(scopes, list) or not scopes:
+                raise OverlayError(f"{where}.accept[{number}].scopes: expected scope names")
+            entry.scopes |= set(scopes)
+            entry.sources.add(f"overlay:{change_id}")
+            entry.notes.append(
+                f"{' and '.join(scopes)} accept{'s' if len(scopes) == 1 else ''} it since "
+                f'{change["since"]}: Pipedrive, "{change["title"]}" ({change["source"]})'
+            )
+        lifecycle = raw.get("lifecycle")
+        if lifecycle is not None:
+            state = lifecycle.get("state") if isinstance(lifecycle, dict) else None
+            if state not in LIFECYCLE_STATES:
+                raise OverlayError(
+                    f"{where}.lifecycle.state: expected one of {', '.join(LIFECYCLE_STATES)}"
+                )
+            for number, named in enumerate(lifecycle.get("endpoints") or []):
+                entry = _overlay_entry(catalogue, named, f"{where}.lifecycle.endpoints[{number}]")
+                if entry.lifecycle is not None:
+                    raise OverlayError(
+                        f"{where}: {entry.method} {entry.template} already has a lifecycle, "
+                        f"from {entry.lifecycle['change']}"
+                    )
+                entry.lifecycle = {"state": state, "since": since, "change": change_id}
+                entry.sources.add(f"overlay:{change_id}")
+    return changes
+
+
+def _overlay_entry(catalogue: Catalogue, raw: Any, where: str) -> Entry:
+    """The catalogue entry an overlay change names; it must be there already."""
+    if not isinstance(raw, dict) or not {"version", "method", "path"} <= set(raw):
+        raise OverlayError(f"{where}: expected version, method and path")
+    key = (str(raw["version"]), str(raw["method"]), shape(str(raw["path"])))
+    entry = catalogue.entries.get(key)
+    if entry is None:
+        raise OverlayError(
+            f"{where}: {raw['version']} {raw['method']} {raw['path']} is in no other source"
+        )
+    return entry
+
+
+def _date(value: Any, where: str) -> str:
+    """A date as YAML reads ``2024-01-26``, written back the same way."""
+    if not isinstance(value, datetime.date):
+        raise OverlayError(f"{where}: expected a date such as 2024-01-26")
+    return value.isoformat()
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -218,14 +326,16 @@ def build(sources: Path = SOURCES) -> dict[str, Any]:
         load_openapi(catalogue, version, sources / name, declared)
     load_history(catalogue, sources / HISTORY)
     load_founding(catalogue, sources / FOUNDING, declared)
+    changes = load_overlay(catalogue, sources / OVERLAY, declared)
     unknown = {s for e in catalogue.entries.values() for s in e.scopes} - set(declared)
     if unknown:
         raise SystemExit(f"entries name undeclared scopes: {sorted(unknown)}")
     entries = sorted(catalogue.entries.values(), key=lambda e: (e.version, e.template, e.method))
-    names = [FOUNDING, *OPENAPI.values(), HISTORY]
+    names = [FOUNDING, *OPENAPI.values(), HISTORY, OVERLAY]
     return {
-        "format": 1,
+        "format": 2,
         "inputs": {name: digest(sources / name) for name in names},
+        "changes": changes,
         "scopes": {name: declared[name] for name in sorted(declared)},
         "endpoints": [entry.as_json() for entry in entries],
     }
@@ -235,6 +345,7 @@ def render(document: dict[str, Any]) -> str:
     lines = ["{"]
     lines.append(f'"format": {json.dumps(document["format"])},')
     lines.append(f'"inputs": {json.dumps(document["inputs"], sort_keys=True)},')
+    lines.append(f'"changes": {json.dumps(document["changes"], sort_keys=True)},')
     lines.append(f'"scopes": {json.dumps(document["scopes"], sort_keys=True)},')
     lines.append('"endpoints": [')
     rows = [json.dumps(entry, sort_keys=True) for entry in document["endpoints"]]

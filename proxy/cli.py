@@ -21,6 +21,7 @@ from proxy import __version__
 from proxy.canonical import METHODS, canonicalize
 from proxy.catalog import (
     API_PREFIXES,
+    Catalogue,
     Endpoint,
     api_route,
     load_catalogue,
@@ -203,6 +204,7 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
             f"  token cost:      {cost if cost is not None else 'unknown'}",
             f"  sources:         {', '.join(endpoint.sources)}",
             f"  deprecated:      {'yes' if endpoint.deprecated else 'no'}",
+            f"  lifecycle:       {_lifecycle(endpoint, catalogue)}",
             *(f"  note:            {note}" for note in endpoint.notes),
         ]
     app_scopes = config.policy.app_scopes
@@ -229,6 +231,17 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
     lines.append(f"  why:             {_why(decision.reason, endpoint, granted)}")
     print("\n".join(lines))
     return 0 if decision.verdict == "allow" else 1
+
+
+def _lifecycle(endpoint: Endpoint, catalogue: Catalogue) -> str:
+    """``current``, or ``removed since 2026-02-01``, with the Pipedrive page that says so."""
+    lifecycle = endpoint.lifecycle
+    if lifecycle is None:
+        return "current"
+    state = lifecycle.state.replace("_", " ")
+    change = catalogue.changes.get(lifecycle.change)
+    cited = f" ({change.cited()})" if change is not None else ""
+    return f"{state} since {lifecycle.since}{cited}"
 
 
 def _why(reason: Reason, endpoint: Endpoint | None, granted: frozenset[str]) -> str:
@@ -284,8 +297,9 @@ def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str]
             file=sys.stderr,
         )
     calls = run.calls
+    catalogue = load_catalogue()
     if app_scopes is not None:
-        known = load_catalogue().scopes.keys() | {
+        known = catalogue.scopes.keys() | {
             scope for call in calls for scope in call.accepted_scopes
         }
         declared: frozenset[str] | None = _parse_scopes(app_scopes, known, "--app-scopes")
@@ -293,7 +307,9 @@ def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str]
         calls = rejudge(calls, declared, run.mode)
     else:
         declared = frozenset(run.app_scopes) if run.app_scopes is not None else None
-    document = build_report(calls, declared, mode=run.mode, since=run.since)
+    document = build_report(
+        calls, declared, mode=run.mode, since=run.since, breadth=catalogue.breadth
+    )
     overall = document["overall"]
     refused_before = document["refused_before_decision"]
     if gates and not overall["requests"] and not refused_before:

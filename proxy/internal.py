@@ -71,13 +71,15 @@ async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
     except StoreError as error:
         request.app[METRICS].store_errors.labels("report").inc()
         raise StoreUnavailable("cannot read the report's counters now") from error
-    config = request.app[RUNTIME].current.config
+    runtime = request.app[RUNTIME].current
+    config = runtime.config
     report = build_report(
         calls,
         config.policy.app_scopes,
         config.limits.report_tokens,
         mode=config.policy.mode,
         since=recorder.since,
+        breadth=runtime.catalogue.breadth,
     )
     if path.endswith(".html"):
         return web.Response(text=render_html(report), content_type="text/html")

@@ -93,21 +93,27 @@ def refused_before(reason: str) -> Call:
     return Call(BEFORE, "", "", None, "deny", reason, (), None)
 
 
-def minimal_scopes(requirements: Iterable[frozenset[str]]) -> list[str]:
+def minimal_scopes(
+    requirements: Iterable[frozenset[str]], breadth: Mapping[str, int] | None = None
+) -> list[str]:
     """The smallest set of scopes such that every requirement holds one of them.
 
     Solved exactly: among the covers of least size, the one with the most ``:read`` scopes,
-    then the alphabetically first. Requirements that ``base`` meets need nothing.
+    then the one whose scopes accept the fewest endpoints (``breadth``, the catalogue's count
+    per scope: ``webhooks:full`` rather than ``admin``), then the alphabetically first.
+    Requirements that ``base`` meets need nothing.
     """
+    wide = breadth or {}
     distinct = {frozenset(r) for r in requirements if r and BASE not in r}
     # A requirement that holds all the options of a narrower one is met whenever that one is.
     needs = sorted((r for r in distinct if not any(other < r for other in distinct)), key=sorted)
     if not needs:
         return []
-    best: tuple[int, int, list[str]] | None = None
+    best: tuple[int, int, int, list[str]] | None = None
 
-    def cost(chosen: frozenset[str]) -> tuple[int, int, list[str]]:
-        return (len(chosen), sum(1 for s in chosen if not s.endswith(":read")), sorted(chosen))
+    def cost(chosen: frozenset[str]) -> tuple[int, int, int, list[str]]:
+        unread = sum(1 for s in chosen if not s.endswith(":read"))
+        return (len(chosen), unread, sum(wide.get(s, 0) for s in chosen), sorted(chosen))
 
     def search(chosen: frozenset[str], open_needs: list[frozenset[str]]) -> None:
         nonlocal best
@@ -128,10 +134,14 @@ def minimal_scopes(requirements: Iterable[frozenset[str]]) -> list[str]:
 
     search(frozenset(), needs)
     assert best is not None
-    return best[2]
+    return best[3]
 
 
-def _section(calls: Mapping[Call, int], app_scopes: frozenset[str] | None) -> dict[str, Any]:
+def _section(
+    calls: Mapping[Call, int],
+    app_scopes: frozenset[str] | None,
+    breadth: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
     endpoints: Counter[tuple[str | None, str, str, str, tuple[str, ...], int | None]] = Counter()
     denied: Counter[tuple[str | None, str, str, str, str, tuple[str, ...]]] = Counter()
     for call, count in calls.items():
@@ -144,7 +154,7 @@ def _section(calls: Mapping[Call, int], app_scopes: frozenset[str] | None) -> di
                    call.accepted_scopes)  # fmt: skip
             denied[key] += count
     needs = [frozenset(call.accepted_scopes) for call in calls if call.accepted_scopes]
-    minimal = minimal_scopes(needs)
+    minimal = minimal_scopes(needs, breadth)
     unused = sorted((app_scopes or frozenset()) - set(minimal) - {BASE}) if calls else []
     return {
         "requests": sum(calls.values()),
@@ -239,10 +249,12 @@ def build_report(
     max_tokens: int = MAX_TOKENS,
     mode: str | None = None,
     since: str | None = None,
+    breadth: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The report document (its keys are a contract: see README, "The report"). At most
     ``max_tokens`` tokens have a section of their own; the rest share one, ``other``. Refusals
-    made before the scope check are counted apart, by reason."""
+    made before the scope check are counted apart, by reason. ``breadth`` (the catalogue's
+    ``Catalogue.breadth``) makes the recommended scopes the narrowest that will do."""
     before: Counter[str] = Counter()
     decided: Counter[Call] = Counter()
     for call, count in calls.items():
@@ -254,7 +266,7 @@ def build_report(
     by_token: dict[str, dict[Call, int]] = {}
     for call, count in folded.items():
         by_token.setdefault(call.token_fp, {})[call] = count
-    overall = _section(folded, app_scopes)
+    overall = _section(folded, app_scopes, breadth)
     return {
         "mode": mode,
         "since": since,
@@ -270,7 +282,7 @@ def build_report(
             {
                 "fingerprint": fp,
                 "grant": next((c.grant for c in token_calls if c.grant is not None), None),
-                **_section(token_calls, None),  # one token's calls judge no declaration
+                **_section(token_calls, None, breadth),  # a token's calls judge no declaration
             }
             for fp, token_calls in sorted(
                 by_token.items(), key=lambda item: (item[0] == OTHER_TOKENS, item[0])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -43,11 +45,12 @@ def test_shipped_file_equals_a_fresh_regeneration_from_the_inputs() -> None:
     assert gen.render(gen.build(SOURCES)) == shipped
 
 
-def test_all_28_scopes_are_known() -> None:
-    assert len(CATALOGUE.scopes) == 28
-    assert {"base", "project-fields:full", "messengers-integration", "video-calls"} <= set(
-        CATALOGUE.scopes
-    )
+def test_all_30_scopes_are_known_the_webhooks_ones_from_the_overlay() -> None:
+    assert len(CATALOGUE.scopes) == 30
+    assert {
+        "base", "project-fields:full", "messengers-integration", "video-calls",
+        "webhooks:read", "webhooks:full",
+    } <= set(CATALOGUE.scopes)  # fmt: skip
 
 
 def find(version: str, method: str, template: str) -> Any:
@@ -113,12 +116,93 @@ def test_removed_but_functional_v1_operations_are_catalogued_as_deprecated() -> 
 
 def test_catalogue_entries_keep_sources_and_format() -> None:
     document = shipped_document()
-    assert document["format"] == 1
+    assert document["format"] == 2
     assert all(entry["sources"] for entry in document["endpoints"])
     assert set(document["inputs"]) == {
         "scopes-and-permissions.txt", "openapi-v1.yaml", "openapi-v2.yaml",
-        "spec-scopes-history.tsv",
+        "spec-scopes-history.tsv", "overlay.yaml",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "template", "accepted"),
+    [
+        ("GET", "/webhooks", {"admin", "webhooks:read", "webhooks:full"}),
+        ("POST", "/webhooks", {"admin", "webhooks:full"}),
+        ("DELETE", "/webhooks/{id}", {"admin", "webhooks:full"}),
+    ],
+    ids=["listing-takes-either-webhooks-scope", "creating-takes-full", "deleting-takes-full"],
+)
+def test_the_webhooks_scopes_accept_the_webhook_endpoints_beside_admin(
+    method: str, template: str, accepted: set[str]
+) -> None:
+    endpoint = find("v1", method, template)
+    assert endpoint.scopes == accepted
+    assert "overlay:webhooks-scopes" in endpoint.sources
+    assert any(
+        "2024-01-26" in note and "developers.pipedrive.com" in note for note in endpoint.notes
+    )
+    assert endpoint.lifecycle is None
+
+
+def test_the_channels_api_is_removed_since_2026_02_01_with_its_source() -> None:
+    channels = [e for e in CATALOGUE.endpoints if e.template.startswith("/channels")]
+    assert len(channels) == 4
+    for endpoint in channels:
+        assert endpoint.lifecycle is not None
+        assert (endpoint.lifecycle.state, endpoint.lifecycle.since) == ("removed", "2026-02-01")
+        change = CATALOGUE.changes[endpoint.lifecycle.change]
+        assert change.title == "Breaking change: Deprecation of Channels API"
+        assert change.source.startswith("https://developers.pipedrive.com/")
+        assert endpoint.scopes == {"messengers-integration"}  # the decision is unchanged
+    assert sum(1 for e in CATALOGUE.endpoints if e.lifecycle is not None) == 4
+
+
+def test_every_overlay_change_says_when_and_where_pipedrive_said_it() -> None:
+    overlay = yaml.safe_load((SOURCES / "overlay.yaml").read_text())
+    assert [change["id"] for change in overlay["changes"]] == list(CATALOGUE.changes)
+    for change in CATALOGUE.changes.values():
+        assert change.source.startswith("https://")
+        assert change.since
+        assert change.reviewed
+        assert change.says
+
+
+OVERLAY_CHANGE = {
+    "id": "x", "title": "T", "source": "https://developers.pipedrive.com/changelog",
+    "since": "2026-01-01", "reviewed": "2026-12-01", "says": "something",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"accept": [{"version": "v1", "method": "GET", "path": "/nothing", "scopes": ["admin"]}]},
+         "x.accept[0]: v1 GET /nothing is in no other source"),
+        ({"lifecycle": {"state": "gone", "endpoints": []}},
+         "x.lifecycle.state: expected one of deprecated, out_of_support, removed"),
+        ({"accept": [], "source": "developers.pipedrive.com"},
+         "x.source: expected the https:// address"),
+        ({"accept": [], "since": "soon"}, "x.since: expected a date"),
+        ({}, "changes nothing"),
+        ({"accept": [], "says": None, "extra": 1}, "changes[0].extra: unknown key"),
+    ],
+    ids=["an-endpoint-no-source-has", "an-unknown-state", "a-source-that-is-no-address",
+         "a-date-that-is-not-one", "a-change-that-changes-nothing", "an-unknown-key"],
+)  # fmt: skip
+def test_an_overlay_change_that_cannot_be_merged_is_refused_naming_it(
+    tmp_path: Path, change: dict[str, Any], problem: str
+) -> None:
+    for source in SOURCES.iterdir():
+        (tmp_path / source.name).symlink_to(source)
+    (tmp_path / "overlay.yaml").unlink()
+    entry = {**OVERLAY_CHANGE, **change}
+    if entry.get("since") == "2026-01-01":  # written as YAML writes a date
+        entry["since"] = datetime.date(2026, 1, 1)
+    entry["reviewed"] = datetime.date(2026, 12, 1)
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump({"changes": [entry]}))
+    with pytest.raises(SystemExit, match=re.escape(problem)):
+        generator().build(tmp_path)
 
 
 def write(tmp_path: Path, document: Any) -> Path:
