@@ -136,7 +136,6 @@ async def handle_check(request: web.Request, runtime: Runtime, target: str) -> w
 
 
 _BODY_STREAM = b"x-envoy-auth-partial-body"
-_UNKNOWN_ENDPOINT = (Reason.UNKNOWN_ENDPOINT, Reason.UNKNOWN_ENDPOINT_ALLOWED)
 
 
 async def authorize_call(
@@ -164,9 +163,7 @@ async def authorize_call(
         static,
         stored,
     )
-    if decision.reason in _UNKNOWN_ENDPOINT:
-        decision = decision._replace(shape=path_shape(canonical.method, route))
-    elif decision.endpoint is None and not decision.forwards:  # refused before the match
+    if decision.endpoint is None and decision.shape is None:  # refused before the match
         notes.called = _called(runtime, canonical.method, route)
     notes.decision = decision
     if not decision.forwards:

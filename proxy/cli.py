@@ -196,6 +196,9 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
         )
     if endpoint is None:
         lines.append("  endpoint:        none in the catalogue")
+        taken = catalogue.methods(route)
+        if taken:
+            lines.append(f"  this path takes: {', '.join(taken)}")
     else:
         cost = endpoint.token_cost
         lines += [
@@ -249,7 +252,7 @@ def _why(reason: Reason, endpoint: Endpoint | None, granted: frozenset[str]) -> 
         return "no catalogue entry matches; unknown endpoints are " + (
             "forwarded (unknown_endpoints: allow)"
             if reason is Reason.UNKNOWN_ENDPOINT_ALLOWED
-            else "refused"
+            else "refused with 404 (a mistyped path or method, not a missing scope)"
         )
     accepted = ", ".join(endpoint.scope_list)
     if reason is Reason.OUT_OF_SCOPE:

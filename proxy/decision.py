@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from proxy.catalog import Catalogue, Endpoint, Route
+from proxy.catalog import Catalogue, Endpoint, Route, path_shape
 from proxy.credentials import Credential
-from proxy.errors import ApiTokenNotScoped, OutOfScope, ProxyError, UnknownToken
+from proxy.errors import ApiTokenNotScoped, OutOfScope, ProxyError, UnknownEndpoint, UnknownToken
 from proxy.reasons import Reason
 
 Mode = Literal["enforce", "report"]
@@ -75,6 +75,7 @@ class Decision(NamedTuple):
     credential: Credential | None = None
     grant: Grant | None = None
     shape: str | None = None  # a path no catalogue entry matches, ids left out (path_shape)
+    methods: tuple[str, ...] = ()  # for such a path, the methods some endpoint there takes
 
     @property
     def label(self) -> str | None:
@@ -103,12 +104,10 @@ class Decision(NamedTuple):
             return UnknownToken("the proxy does not know this token's scopes")
         if self.reason is Reason.API_TOKEN_NOT_SCOPED:
             return ApiTokenNotScoped()
+        if self.endpoint is None:
+            return UnknownEndpoint(self.shape, self.methods)
         return OutOfScope(
-            self.reason,
-            self.endpoint.name if self.endpoint is not None else None,
-            self.accepted_scopes,
-            self.granted_scopes,
-            detail=None if self.endpoint is not None else "no catalogue entry matches this path",
+            self.reason, self.endpoint.name, self.accepted_scopes, self.granted_scopes
         )
 
 
@@ -131,7 +130,11 @@ def authorize(
         return Decision("deny", grant, method, route.version, credential=credential)
     endpoint = catalogue.match(route, method)
     verdict, reason = decide(policy, endpoint, grant.scopes)
-    return Decision(verdict, reason, method, route.version, endpoint, credential, grant)
+    if endpoint is not None:
+        return Decision(verdict, reason, method, route.version, endpoint, credential, grant)
+    # What logs and reports may show of the path, and what the 404 says the path takes.
+    shape, methods = path_shape(method, route), catalogue.methods(route)
+    return Decision(verdict, reason, method, route.version, None, credential, grant, shape, methods)
 
 
 def decide(

@@ -76,6 +76,26 @@ class NotFound(ProxyError):
     error = "Not found"
 
 
+class UnknownEndpoint(ProxyError):
+    """A path under an API prefix that no catalogue entry matches, or a known path with a
+    method it does not take: the app has a typo, not a scope to ask for. ``endpoint`` is the
+    call's shape (``PATCH /v1/deals/{id}``); ``methods`` those the path takes, if any."""
+
+    status = 404
+    reason = Reason.UNKNOWN_ENDPOINT
+    error = "Unknown endpoint"
+
+    def __init__(self, endpoint: str | None, methods: Iterable[str] = ()) -> None:
+        self.endpoint = endpoint
+        self.methods = tuple(methods)
+        taken = ", ".join(self.methods)
+        super().__init__(
+            f"this path takes {taken}, not the method called"
+            if self.methods
+            else "no Pipedrive API endpoint has this path"
+        )
+
+
 class MethodNotAllowed(ProxyError):
     """A method the path does not take; ``allowed`` are those it does (the ``Allow`` header)."""
 
@@ -209,6 +229,10 @@ def envelope(error: ProxyError) -> dict[str, Any]:
         details["endpoint"] = error.endpoint
         details["accepted_scopes"] = error.accepted_scopes
         details["granted_scopes"] = error.granted_scopes
+    elif isinstance(error, UnknownEndpoint):
+        details["endpoint"] = error.endpoint
+        if error.methods:
+            details["methods"] = list(error.methods)
     if error.detail:
         details["detail"] = error.detail
     body["scope_proxy"] = details

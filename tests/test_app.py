@@ -44,8 +44,9 @@ async def test_v1_and_v2_decide_differently_where_pipedrive_does(
         ("GET", "/_proxy/nothing", 404, "not_found"),
         ("GET", "/oauth/token", 405, "method_not_allowed"),
         ("OPTIONS", "/v1/deals", 405, "method_not_allowed"),
-        ("GET", "/v1/noSuchThing", 403, "unknown_endpoint"),
-        ("GET", "/api/v2/deals/1/noSuchThing", 403, "unknown_endpoint"),
+        ("GET", "/v1/noSuchThing", 404, "unknown_endpoint"),
+        ("GET", "/api/v2/deals/1/noSuchThing", 404, "unknown_endpoint"),
+        ("PATCH", "/v1/deals/1", 404, "unknown_endpoint"),
     ],
 )
 async def test_paths_outside_the_api_are_never_forwarded(
@@ -136,6 +137,52 @@ async def test_report_mode_forwards_and_marks_what_enforce_would_refuse(
         'scope_proxy_requests_total{decision="report",reason="out_of_scope",version="v1"} 1.0'
         in (metrics)
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "endpoint", "methods"),
+    [
+        ("GET", "/v1/dealz", "GET /v1/dealz", None),
+        ("GET", "/api/v2/deals/42/noSuchThing", "GET /api/v2/deals/{id}/noSuchThing", None),
+        ("PATCH", "/v1/deals/1", "PATCH /v1/deals/{id}", ["GET", "HEAD", "PUT", "DELETE"]),
+        ("POST", "/api/v2/deals/1", "POST /api/v2/deals/{id}", ["GET", "HEAD", "PATCH", "DELETE"]),
+    ],
+    ids=["a-typo", "a-path-under-a-known-one", "v1-deal-patched", "v2-deal-posted"],
+)
+async def test_an_unknown_endpoint_is_a_404_saying_so_never_a_scope_mismatch(
+    make_proxy: ProxyFactory, upstream: FakePipedrive, method: str, path: str, endpoint: str,
+    methods: list[str] | None,
+) -> None:  # fmt: skip
+    client = await make_proxy(tokens=grants(ops=["admin", "deals:full"]))
+    response = await client.request(method, path, headers={"Authorization": "Bearer ops"})
+    assert response.status == 404
+    body = envelope(await response.read())
+    assert body["success"] is False
+    assert body["errorCode"] == 404
+    assert body["error"].startswith("Unknown endpoint: ")
+    assert "Scope and URL mismatch" not in body["error"]
+    details = body["scope_proxy"]
+    assert (details["reason"], details["endpoint"]) == ("unknown_endpoint", endpoint)
+    assert details.get("methods") == methods
+    assert response.headers["X-Scope-Proxy-Decision"] == "deny"
+    assert upstream.received == []
+
+
+async def test_report_mode_forwards_an_unknown_endpoint_marked_report(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy(mode="report", tokens=grants(ops=["deals:full"]))
+    auth = {"Authorization": "Bearer ops"}
+    for method, path in (("GET", "/v1/dealz"), ("PATCH", "/v1/deals/1")):
+        response = await client.request(method, path, headers=auth)
+        assert (response.status, response.headers["X-Scope-Proxy-Decision"]) == (200, "report")
+    assert [(r.method, r.raw_path) for r in upstream.received] == [
+        ("GET", "/v1/dealz"), ("PATCH", "/v1/deals/1"),
+    ]  # fmt: skip
+    report = await (await client.get("/_proxy/report")).json()
+    assert {(d["endpoint"], d["reason"]) for d in report["overall"]["denied"]} == {
+        ("GET /v1/dealz", "unknown_endpoint"), ("PATCH /v1/deals/{id}", "unknown_endpoint"),
+    }  # fmt: skip
 
 
 async def test_unknown_endpoints_allow_forwards_paths_the_catalogue_lacks(

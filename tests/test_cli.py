@@ -77,6 +77,22 @@ def test_explain_refuses_what_the_proxy_refuses_and_unknown_scopes() -> None:
     assert "--scopes: unknown scope 'deals:write'" in unknown.stderr
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "takes"),
+    [("GET", "/v1/dealz", None), ("PATCH", "/v1/deals/1", "GET, HEAD, PUT, DELETE")],
+    ids=["a-mistyped-path", "a-method-the-path-does-not-take"],
+)
+def test_explain_says_an_unknown_endpoint_is_a_404_and_what_the_path_takes(
+    method: str, path: str, takes: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["explain", method, path, "--scopes", "deals:full,admin"]) == 1
+    out = capsys.readouterr().out
+    assert "endpoint:        none in the catalogue" in out
+    assert "decision:        deny (unknown_endpoint)" in out
+    assert "refused with 404" in out
+    assert ("this path takes: " + str(takes) in out) == (takes is not None)
+
+
 def test_report_from_a_missing_log_is_a_clear_error() -> None:
     result = run("report", "--log", "/nonexistent/decisions.jsonl")
     assert result.returncode == 2
