@@ -54,11 +54,22 @@ _API_VERSIONS = frozenset(VERSIONS)
 _WORD = re.compile(r"[A-Za-z][A-Za-z_-]{0,39}")
 
 
+# What a shape keeps of a path: its first segments (the catalogue's longest template has 5),
+# each a word of at most 40 letters or ``{id}``; ``...`` stands for the rest. A shape is at most
+# about 350 characters, however long the path.
+SHAPE_SEGMENTS = 8
+SHAPE_REST = "..."
+
+
 def path_shape(method: str, route: Route) -> str:
     """A call to a path no catalogue entry matches, as a template: ``GET /v1/betaThings/{id}``.
     Every segment that is not a plain word (ids, numbers, e-mail addresses, anything encoded)
-    becomes ``{id}``; the query is left out. What logs and reports may show of such a path."""
-    shaped = (segment if _WORD.fullmatch(segment) else "{id}" for segment in route.segments)
+    becomes ``{id}``, segments past the eighth become one ``...``, and the query is left out.
+    What logs and reports may show of such a path, bounded whatever the client sends."""
+    segments = route.segments
+    shaped = [s if _WORD.fullmatch(s) else "{id}" for s in segments[:SHAPE_SEGMENTS]]
+    if len(segments) > SHAPE_SEGMENTS:
+        shaped.append(SHAPE_REST)
     return f"{method} {DISPLAY_PREFIX[route.version]}/{'/'.join(shaped)}"
 
 

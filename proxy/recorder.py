@@ -1,9 +1,12 @@
 """Counting decided calls for the overreach report, without a store round trip per request.
 
 Each process counts in memory and adds its counts to the store about once a second (and before
-every report it serves), so replicas sharing a Redis report together. The store keeps the
-calls of at most ``STORED_TOKENS_PER_SHOWN`` times as many tokens as the report shows (the
-busiest; the rest are counted as ``other``), so a storm of new tokens cannot grow it for ever.
+every report it serves), so replicas sharing a Redis report together. What a storm of new
+tokens or made-up paths can leave in the store is bounded: the store keeps the calls of at most
+``STORED_TOKENS_PER_SHOWN`` times as many tokens as the report shows (the busiest; the rest are
+counted as ``other``), and of the paths no catalogue entry matches, as many as a report names
+(``report.fold_shapes``). Each bound is restored by compacting the store once that many new
+tokens, or new (token, path) pairs, have been added to it since the last compaction.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from collections.abc import Mapping
 
 from proxy.catalog import Endpoint
 from proxy.decision import Decision
 from proxy.logs import get_logger, timestamp
 from proxy.reasons import DECIDED
-from proxy.report import BEFORE, Call
+from proxy.report import BEFORE, UNKNOWN_PAIRS, Call, fold_shapes, fold_tokens
 from proxy.stores import CallCounts, StoreError
 
 # What a decided call is counted by on the hot path; made a ``Call`` when flushed. The endpoint,
@@ -27,12 +31,26 @@ FLUSH_SECONDS = 1.0
 STORED_TOKENS_PER_SHOWN = 10
 
 
+def compacted(counts: Mapping[str, int], keep_tokens: int) -> dict[str, int] | None:
+    """A store's counters (``Call.key()`` -> count) with the unknown paths and the tokens past
+    their bounds folded as the report folds them; None when nothing folds."""
+    calls: Counter[Call] = Counter()
+    for key, count in counts.items():
+        calls[Call.from_key(key)] += count
+    folded = fold_tokens(fold_shapes(calls), keep_tokens)
+    if len(folded) == len(counts):
+        return None
+    return {call.key(): count for call, count in folded.items()}
+
+
 class Recorder:
     def __init__(self, counts: CallCounts, shown_tokens: int) -> None:
         self.counts = counts
         self.stored_tokens = shown_tokens * STORED_TOKENS_PER_SHOWN
         self._pending: Counter[_Kind] = Counter()
-        self._new_tokens: set[str] = set()  # flushed since the store was last compacted
+        # Flushed since the store was last compacted: tokens, and (token, unknown path) pairs.
+        self._new_tokens: set[str] = set()
+        self._new_shapes: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
         self.since = timestamp()  # when counting began: start-up, or the last reset through here
 
@@ -62,9 +80,13 @@ class Recorder:
             self._pending.update(batch)
             raise
         self._new_tokens.update(kind[0] for kind in batch)
-        if len(self._new_tokens) > self.stored_tokens:
+        self._new_shapes.update((kind[0], kind[3]) for kind in batch if isinstance(kind[3], str))
+        shapes = len(self._new_shapes)
+        if len(self._new_tokens) > self.stored_tokens or shapes > UNKNOWN_PAIRS:
             self._new_tokens.clear()
-            await self.counts.compact_calls(self.stored_tokens)
+            self._new_shapes.clear()
+            keep = self.stored_tokens
+            await self.counts.compact_calls(lambda counts: compacted(counts, keep))
 
     async def calls(self) -> Counter[Call]:
         """Every call counted by every process sharing the store, this one's included."""

@@ -13,11 +13,23 @@ from dataclasses import dataclass, field, replace
 from html import escape
 from typing import Any
 
+from proxy.catalog import DISPLAY_PREFIX
 from proxy.decision import BASE, DECLARED_GRANT
 from proxy.reasons import BEFORE_DECISION, DECIDED
 
 MAX_TOKENS = 100  # tokens with a report section of their own (config: limits.report_tokens)
 OTHER_TOKENS = "other"  # the fingerprint under which the rest are counted together
+# Paths no catalogue entry matches are counted by their shape (``catalog.path_shape``), which
+# a client chooses: a report, and the store its counts live in, keep the busiest
+# ``UNKNOWN_SHAPES`` of them by name, in at most ``UNKNOWN_PAIRS`` (token, shape) entries; the
+# rest are counted as ``GET /v1/(other unknown paths)``, one per method and API version. Every
+# per-endpoint record keyed by a shape is bounded by ``fold_shapes``.
+UNKNOWN_SHAPES = 100
+UNKNOWN_PAIRS = 1_000
+OTHER_PATHS = "(other unknown paths)"
+_UNKNOWN = frozenset({"unknown_endpoint", "unknown_endpoint_allowed"})
+# What a shape read back from a log keeps (logs of earlier versions held whole paths).
+_SHAPE_LENGTH = 400
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -71,11 +83,14 @@ class Call:
         if not isinstance(fp, str) or not isinstance(version, str):
             return None
         grant = event.get("grant")
+        endpoint = event.get("endpoint")
+        if isinstance(endpoint, str) and len(endpoint) > _SHAPE_LENGTH:
+            endpoint = endpoint[:_SHAPE_LENGTH] + "/..."
         return cls(
             fp,
             str(event.get("method")),
             version,
-            event.get("endpoint"),
+            endpoint,
             str(event.get("decision")),
             str(event.get("reason")),
             tuple(sorted(event.get("accepted_scopes") or ())),
@@ -197,6 +212,47 @@ def fold_tokens(calls: Mapping[Call, int], keep: int) -> Counter[Call]:
     return folded
 
 
+def other_paths(method: str, version: str) -> str:
+    """What the unknown paths a report does not name are counted as: ``GET /v1/(other ...)``."""
+    return f"{method} {DISPLAY_PREFIX.get(version, '/' + version)}/{OTHER_PATHS}"
+
+
+def _unknown_shape(call: Call) -> bool:
+    """A call to a path no catalogue entry matches, named by its shape (not yet folded)."""
+    return (
+        call.reason in _UNKNOWN
+        and call.endpoint is not None
+        and not call.endpoint.endswith(OTHER_PATHS)
+    )
+
+
+def fold_shapes(
+    calls: Mapping[Call, int], keep: int = UNKNOWN_SHAPES, pairs: int = UNKNOWN_PAIRS
+) -> Counter[Call]:
+    """The calls with every unknown path but the ``keep`` busiest counted under
+    ``other_paths``; of those kept, at most ``pairs`` (token, shape) entries, the busiest."""
+    shapes: Counter[str] = Counter()
+    for call, count in calls.items():
+        if _unknown_shape(call):
+            shapes[str(call.endpoint)] += count
+    ranked = sorted(shapes.items(), key=lambda item: (-item[1], item[0]))
+    kept = {shape for shape, _ in ranked[:keep]}
+    per_token: Counter[tuple[str, str]] = Counter()
+    for call, count in calls.items():
+        if _unknown_shape(call) and call.endpoint in kept:
+            per_token[(call.token_fp, str(call.endpoint))] += count
+    if len(shapes) <= keep and len(per_token) <= pairs:
+        return Counter(calls)
+    ranked_pairs = sorted(per_token.items(), key=lambda item: (-item[1], item[0]))
+    kept_pairs = {pair for pair, _ in ranked_pairs[:pairs]}
+    folded: Counter[Call] = Counter()
+    for call, count in calls.items():
+        if _unknown_shape(call) and (call.token_fp, call.endpoint) not in kept_pairs:
+            call = replace(call, endpoint=other_paths(call.method, call.version))
+        folded[call] += count
+    return folded
+
+
 def change(declared: frozenset[str] | None, recommended: list[str]) -> dict[str, Any] | None:
     """The change to make in Developer Hub: scopes to add, to remove, and pairs where one
     replaces another of the same resource (``deals:read`` -> ``deals:full``)."""
@@ -262,7 +318,7 @@ def build_report(
             before[call.reason] += count
         else:
             decided[call] += count
-    folded = fold_tokens(decided, max_tokens)
+    folded = fold_tokens(fold_shapes(decided), max_tokens)
     by_token: dict[str, dict[Call, int]] = {}
     for call, count in folded.items():
         by_token.setdefault(call.token_fp, {})[call] = count

@@ -21,6 +21,7 @@ from proxy.catalog import (
     Route,
     api_route,
     load_catalogue,
+    path_shape,
     shipped_document,
 )
 from tests.conftest import CATALOGUE
@@ -271,3 +272,20 @@ def test_api_route_is_the_path_after_one_of_the_api_prefixes(path: str) -> None:
         None,
     )  # fmt: skip
     assert api_route(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [
+        ("/v1/betaThings/42", "GET /v1/betaThings/{id}"),
+        ("/api/v2/deals/a%40b.example/x", "GET /api/v2/deals/{id}/x"),
+        ("/v1/" + "/".join(["word"] * 100), "GET /v1/" + "/".join(["word"] * 8) + "/..."),
+        ("/v1/" + "a" * 41, "GET /v1/{id}"),
+    ],
+    ids=["an-id", "an-encoded-segment", "a-hundred-segments", "an-overlong-word"],
+)
+def test_a_paths_shape_is_bounded_whatever_the_client_sends(path: str, shape: str) -> None:
+    route = api_route(path)
+    assert route is not None
+    assert path_shape("GET", route) == shape
+    assert len(path_shape("DELETE", Route("v2", ("w" * 40,) * 1000))) < 400

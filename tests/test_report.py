@@ -9,10 +9,12 @@ import pytest
 
 from proxy.decision import DECLARED_GRANT
 from proxy.report import (
+    UNKNOWN_SHAPES,
     Call,
     build_report,
     calls_from_log,
     findings,
+    fold_shapes,
     minimal_scopes,
     refused_before,
     rejudge,
@@ -203,3 +205,38 @@ def test_app_scopes_what_if_judges_declared_grants_and_the_ceiling() -> None:
         ("DELETE /api/v2/deals/{id}", "deny", "out_of_scope"),
         ("GET /v1/deals/{id}", "deny", "outside_app_scopes"),
     }
+
+
+def unknown_call(fp: str, shape: str) -> Call:
+    return Call(fp, "GET", "v1", shape, "deny", "unknown_endpoint", (), None)
+
+
+def test_unknown_paths_past_the_bound_are_folded_per_method_and_version() -> None:
+    calls = Counter({unknown_call("a" * 12, f"GET /v1/made{n}"): 1 for n in range(250)})
+    calls[unknown_call("a" * 12, "GET /v1/dealz")] = 40
+    calls[
+        Call("a" * 12, "DELETE", "v2", "DELETE /api/v2/x", "deny", "unknown_endpoint", (), None)
+    ] = 1
+    folded = fold_shapes(calls, keep=10)
+    assert sum(folded.values()) == sum(calls.values())
+    names = {call.endpoint for call in folded}
+    assert len(names) == 10 + 1  # the 10 busiest, one other for GET v1 (DELETE v2 is kept)
+    assert "GET /v1/dealz" in names
+    assert "GET /v1/(other unknown paths)" in names
+    assert fold_shapes(folded, keep=10) == folded, "folding again changes nothing"
+
+
+def test_unknown_paths_keep_at_most_so_many_token_entries() -> None:
+    calls = Counter({unknown_call(f"{n:012x}", "GET /v1/beta"): n + 1 for n in range(50)})
+    folded = fold_shapes(calls, keep=10, pairs=20)
+    kept = [call for call in folded if call.endpoint == "GET /v1/beta"]
+    assert len(kept) == 20
+    assert {call.token_fp for call in kept} == {f"{n:012x}" for n in range(30, 50)}
+    assert sum(folded.values()) == sum(calls.values())
+
+
+def test_a_report_names_at_most_so_many_unknown_paths() -> None:
+    calls = Counter({unknown_call("b" * 12, f"GET /v1/made{n}"): 1 for n in range(5_000)})
+    report = build_report(calls, None)
+    assert len(report["overall"]["endpoints"]) == UNKNOWN_SHAPES + 1
+    assert len(json.dumps(report)) < 100_000

@@ -14,8 +14,8 @@ from proxy.config import StoreUrl
 from proxy.credentials import Credential
 from proxy.decision import Decision
 from proxy.reasons import Reason
-from proxy.recorder import Recorder
-from proxy.report import Call
+from proxy.recorder import Recorder, compacted
+from proxy.report import UNKNOWN_PAIRS, UNKNOWN_SHAPES, Call, build_report
 from proxy.stores import CachedStore, MemoryStore, RedisStore, SqliteStore, StoreError, open_store
 from proxy.stores.base import TokenStore
 from tests.conftest import (
@@ -295,13 +295,13 @@ async def test_a_storm_of_tokens_is_folded_into_other_keeping_the_busiest(store_
         counts = {call_key(f"{n:012x}"): n + 1 for n in range(30)}
         counts[call_key(f"{29:012x}", "/v1/deals")] = 7
         await store.add_calls(counts)
-        await store.compact_calls(5)
+        await store.compact_calls(lambda counts: compacted(counts, 5))
         after = await store.call_counts()
         kept = {key.partition("\t")[0] for key in after}
         assert kept == {f"{n:012x}" for n in range(25, 30)} | {"other"}
         assert sum(after.values()) == sum(counts.values()), "no call is lost, only folded"
         assert after[call_key("other")] == sum(range(1, 26))
-        await store.compact_calls(5)  # folding again changes nothing
+        await store.compact_calls(lambda counts: compacted(counts, 5))  # changes nothing now
         assert await store.call_counts() == after
     finally:
         await store.close()
@@ -325,5 +325,30 @@ async def test_the_recorder_bounds_what_it_stores_and_the_busy_token_stays(store
         assert len(tokens) <= 21
         assert "b" * 12 in tokens
         assert sum(calls.values()) == 1000
+    finally:
+        await store.close()
+
+
+async def test_the_recorder_bounds_the_unknown_paths_it_stores(store_url: str) -> None:
+    store = open_store(StoreUrl(store_url))
+    recorder = Recorder(store, shown_tokens=2)
+    try:
+        token = Credential("oauth", "c" * 64)
+        unknown = Decision("deny", Reason.UNKNOWN_ENDPOINT, "GET", "v1", credential=token)
+        for n in range(3_000):  # one token, a new made-up path every call
+            recorder.record(unknown._replace(shape=f"GET /v1/made/up{n % 26 * 'x'}{n}"))
+            recorder.record(unknown._replace(shape="GET /v1/dealz"))  # the app's own typo
+            if n % 250 == 249:
+                await recorder.flush()
+        stored = await store.call_counts()
+        assert len(stored) <= 2 * UNKNOWN_PAIRS  # compacted each time as many more were added
+        calls = await recorder.calls()
+        assert sum(calls.values()) == 6_000, "no call is lost, only folded"
+        report = build_report(calls, None)
+        named = {e["endpoint"] for e in report["overall"]["endpoints"]}
+        assert len(named) == UNKNOWN_SHAPES + 1
+        assert {"GET /v1/dealz", "GET /v1/(other unknown paths)"} <= named
+        dealz = next(e for e in report["overall"]["endpoints"] if e["endpoint"] == "GET /v1/dealz")
+        assert dealz["count"] == 3_000, "the busy typo keeps its name and its count"
     finally:
         await store.close()

@@ -38,6 +38,11 @@ class TokenStore(Protocol):
         """Release connections and threads."""
 
 
+# How a store's call counters are compacted: the counters in, the counters to keep instead out
+# (or None: nothing to change). The store applies it atomically (see ``CallCounts``).
+Fold = Callable[[Mapping[str, int]], dict[str, int] | None]
+
+
 class CallCounts(Protocol):
     """The overreach report's counters: one per kind of decided call (``Call.key()``)."""
 
@@ -50,33 +55,11 @@ class CallCounts(Protocol):
     async def reset_calls(self) -> None:
         """Start a new report: drop every counter."""
 
-    async def compact_calls(self, keep: int) -> None:
-        """Count all but the ``keep`` busiest tokens under one, ``other`` (keys are
-        ``<fingerprint>\t<rest>``): what a storm of new tokens leaves is bounded."""
+    async def compact_calls(self, fold: Fold) -> None:
+        """Replace the counters with what ``fold`` makes of them, as one change: no process's
+        additions are lost meanwhile. What a storm of new tokens or made-up paths leaves is
+        bounded so (see ``proxy.recorder``)."""
 
 
 class Store(TokenStore, CallCounts, Protocol):
     """A backend: both protocols over one connection."""
-
-
-OTHER_TOKENS = "other"
-
-
-def folded_counts(counts: Mapping[str, int], keep: int) -> dict[str, int] | None:
-    """The counters with all but the ``keep`` busiest tokens moved under ``other``, or None
-    when there is nothing to fold."""
-    totals: dict[str, int] = {}
-    for key, count in counts.items():
-        fp = key.partition("\t")[0]
-        totals[fp] = totals.get(fp, 0) + count
-    totals.pop(OTHER_TOKENS, None)
-    if len(totals) <= keep:
-        return None
-    ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
-    busiest = {fp for fp, _ in ranked[:keep]}
-    folded: dict[str, int] = {}
-    for key, count in counts.items():
-        fp, _, rest = key.partition("\t")
-        target = key if fp in busiest else f"{OTHER_TOKENS}\t{rest}"
-        folded[target] = folded.get(target, 0) + count
-    return folded

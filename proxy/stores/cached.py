@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from proxy.stores.base import Clock, Learned, Store
+from proxy.stores.base import Clock, Fold, Learned, Store
 
 
 class CachedStore:
@@ -53,8 +53,8 @@ class CachedStore:
     async def reset_calls(self) -> None:
         await self.inner.reset_calls()
 
-    async def compact_calls(self, keep: int) -> None:
-        await self.inner.compact_calls(keep)
+    async def compact_calls(self, fold: Fold) -> None:
+        await self.inner.compact_calls(fold)
 
     async def ping(self) -> None:
         await self.inner.ping()

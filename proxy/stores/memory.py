@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
-from proxy.stores.base import Clock, Learned, folded_counts
+from proxy.stores.base import Clock, Fold, Learned
 
 
 class MemoryStore:
@@ -40,8 +40,8 @@ class MemoryStore:
     async def reset_calls(self) -> None:
         self._calls.clear()
 
-    async def compact_calls(self, keep: int) -> None:
-        folded = folded_counts(self._calls, keep)
+    async def compact_calls(self, fold: Fold) -> None:
+        folded = fold(self._calls)
         if folded is not None:
             self._calls = Counter(folded)
 

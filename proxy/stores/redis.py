@@ -5,46 +5,21 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from proxy.config import StoreUrl
-from proxy.stores.base import Clock, Learned
+from proxy.stores.base import Clock, Fold, Learned
 from proxy.stores.errors import StoreError
 
 REPORT_KEY = "pipedrive-scope-proxy:report"  # hash: Call.key() -> count, shared by replicas
-# Atomically count all but the ARGV[1] busiest tokens of the report under "other": fields are
-# "<fingerprint>\t<rest>", so tokens fold without reading the rest.
-_COMPACT = """
-local all = redis.call('HGETALL', KEYS[1])
-local totals, fps = {}, {}
-for i = 1, #all, 2 do
-  local fp = string.match(all[i], '^[^\t]*')
-  if fp ~= 'other' then
-    if totals[fp] == nil then table.insert(fps, fp); totals[fp] = 0 end
-    totals[fp] = totals[fp] + tonumber(all[i + 1])
-  end
-end
-local keep = tonumber(ARGV[1])
-if #fps <= keep then return 0 end
-table.sort(fps, function(a, b)
-  if totals[a] ~= totals[b] then return totals[a] > totals[b] end
-  return a < b
-end)
-local busiest = {}
-for i = 1, keep do busiest[fps[i]] = true end
-for i = 1, #all, 2 do
-  local fp = string.match(all[i], '^[^\t]*')
-  if fp ~= 'other' and not busiest[fp] then
-    redis.call('HINCRBY', KEYS[1], 'other' .. string.sub(all[i], #fp + 1), all[i + 1])
-    redis.call('HDEL', KEYS[1], all[i])
-  end
-end
-return #fps - keep
-"""
+# A compaction rewrites the report's hash in a transaction that fails if another replica
+# changed it meanwhile (WATCH); it is tried again, at most this many times, else left for later.
+COMPACT_TRIES = 5
 PREFIX = "pipedrive-scope-proxy:token:"  # value: "<expires_at> <scope>,<scope>,..."
 
 
@@ -108,9 +83,25 @@ class RedisStore:
         async with self._failing():
             await self._client.delete(REPORT_KEY)
 
-    async def compact_calls(self, keep: int) -> None:
-        async with self._failing():
-            await self._client.eval(_COMPACT, 1, REPORT_KEY, keep)
+    async def compact_calls(self, fold: Fold) -> None:
+        async with self._failing(), self._client.pipeline(transaction=True) as pipe:
+            for _ in range(COMPACT_TRIES):
+                try:
+                    await pipe.watch(REPORT_KEY)
+                    current = await pipe.hgetall(REPORT_KEY)
+                    folded = fold({str(key): int(value) for key, value in current.items()})
+                    if folded is None:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.delete(REPORT_KEY)
+                    if folded:
+                        values: dict[Any, Any] = folded
+                        pipe.hset(REPORT_KEY, mapping=values)
+                    await pipe.execute()
+                    return
+                except WatchError:  # another replica added its counts: read them too
+                    continue
 
     async def ping(self) -> None:
         async with self._failing():

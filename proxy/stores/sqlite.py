@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from proxy.stores.base import Clock, Learned, folded_counts
+from proxy.stores.base import Clock, Fold, Learned
 from proxy.stores.errors import StoreError
 
 T = TypeVar("T")
@@ -113,16 +113,16 @@ class SqliteStore:
 
         await self._run(delete)
 
-    async def compact_calls(self, keep: int) -> None:
-        def fold(db: sqlite3.Connection) -> None:
+    async def compact_calls(self, fold: Fold) -> None:
+        def compact(db: sqlite3.Connection) -> None:
             with db:  # one transaction: other processes' additions wait for it
                 db.execute("BEGIN IMMEDIATE")
-                folded = folded_counts(dict(db.execute("SELECT key, count FROM calls")), keep)
+                folded = fold(dict(db.execute("SELECT key, count FROM calls")))
                 if folded is not None:
                     db.execute("DELETE FROM calls")
                     db.executemany("INSERT INTO calls (key, count) VALUES (?, ?)", folded.items())
 
-        await self._run(fold)
+        await self._run(compact)
 
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
