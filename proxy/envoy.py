@@ -99,7 +99,10 @@ def parse_origin(text: str, option: str) -> Origin:
 def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
     """The whole Envoy v3 bootstrap, as the YAML document's data."""
     upstream = parse_origin(config.upstream.api_url, "upstream.api_url")
-    read_timeout = config.upstream.read_timeout
+    limits = config.limits
+    # Envoy cannot tell a silent client body from a silent upstream: one stream idle timeout
+    # covers both, as long as the longer of the proxy's two.
+    read_timeout = max(config.upstream.read_timeout, limits.body_timeout)
     api_routes = [
         {
             "match": {"prefix": prefix},
@@ -149,10 +152,10 @@ def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
         "common_http_protocol_options": {
             # Some servers read X_Api_Token as x-api-token: the proxy refuses it, so Envoy does.
             "headers_with_underscores_action": "REJECT_REQUEST",
-            "idle_timeout": _seconds(config.limits.keepalive_timeout),
+            "idle_timeout": _seconds(limits.keepalive_timeout),
         },
         "http_protocol_options": {"allow_absolute_url": False},
-        "request_headers_timeout": _seconds(config.limits.header_timeout),
+        "request_headers_timeout": _seconds(limits.header_timeout),
         "server_header_transformation": "PASS_THROUGH",
         # Envoy's own answer when Pipedrive cannot be reached, in the envelope the proxy alone
         # answers with (502), not Envoy's plain text.
@@ -179,11 +182,26 @@ def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
         ],
     }
     return {
+        "overload_manager": _connection_limit(limits.max_connections),
         "static_resources": {
             "listeners": [
                 {
                     "name": "pipedrive",
                     "address": _socket_address(listen.host, listen.port),
+                    # A client that connects and sends nothing is closed after header_timeout,
+                    # as the proxy closes it: the inspector waits for the first bytes, and
+                    # request_headers_timeout (above) counts from them.
+                    "listener_filters": [
+                        {
+                            "name": "envoy.filters.listener.http_inspector",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.listener"
+                                ".http_inspector.v3.HttpInspector"
+                            },
+                        }
+                    ],
+                    "listener_filters_timeout": _seconds(limits.header_timeout),
+                    "continue_on_listener_filters_timeout": False,
                     "filter_chains": [
                         {
                             "filters": [
@@ -200,7 +218,7 @@ def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
                 _cluster("scope_proxy", authz, 1.0, config.limits.keepalive_timeout),
                 _cluster("pipedrive_api", upstream, config.upstream.connect_timeout, None),
             ],
-        }
+        },
     }
 
 
@@ -231,6 +249,23 @@ _UNCHECKED = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
     },
 }
+
+
+def _connection_limit(max_connections: int) -> dict[str, Any]:
+    """Envoy's overload manager holding its client connections to ``limits.max_connections``:
+    past it, a new connection is closed as soon as it is accepted."""
+    return {
+        "resource_monitors": [
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors"
+                    ".downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": max_connections,
+                },
+            }
+        ]
+    }
 
 
 def _upstream_unavailable(upstream: Origin) -> dict[str, Any]:

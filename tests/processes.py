@@ -113,15 +113,19 @@ def envoy_validate(bootstrap: Path) -> None:
 
 
 @contextmanager
-def envoy_running(bootstrap: Path) -> Iterator[subprocess.Popen[str]]:
+def envoy_running(bootstrap: Path, log: Path | None = None) -> Iterator[subprocess.Popen[str]]:
+    """Envoy on ``bootstrap``; what it prints (warnings and worse) in ``log``, if given."""
+    log_file = open(log, "w") if log is not None else None  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "warn",
          "--concurrency", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=log_file or subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         yield process
     finally:
+        if log_file is not None:
+            log_file.close()
         if process.poll() is None:
             process.terminate()
         try:

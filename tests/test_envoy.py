@@ -513,3 +513,52 @@ async def test_an_unreachable_upstream_is_answered_in_the_envelope_as_the_proxy_
         k: direct[k] for k in ("success", "error", "errorCode", "error_info")
     }
     assert through_envoy["scope_proxy"]["reason"] == direct["scope_proxy"]["reason"]
+
+
+async def test_envoy_holds_clients_to_the_proxys_limits(tmp_path: Path) -> None:
+    """A connection that sends nothing is closed after ``header_timeout``, not kept for the
+    idle ``keepalive_timeout``; past ``max_connections``, a new one is closed at once; and Envoy
+    starts without warning that its connections are unlimited."""
+    config_path = write_config(
+        tmp_path,
+        upstream={"api_url": "http://127.0.0.1:9", "oauth_url": "http://127.0.0.1:9"},
+        limits={"header_timeout": 1, "keepalive_timeout": 75, "max_connections": 4},
+    )
+    port = free_port()
+    bootstrap = envoy_bootstrap(
+        tmp_path, config_path, f"127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"
+    )
+    log = tmp_path / "envoy.log"
+    with envoy_running(bootstrap, log=log) as envoy:
+        await wait_listening(port, envoy)
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        opened = loop.time()
+        assert await asyncio.wait_for(reader.read(), timeout=10) == b""  # closed by Envoy
+        assert 0.8 < loop.time() - opened < 5
+        writer.close()
+
+        held = []
+        for _ in range(4):  # each asks once and keeps its connection, as a keep-alive client
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: envoy\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 404 ")
+            held.append((reader, writer))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: envoy\r\n\r\n")
+        try:
+            refused = await asyncio.wait_for(reader.read(), timeout=5)
+        except ConnectionResetError:
+            refused = b""
+        assert refused == b"", "the fifth connection must be closed without an answer"
+        writer.close()
+        held[0][1].close()  # one leaves: a new one is served again
+        await asyncio.sleep(0.3)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), timeout=5)).startswith(b"HTTP/1.1 404 ")
+        writer.close()
+        for _, held_writer in held[1:]:
+            held_writer.close()
+    said = log.read_text()
+    assert "no configured limit" not in said, said

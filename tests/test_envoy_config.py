@@ -137,10 +137,34 @@ def test_addresses_and_timeouts_follow_the_options_and_the_config(tmp_path: Path
         "0s", "90s", "10.0.0.7:8081",
     )  # fmt: skip
     assert http["request_headers_timeout"] == "4s"
+    listener = document["static_resources"]["listeners"][0]
+    assert [f["name"] for f in listener["listener_filters"]] == [
+        "envoy.filters.listener.http_inspector"
+    ]
+    assert listener["listener_filters_timeout"] == "4s", "a silent client waits header_timeout"
+    assert listener["continue_on_listener_filters_timeout"] is False
+    [monitor] = document["overload_manager"]["resource_monitors"]
+    assert monitor["name"] == "envoy.resource_monitors.global_downstream_max_connections"
+    assert monitor["typed_config"]["max_active_downstream_connections"] == 1024
     checked = generated("--config", config, "--authz", "https://scope-proxy.internal:8443")
     authz = clusters(checked)["scope_proxy"]
     assert authz["type"] == "STRICT_DNS"
     assert authz["transport_socket"]["typed_config"]["sni"] == "scope-proxy.internal"
+
+
+def test_a_body_timeout_longer_than_the_read_timeout_sets_the_streams_idle_timeout(
+    tmp_path: Path,
+) -> None:
+    config = write_config(
+        tmp_path,
+        upstream={"read_timeout": 20},
+        limits={"body_timeout": 45, "max_connections": 64},
+    )
+    document = generated("--config", config)
+    route = manager(document)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert route["idle_timeout"] == "45s"
+    [monitor] = document["overload_manager"]["resource_monitors"]
+    assert monitor["typed_config"]["max_active_downstream_connections"] == 64
 
 
 @pytest.mark.parametrize(
