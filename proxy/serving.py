@@ -13,6 +13,7 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -238,6 +239,9 @@ def supervise(
     """Keep ``workers`` processes serving one port (SO_REUSEPORT): one that dies is restarted,
     with backoff, and the others serve meanwhile. SIGTERM and SIGINT stop them all (each drains
     its in-flight calls), SIGHUP reaches every one. Exit 0, or 2 when a worker cannot start."""
+    ensure_free(config.listen)
+    if config.admin_listen is not None:
+        ensure_free(config.admin_listen, " (admin_listen)")
     # Workers count into files in one directory, so any of them can report the sum.
     try:
         metrics_dir = tempfile.mkdtemp(prefix="pipedrive-scope-proxy-metrics-")
@@ -312,6 +316,37 @@ def supervise(
             multiprocessing.connection.wait(sentinels, timeout=0.2)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def ensure_free(listen: Listen, which: str = "") -> None:
+    """Refuse a port another server listens on, as a single process does.
+
+    Workers share their port with SO_REUSEPORT, which would just as well let them join another
+    server's workers there (a second ``serve --workers N``, in another mode, say) and split its
+    traffic. So the supervisor first binds each address once, as a lone server would (with
+    SO_REUSEADDR, which a listening socket still refuses, but not one in TIME_WAIT), and lets
+    it go. Two supervisors started in the same instant can still both pass; a running one is
+    never joined.
+    """
+    if listen.port == 0:
+        return  # a free port of the system's choosing: nothing to share
+    where = f"{listen.host}:{listen.port}{which}"
+    try:
+        addresses = socket.getaddrinfo(
+            listen.host or None, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as error:
+        raise ServeError(f"cannot listen on {where}: {error.strerror or error}") from None
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio binds it
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                problem = os.strerror(error.errno) if error.errno else str(error)
+                raise ServeError(f"cannot listen on {where}: {problem}") from None
 
 
 def _exit_description(code: int) -> str:

@@ -138,6 +138,46 @@ def test_a_port_in_use_is_one_clear_line_and_status_2(tmp_path: Path, workers: s
     assert "Traceback" not in result.stderr
 
 
+async def test_a_second_supervisor_on_a_served_port_exits_2_and_the_first_keeps_serving(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    """Workers share their port with SO_REUSEPORT: a second ``serve --workers 2`` there, in
+    report mode, would join the first one's workers and forward half of what it refuses."""
+    first = tmp_path / "enforce"
+    second = tmp_path / "report"
+    first.mkdir()
+    second.mkdir()
+    document = {
+        "upstream": {"api_url": upstream.url, "oauth_url": upstream.url},
+        "tokens": grants(reader=["deals:read"]),
+    }
+    enforcing = write_config(first, **document, store=f"sqlite://{first}/t.db")
+    reporting = write_config(second, **document, mode="report", store=f"sqlite://{second}/t.db")
+    port = free_port()
+    with serving(enforcing, port, "--workers", "2"):
+        await wait_ready(port)
+        second_serve = ("serve", "--config", reporting, "--host", "127.0.0.1", "--port",
+                        str(port), "--workers", "2")  # fmt: skip
+        result = await asyncio.get_running_loop().run_in_executor(None, run, *second_serve)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"pipedrive-scope-proxy: cannot listen on 127.0.0.1:{port}: Address already in use"
+        ]
+        decisions = []
+        for _ in range(20):  # a new connection each: the kernel would spread them
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as client,
+                client.delete(
+                    f"http://127.0.0.1:{port}/v1/deals/1",
+                    headers={"Authorization": "Bearer reader"},
+                ) as response,
+            ):
+                decisions.append((response.status, response.headers["X-Scope-Proxy-Decision"]))
+    assert decisions == [(403, "deny")] * 20
+    assert upstream.received == []
+
+
 async def learn_token(port: int) -> str:
     async with (
         session() as client,
