@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument(
         "--fail-on", action="append", default=[], metavar="denied|unused",
-        help="exit 1 when a call was refused or would be (denied), or a declared scope is not "
-        "needed (unused); repeat or comma-separate for both",
+        help="exit 1 when an API call was refused or would be (denied; requests that are no "
+        "API calls, such as GET / or a load balancer's probe, never count), or a declared "
+        "scope is not needed (unused); repeat or comma-separate for both",
     )  # fmt: skip
 
     envoy = commands.add_parser(

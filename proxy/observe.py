@@ -32,7 +32,7 @@ from proxy.decision import Decision, Verdict
 from proxy.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
 from proxy.forward import StreamAborted
 from proxy.logs import get_logger, log_request
-from proxy.reasons import BEFORE_DECISION, Reason
+from proxy.reasons import BEFORE_DECISION, NOT_API_CALLS, Reason
 from proxy.responses import DECISION_HEADER, error_response
 from proxy.state import METRICS, NOTES, RECORDER, Notes
 
@@ -184,7 +184,7 @@ def record(app: web.Application, outcome: Outcome) -> None:
     decision = outcome.decision
     if decision is not None and not (outcome.check and outcome.cut_off is not None):
         app[RECORDER].record(decision)  # not a check whose answer Envoy never read
-    if reason in BEFORE_DECISION:
+    if reason in BEFORE_DECISION or reason in NOT_API_CALLS:
         app[RECORDER].refused_before(reason)
 
 

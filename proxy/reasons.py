@@ -51,13 +51,17 @@ BEFORE_DECISION = frozenset(
         Reason.UNSUPPORTED_CREDENTIAL,
         Reason.UNKNOWN_TOKEN,
         Reason.API_TOKEN_NOT_SCOPED,
-        Reason.NOT_FOUND,
         Reason.METHOD_NOT_ALLOWED,
         Reason.REQUEST_TOO_LARGE,
         Reason.UNSUPPORTED_MEDIA_TYPE,
         Reason.STORE_UNAVAILABLE,
     }
 )
+
+# Requests that are not API calls at all: no Pipedrive prefix and none of the proxy's own
+# endpoints (``GET /``, ``/favicon.ico``, a load balancer's probe, a mistyped ``/_proxy/...``).
+# The report counts them apart, and they never fail ``report --fail-on denied``.
+NOT_API_CALLS = frozenset({Reason.NOT_FOUND})
 
 DECIDED = frozenset(
     {

@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy.catalog import DISPLAY_PREFIX
 from proxy.decision import BASE, DECLARED_GRANT
-from proxy.reasons import BEFORE_DECISION, DECIDED
+from proxy.reasons import BEFORE_DECISION, DECIDED, NOT_API_CALLS
 
 MAX_TOKENS = 100  # tokens with a report section of their own (config: limits.report_tokens)
 OTHER_TOKENS = "other"  # the fingerprint under which the rest are counted together
@@ -75,7 +75,7 @@ class Call:
         if event.get("event") != "request":
             return None
         reason = event.get("reason")
-        if reason in BEFORE_DECISION:
+        if reason in BEFORE_DECISION or reason in NOT_API_CALLS:
             return refused_before(str(reason))
         if reason not in DECIDED:
             return None
@@ -99,12 +99,14 @@ class Call:
         )
 
 
-# Refusals before the decision are counted under this fingerprint, by reason only.
+# Refusals before the decision (and requests that are no API calls) are counted under this
+# fingerprint, by reason only.
 BEFORE = "-"
 
 
 def refused_before(reason: str) -> Call:
-    """How a refusal before the scope check is counted: its reason, nothing of the request."""
+    """How a refusal before the scope check, or a request that is no API call, is counted: its
+    reason, nothing of the request."""
     return Call(BEFORE, "", "", None, "deny", reason, (), None)
 
 
@@ -309,15 +311,19 @@ def build_report(
 ) -> dict[str, Any]:
     """The report document (its keys are a contract: see README, "The report"). At most
     ``max_tokens`` tokens have a section of their own; the rest share one, ``other``. Refusals
-    made before the scope check are counted apart, by reason. ``breadth`` (the catalogue's
+    made before the scope check are counted apart, by reason, and requests that are no API
+    calls (``GET /``, a load balancer's probe) apart again. ``breadth`` (the catalogue's
     ``Catalogue.breadth``) makes the recommended scopes the narrowest that will do."""
     before: Counter[str] = Counter()
     decided: Counter[Call] = Counter()
+    not_api = 0
     for call, count in calls.items():
-        if call.token_fp == BEFORE:
-            before[call.reason] += count
-        else:
+        if call.token_fp != BEFORE:
             decided[call] += count
+        elif call.reason in NOT_API_CALLS:
+            not_api += count
+        else:
+            before[call.reason] += count
     folded = fold_tokens(fold_shapes(decided), max_tokens)
     by_token: dict[str, dict[Call, int]] = {}
     for call, count in folded.items():
@@ -334,6 +340,7 @@ def build_report(
             {"reason": reason, "count": count}
             for reason, count in sorted(before.items(), key=lambda item: (-item[1], item[0]))
         ],
+        "not_api_calls": not_api,
         "tokens": [
             {
                 "fingerprint": fp,
@@ -504,6 +511,8 @@ def render_text(report: Mapping[str, Any]) -> str:
             "refused before the scope check:",
             *(f"  {r['count']:6}  {r['reason']}" for r in report["refused_before_decision"]),
         ]
+    if report.get("not_api_calls"):
+        lines += ["", f"not API calls (404, not counted above): {report['not_api_calls']}"]
     lines += [
         "",
         "endpoints:",
@@ -563,6 +572,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["", "Refused before the scope check: " + ", ".join(
             f"{r['reason']} {r['count']}" for r in report["refused_before_decision"]
         )]  # fmt: skip
+    if report.get("not_api_calls"):
+        lines += ["", f"Not API calls (answered 404, not counted): {report['not_api_calls']}."]
     lines += ["", "<details><summary>Endpoints called</summary>", ""]
     lines += ["| endpoint | calls | decision | token cost |", "|---|---:|---|---:|"]
     lines += [

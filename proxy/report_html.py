@@ -202,6 +202,12 @@ def render_html(report: Mapping[str, Any]) -> str:
         if before
         else ""
     )
+    if report.get("not_api_calls"):
+        refused_before += (
+            f'<p class="meta" id="not-api">{report["not_api_calls"]} requests that were no API '
+            "calls (answered 404: no Pipedrive prefix, none of the proxy's own endpoints) are "
+            "not counted above.</p>"
+        )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

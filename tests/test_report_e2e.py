@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import RedisServer, free_port, grants
 from tests.fakes import FakePipedrive
-from tests.processes import ROOT, serving, wait_ready, write_config
+from tests.processes import ROOT, run, serving, wait_ready, write_config
 
 APP_SCOPES = ["base", "deals:read", "contacts:full", "activities:read"]
 # (token, method, path): alice holds deals:read and contacts:full, bob deals:full.
@@ -136,6 +136,34 @@ async def test_live_report_html_page_and_offline_report_agree(
     assert "example.com" not in log.read_text()
     text_report = offline_report(log)["text"]
     assert "recommended scopes: activities:read, contacts:read, deals:full" in text_report
+
+
+async def test_stray_requests_are_counted_apart_and_never_fail_the_gate(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    config_path = write_config(
+        tmp_path,
+        upstream={"api_url": upstream.url, "oauth_url": upstream.url},
+        tokens=grants(alice=["deals:read"]),
+    )
+    port = free_port()
+    log = tmp_path / "decisions.jsonl"
+    with serving(config_path, port, log=log) as process:
+        await wait_ready(port)
+        outcomes = await play(port, [("alice", "GET", "/v1/deals/1")] * 2)
+        for stray in ("/", "/favicon.ico", "/healthz", "/_proxy/nope"):
+            assert (await fetch(port, stray))[0] == 404
+        live = json.loads((await fetch(port, "/_proxy/report"))[1])
+        process.terminate()
+        await asyncio.get_running_loop().run_in_executor(None, process.wait, 30)
+    assert outcomes == [(200, "allow")] * 2
+    assert live["not_api_calls"] == 4
+    assert live["refused_before_decision"] == []
+    assert live["overall"]["requests"] == 2
+    gate = run("report", "--log", str(log), "--fail-on", "denied")
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    assert "not API calls (404, not counted above): 4" in gate.stdout
+    assert offline_report(log, "--format", "json") == live
 
 
 async def test_reset_starts_a_new_staging_run(tmp_path: Path, upstream: FakePipedrive) -> None:
