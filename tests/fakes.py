@@ -105,6 +105,7 @@ class EagerUpstream:
     received: list[Parsed] = field(default_factory=list)
     cut_mid_body: list[int] = field(default_factory=list)  # connections closed inside a body
     connections: int = 0
+    unsolicited_sent: int = 0  # how many times the unsolicited bytes went out
     url: str = ""
     _server: asyncio.Server | None = None
 
@@ -143,7 +144,7 @@ class EagerUpstream:
                 )
                 await writer.drain()
                 if self.unsolicited and len(self.received) == 1:
-                    asyncio.get_running_loop().call_later(0.1, writer.write, self.unsolicited)
+                    asyncio.get_running_loop().call_later(0.1, self._unsolicited, writer)
                 if self.ignore_get_body and request.method in ("GET", "HEAD"):
                     continue
                 try:
@@ -153,6 +154,10 @@ class EagerUpstream:
                     return
         finally:
             writer.close()
+
+    def _unsolicited(self, writer: asyncio.StreamWriter) -> None:
+        writer.write(self.unsolicited)
+        self.unsolicited_sent += 1
 
 
 def parse_head(connection: int, head: bytes) -> Parsed:

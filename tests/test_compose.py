@@ -24,6 +24,9 @@ from proxy.config import parse_config
 from tests.conftest import RedisServer, free_port
 from tests.fakes import FakePipedrive
 from tests.processes import ROOT, run, serving, wait_ready
+from tests.tables import APP_LINES, STACKS
+
+pytestmark = pytest.mark.slow
 
 
 def compose_binary() -> str:
@@ -37,17 +40,7 @@ def compose_binary() -> str:
 
 COMPOSE = compose_binary()
 CONFIG_IN_IMAGE = "/etc/pipedrive-scope-proxy/proxy.yaml"
-STACKS = {
-    "report": ["docker-compose.yml"],
-    "enforce": ["docker-compose.yml", "docker-compose.enforce.yml"],
-}
 TOKEN = "v1u:Y29tcG9zZS10ZXN0:c2VjcmV0"
-# What the example app prints in report mode (the README shows these lines).
-APP_LINES = [
-    "GET /v1/users/me -> 200 (allow)",
-    "GET /api/v2/deals -> 200 (allow)",
-    "GET /api/v2/activities -> 200 (report)",
-]
 
 
 def compose_model(files: list[str]) -> dict[str, Any]:

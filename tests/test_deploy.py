@@ -23,6 +23,7 @@ from proxy.catalog import AUTHZ_PREFIX
 from proxy.config import parse_config
 from proxy.envoy import Origin, bootstrap, parse_listen
 from tests.processes import ROOT, envoy_validate, run
+from tests.tables import APP_LINES, STACKS
 
 DEPLOY = ROOT / "deploy"
 KUBERNETES_VERSION = "1.30.0"
@@ -352,8 +353,6 @@ def test_every_command_the_deploy_section_shows_is_the_one_the_tests_run() -> No
     """The Deploy section's commands, each matched to what a test does with it: the image
     (tests/test_image.py builds and runs this Dockerfile), compose (tests/test_compose.py runs
     these files) and Kubernetes (the kustomizations checked above)."""
-    from tests.test_compose import APP_LINES, STACKS
-
     section = readme_section("Deploying")
     shown = [argv for block in code_blocks(section, "sh") for argv in commands(block)]
     seen = set()

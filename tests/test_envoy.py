@@ -19,6 +19,7 @@ import aiohttp
 import h2.config
 import h2.connection
 import h2.events
+import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
@@ -39,7 +40,10 @@ from tests.processes import (
     write_config,
 )
 from tests.refusals import REFUSED
-from tests.test_every_endpoint import PIPEDRIVE_403, concrete
+from tests.tables import PIPEDRIVE_403, concrete
+from tests.waiting import eventually, log_events
+
+pytestmark = pytest.mark.slow
 
 ALL_SCOPES = sorted(CATALOGUE.scopes)
 # Every third endpoint of the catalogue, v1 and v2 alike.
@@ -55,10 +59,6 @@ class Front:
     envoy_port: int
     log: Path
     proxy: subprocess.Popen[str]
-
-    def events(self) -> list[dict[str, Any]]:
-        lines = self.log.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
 
 
 @asynccontextmanager
@@ -283,8 +283,8 @@ async def test_checks_are_counted_in_the_report_metrics_and_log_like_forwarded_c
         admin = f"http://127.0.0.1:{front.proxy_port}"
         _, _, answer = await call(admin, "GET", "/_proxy/report", {})
         _, _, metrics = await call(admin, "GET", "/_proxy/metrics", {})
-        await asyncio.sleep(0.2)  # the log line of the last check
-        events = [event for event in front.events() if event["event"] == "request"]
+        await eventually(lambda: len(log_events(front.log, "request")) == 4, "4 checks logged")
+        events = log_events(front.log, "request")
     report = json.loads(answer)["overall"]
     assert report["requests"] == 4
     assert {(row["endpoint"], row["count"], row["decision"]) for row in report["endpoints"]} == {
@@ -484,8 +484,8 @@ async def test_a_check_envoy_gave_up_on_is_logged_so_and_not_counted(
         )
         assert answer.startswith(b"HTTP/1.1 200 ")
         _, _, report = await call(f"http://127.0.0.1:{port}", "GET", "/_proxy/report", {})
-        await asyncio.sleep(0.2)
-    events = [json.loads(line) for line in log.read_text().splitlines() if '"request"' in line]
+        await eventually(lambda: len(log_events(log, "request")) == 2, "both checks logged")
+    events = log_events(log, "request")
     assert [(e["decision"], e["reason"], e["status"], e["error"]) for e in events] == [
         ("deny", "client_gone", 499, "client_gone"),  # left before the decision
         ("allow", "in_scope", 200, None),
@@ -553,11 +553,18 @@ async def test_envoy_holds_clients_to_the_proxys_limits(tmp_path: Path) -> None:
         assert refused == b"", "the fifth connection must be closed without an answer"
         writer.close()
         held[0][1].close()  # one leaves: a new one is served again
-        await asyncio.sleep(0.3)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n")
-        assert (await asyncio.wait_for(reader.read(), timeout=5)).startswith(b"HTTP/1.1 404 ")
-        writer.close()
+
+        async def served() -> bool:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n")
+            try:
+                answer = await asyncio.wait_for(reader.read(), timeout=5)
+            except ConnectionResetError:
+                answer = b""
+            writer.close()
+            return answer.startswith(b"HTTP/1.1 404 ")
+
+        await eventually(served, "a new connection served once another left")
         for _, held_writer in held[1:]:
             held_writer.close()
     said = log.read_text()

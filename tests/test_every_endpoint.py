@@ -14,22 +14,12 @@ import pytest
 from proxy.catalog import DISPLAY_PREFIX, Endpoint
 from tests.conftest import CATALOGUE, ProxyFactory, envelope, grants
 from tests.fakes import FakePipedrive
+from tests.tables import PIPEDRIVE_403, concrete
 
 ALL_SCOPES = sorted(CATALOGUE.scopes)
 FOUNDING_TEXT = (
     Path(__file__).parent.parent / "catalog/sources/scopes-and-permissions.txt"
 ).read_text()
-PIPEDRIVE_403 = {
-    "success": False,
-    "error": "Scope and URL mismatch",
-    "errorCode": 403,
-    "error_info": "Please check developers.pipedrive.com",
-}
-
-
-def concrete(template: str) -> str:
-    """A request path for a template: each parameter becomes a plausible id."""
-    return re.sub(r"\{[^{}]+\}", "4711", template)
 
 
 def scope_tokens() -> list[dict[str, object]]:

@@ -3,12 +3,19 @@
 file system with Python, ``buildah`` commits it as a local base image and builds the Dockerfile
 on it (``PYTHON_IMAGE``), then runs the image's own entrypoint and command with a mounted
 config. Skipped, saying why, where buildah cannot run; ``REQUIRE_IMAGE=1`` (as CI sets) makes
-that a failure."""
+that a failure.
+
+The image is built once per build context: its storage is kept in a cache directory named by
+the digest of what goes into the build (the Dockerfile, the files it copies, this module), and
+the first test process to need it builds it behind a file lock while the others wait for it.
+A changed context builds anew and removes the older build."""
 
 from __future__ import annotations
 
 import asyncio
 import configparser
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -16,7 +23,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +34,7 @@ from tests.conftest import free_port, sha
 from tests.fakes import FakePipedrive
 from tests.processes import ROOT, write_config
 
-# One build, shared by this module's tests: they run on one xdist worker.
-pytestmark = pytest.mark.xdist_group("image")
+pytestmark = pytest.mark.slow
 DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 CONFIG_IN_IMAGE = "/etc/pipedrive-scope-proxy/proxy.yaml"
 TOKEN = "v1u:aW1hZ2UtdGVzdC10b2tlbg==:c2VjcmV0"
@@ -36,6 +42,23 @@ TOKEN = "v1u:aW1hZ2UtdGVzdC10b2tlbg==:c2VjcmV0"
 
 BUILDAH = shutil.which("buildah") or "buildah"
 MMDEBSTRAP = shutil.which("mmdebstrap") or "mmdebstrap"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / (
+    "pipedrive-scope-proxy-tests"
+)
+# What the Dockerfile copies (see .dockerignore), and what says how the image is built.
+CONTEXT = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "proxy", "config")
+
+
+def context_digest() -> str:
+    """The digest of the build context and of this module (which builds the base image)."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for name in CONTEXT:
+        top = ROOT / name
+        files = sorted(top.rglob("*")) if top.is_dir() else [top]
+        for path in files:
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def unavailable() -> str | None:
@@ -54,15 +77,18 @@ class Image:
     name: str
     storage: list[str]  # buildah's global options: its own storage, away from the host's
     config: dict[str, Any]  # the OCI image config: Entrypoint, Cmd, User, Env, ...
-    healthcheck: list[
-        str
-    ]  # the Dockerfile's HEALTHCHECK, e.g. ["CMD", "pipedrive-scope-proxy", ...]
+    # The Dockerfile's HEALTHCHECK, e.g. ["CMD", "pipedrive-scope-proxy", "health"].
+    healthcheck: list[str]
+    containers: list[str] = field(default_factory=list)  # made by this test process
 
     def buildah(self, *args: str, timeout: float = 120) -> str:
         return buildah(self.storage, *args, timeout=timeout)
 
     def container(self) -> str:
-        return self.buildah("from", self.name).strip()
+        """A new container from the image, removed when the module's tests are done."""
+        made = self.buildah("from", self.name).strip()
+        self.containers.append(made)
+        return made
 
     def run_command(self, container: str, config: str, *command: str) -> list[str]:
         """``buildah run`` in ``container`` with ``config`` mounted where the image reads it."""
@@ -110,49 +136,72 @@ def step(message: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
+def image() -> Iterator[Image]:
     reason = unavailable()
     if reason is not None:
         if os.environ.get("REQUIRE_IMAGE"):
             pytest.fail(f"REQUIRE_IMAGE is set, but {reason}")
         pytest.skip(reason)
-    work = tmp_path_factory.mktemp("image")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = CACHE / f"image-{context_digest()}"
     storage = ["--root", str(work / "storage"), "--runroot", str(work / "run"),
                "--storage-driver", "vfs"]  # fmt: skip
+    with (CACHE / "image.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builds; the others wait for its image
+        built = work / "inspect.json"
+        if not built.exists():
+            for older in CACHE.glob("image-*"):
+                remove_build(older)
+            build(work, storage)
+            built.write_text(buildah(storage, "inspect", "--type", "image", IMAGE))
+        inspected = json.loads(built.read_text())
+    image = Image(
+        name=IMAGE,
+        storage=storage,
+        config=inspected["OCIv1"]["config"],
+        healthcheck=inspected["Docker"]["config"]["Healthcheck"]["Test"],
+    )
     try:
-        base = work / "base"
-        base.mkdir()
-        started = step("mmdebstrap: a Debian bookworm root file system with Python")
-        debian = subprocess.run(
-            [MMDEBSTRAP, "--variant=apt", "--mode=root",
-             "--include=python3,python3-venv,python3-pip,ca-certificates",
-             "bookworm", str(base / "rootfs.tar"), DEBIAN_MIRROR],
-            capture_output=True, text=True, timeout=600, check=False,
-        )  # fmt: skip
-        assert debian.returncode == 0, debian.stderr[-3000:]
-        (base / "Containerfile").write_text('FROM scratch\nADD rootfs.tar /\nCMD ["python3"]\n')
-        build = ["bud", "--isolation", "chroot", "--format", "docker"]
-        buildah(storage, *build, "-t", "localhost/bookworm-python:test", str(base), timeout=300)
-        started = step(f"base image in {time.monotonic() - started:.0f} s; building the Dockerfile")
-        buildah(
-            storage, *build, "--build-arg", "PYTHON_IMAGE=localhost/bookworm-python:test",
-            *pip_settings(work), "-t", "localhost/pipedrive-scope-proxy:test", str(ROOT),
-            timeout=900,
-        )  # fmt: skip
-        step(f"image built in {time.monotonic() - started:.0f} s")
-        inspected = json.loads(
-            buildah(storage, "inspect", "--type", "image", "localhost/pipedrive-scope-proxy:test")
-        )
-        yield Image(
-            name="localhost/pipedrive-scope-proxy:test",
-            storage=storage,
-            config=inspected["OCIv1"]["config"],
-            healthcheck=inspected["Docker"]["config"]["Healthcheck"]["Test"],
-        )
+        yield image
     finally:
-        for cleanup in (["rm", "--all"], ["rmi", "--all", "--force"]):
-            subprocess.run([BUILDAH, *storage, *cleanup], capture_output=True, check=False)
-        shutil.rmtree(work, ignore_errors=True)
+        for container in image.containers:
+            subprocess.run([BUILDAH, *storage, "rm", container], capture_output=True, check=False)
+
+
+IMAGE = "localhost/pipedrive-scope-proxy:test"
+
+
+def build(work: Path, storage: list[str]) -> None:
+    """A Debian bookworm base with Python (mmdebstrap), then the Dockerfile on it."""
+    base = work / "base"
+    base.mkdir(parents=True)
+    started = step("mmdebstrap: a Debian bookworm root file system with Python")
+    debian = subprocess.run(
+        [MMDEBSTRAP, "--variant=apt", "--mode=root",
+         "--include=python3,python3-venv,python3-pip,ca-certificates",
+         "bookworm", str(base / "rootfs.tar"), DEBIAN_MIRROR],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert debian.returncode == 0, debian.stderr[-3000:]
+    (base / "Containerfile").write_text('FROM scratch\nADD rootfs.tar /\nCMD ["python3"]\n')
+    options = ["bud", "--isolation", "chroot", "--format", "docker"]
+    buildah(storage, *options, "-t", "localhost/bookworm-python:test", str(base), timeout=300)
+    (base / "rootfs.tar").unlink()
+    started = step(f"base image in {time.monotonic() - started:.0f} s; building the Dockerfile")
+    buildah(
+        storage, *options, "--build-arg", "PYTHON_IMAGE=localhost/bookworm-python:test",
+        *pip_settings(work), "-t", IMAGE, str(ROOT), timeout=900,
+    )  # fmt: skip
+    step(f"image built in {time.monotonic() - started:.0f} s")
+
+
+def remove_build(work: Path) -> None:
+    """An older build's storage: buildah's own removal first (it may hold mounts)."""
+    storage = ["--root", str(work / "storage"), "--runroot", str(work / "run"),
+               "--storage-driver", "vfs"]  # fmt: skip
+    for cleanup in (["rm", "--all"], ["rmi", "--all", "--force"]):
+        subprocess.run([BUILDAH, *storage, *cleanup], capture_output=True, check=False)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen[str]:

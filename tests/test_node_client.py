@@ -21,6 +21,8 @@ from tests.conftest import ProxyFactory
 from tests.fakes import FakeOAuth, FakePipedrive
 from tests.processes import ROOT
 
+pytestmark = pytest.mark.slow
+
 CLIENT_VERSION = "33.7.0"  # the client the README's snippet is written for
 SCRIPT = r"""
 const { v1, v2 } = require("pipedrive");

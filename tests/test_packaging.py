@@ -10,11 +10,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from proxy.forward import UpstreamClient
 
 ROOT = Path(__file__).parent.parent
 
 
+@pytest.mark.slow  # builds a wheel
 def test_the_wheel_carries_the_catalogue_and_the_console_script(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",

@@ -22,6 +22,8 @@ from tests.conftest import RedisServer, free_port, grants
 from tests.fakes import FakePipedrive
 from tests.processes import ROOT, run, serving, wait_ready, write_config
 
+pytestmark = pytest.mark.slow
+
 APP_SCOPES = ["base", "deals:read", "contacts:full", "activities:read"]
 # (token, method, path): alice holds deals:read and contacts:full, bob deals:full.
 SCENARIO = [

@@ -26,6 +26,9 @@ from tests.conftest import free_port, grants, sha
 from tests.fakes import FakeOAuth, FakePipedrive, Received
 from tests.processes import ROOT, run, serving, session, wait_ready, write_config
 from tests.refusals import REFUSED
+from tests.waiting import eventually, log_events, refused
+
+pytestmark = pytest.mark.slow
 
 SECRET = "v1u:c2VjcmV0LXRva2Vu:dGhlLXJlc3Q="
 
@@ -50,7 +53,8 @@ async def test_serve_forwards_reloads_on_sighup_and_drains_on_sigterm(
     config_path = write_config(tmp_path, **document)
     port = free_port()
     auth = {"Authorization": f"Bearer {SECRET}"}
-    with serving(config_path, port) as process:
+    log = tmp_path / "proxy.log"
+    with serving(config_path, port, log=log) as process:
         await wait_ready(port)
         async with session() as client:
             async with client.delete(f"http://127.0.0.1:{port}/v1/deals/1", headers=auth) as r:
@@ -68,7 +72,7 @@ async def test_serve_forwards_reloads_on_sighup_and_drains_on_sigterm(
             # An invalid config on SIGHUP keeps the running one.
             Path(config_path).write_text("mode: sideways\n")
             process.send_signal(signal.SIGHUP)
-            await asyncio.sleep(0.3)
+            await eventually(lambda: bool(log_events(log, "reload_failed")), "reload_failed")
             async with client.get(f"http://127.0.0.1:{port}/v1/deals/2", headers=auth) as r:
                 assert r.status == 200
             # SIGTERM while a request is in flight: it completes, then the process exits 0.
@@ -80,15 +84,15 @@ async def test_serve_forwards_reloads_on_sighup_and_drains_on_sigterm(
                     break
                 await asyncio.sleep(0.05)
             process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
+            await eventually(lambda: refused(port), "the listener closed on SIGTERM")
             release.set()
             response = await in_flight
             assert response.status == 200
             response.release()
         code = await asyncio.get_running_loop().run_in_executor(None, process.wait, 20)
-        out, _ = process.communicate()
     assert code == 0
-    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    out = log.read_text()
+    events = log_events(log)
     kinds = [event["event"] for event in events]
     assert "reload_failed" in kinds
     assert "reloaded" in kinds
@@ -237,9 +241,17 @@ async def test_workers_share_one_port_and_the_sqlite_store(
         token = await learn_token(port)
         # A token learned by one worker is known to both: every request is allowed.
         assert await statuses(port, token, 30) == [200] * 30
+
         # Whichever worker answers a scrape reports both workers' counts (each adds its own to
         # the shared files about once a second).
-        await asyncio.sleep(1.2)
+        async def counted() -> bool:
+            async with (
+                session() as client,
+                client.get(f"http://127.0.0.1:{port}/_proxy/metrics") as response,
+            ):
+                return 'reason="in_scope",version="v1"} 30.0' in await response.text()
+
+        await eventually(counted, "both workers' counts in a scrape")
         for _ in range(4):
             async with (
                 session() as client,
@@ -352,7 +364,7 @@ async def test_ctrl_c_drains_like_sigterm_and_the_last_log_lines_are_written(
                 break
             await asyncio.sleep(0.05)
         process.send_signal(stop)
-        await asyncio.sleep(0.3)
+        await eventually(lambda: refused(port), "the listener closed on the signal")
         release.set()
         assert await in_flight == 200
         code = await asyncio.get_running_loop().run_in_executor(None, process.wait, 20)
@@ -466,7 +478,7 @@ async def test_ctrl_c_on_serve_piped_to_tee_drains_without_a_traceback(
                 break
             await asyncio.sleep(0.05)
         os.killpg(proxy.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
-        await asyncio.sleep(0.3)
+        await eventually(lambda: refused(port), "the listener closed on Ctrl-C")
         release.set()
         assert await in_flight == 200
         code = await asyncio.get_running_loop().run_in_executor(None, proxy.wait, 20)
@@ -573,26 +585,27 @@ async def test_a_reload_names_what_only_a_restart_changes_and_applies_the_rest(
     config_path = write_config(tmp_path, **document)
     port = free_port()
     auth = {"Authorization": "Bearer reader"}
-    with serving(config_path, port) as process:
+    log = tmp_path / "proxy.log"
+    with serving(config_path, port, log=log) as process:
         await wait_ready(port)
         # Only the mode: applied, nothing to restart (the --port override is no change).
         Path(config_path).write_text(yaml.safe_dump({**document, "mode": "report"}))
         process.send_signal(signal.SIGHUP)
-        await asyncio.sleep(0.5)
+        await eventually(lambda: len(log_events(log, "reloaded")) == 1, "the first reload")
         changed = {**document, "listen": {"host": "127.0.0.1", "port": 8081},
                    "upstream": {**document["upstream"], "read_timeout": 9}, "mode": "report",
                    "app_scopes": ["deals:read"], "limits": {"body_timeout": 5}}  # fmt: skip
         Path(config_path).write_text(yaml.safe_dump(changed))
         process.send_signal(signal.SIGHUP)
-        await asyncio.sleep(0.5)
+        await eventually(lambda: len(log_events(log, "reloaded")) == 2, "the second reload")
         async with (
             session() as client,
             client.delete(f"http://127.0.0.1:{port}/v1/deals/1", headers=auth) as response,
         ):
             assert response.headers["X-Scope-Proxy-Decision"] == "report"
         process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=20)
-    reloads = [json.loads(line) for line in out.splitlines() if '"reloaded"' in line]
+        process.wait(timeout=20)
+    reloads = log_events(log, "reloaded")
     assert [event["applied"] for event in reloads] == [["mode"], ["app_scopes"]]
     assert [event["needs_restart"] for event in reloads] == [[], ["listen", "upstream", "limits"]]
     assert [event["mode"] for event in reloads] == ["report", "report"]

@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from tests.conftest import free_port
 from tests.fakes import FakePipedrive
 from tests.processes import ROOT, run, serving, wait_ready
+
+pytestmark = pytest.mark.slow
 
 README = (ROOT / "README.md").read_text()
 

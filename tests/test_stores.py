@@ -33,7 +33,7 @@ from tests.fakes import FakeClock, FakeOAuth, FakePipedrive
 BASIC = {"Authorization": "Basic Y2xpZW50OnNlY3JldA=="}  # client:secret, as the Node client sends
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.slow)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite://{tmp_path}/tokens.db"

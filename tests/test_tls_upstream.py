@@ -18,6 +18,8 @@ from aiohttp import web
 from tests.conftest import envelope, free_port, sha
 from tests.processes import serving, wait_ready, write_config
 
+pytestmark = pytest.mark.slow
+
 OPENSSL = shutil.which("openssl")
 
 

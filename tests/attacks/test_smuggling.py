@@ -33,6 +33,7 @@ from tests.conftest import (
     raw_request,
 )
 from tests.fakes import EagerUpstream
+from tests.waiting import eventually
 
 TOKENS = grants(reader=["deals:read"], writer=["deals:full"])
 SMUGGLED = b"GET /v1/activities HTTP/1.1\r\nHost: upstream\r\nX-Request-Id: smuggled\r\n\r\n"
@@ -250,7 +251,8 @@ async def test_an_upstream_writing_on_an_idle_connection_never_answers_the_next_
             port, request("GET", "/v1/deals", "reader", headers={"X-Request-Id": "first"})
         )
         assert (status, first["request_id"]) == (200, "first")
-        await asyncio.sleep(0.3)  # the upstream has written on the idle connection by now
+        await eventually(lambda: eager.unsolicited_sent == 1, "the upstream's unsolicited bytes")
+        await asyncio.sleep(0)  # and the proxy's side has read them
         for n in range(4):
             status, answer = await one_call(
                 port, request("GET", f"/v1/deals/{n}", "writer", headers={"X-Request-Id": f"n{n}"})

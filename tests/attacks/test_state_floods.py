@@ -16,10 +16,14 @@ import string
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from proxy.report import UNKNOWN_SHAPES
 from tests.conftest import free_port
 from tests.processes import serving, wait_ready, write_config
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.slow
 
 CALLS = 6_000
 CONNECTIONS = 6
@@ -62,6 +66,16 @@ async def flood(port: int, calls: int, seed: int) -> None:
     await asyncio.gather(*(connection(calls // CONNECTIONS) for _ in range(CONNECTIONS)))
 
 
+async def requests(port: int, count: int) -> bool:
+    """Whether the report counts ``count`` requests (each process flushes once a second)."""
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"http://127.0.0.1:{port}/_proxy/report") as answer,
+    ):
+        found: int = (await answer.json())["overall"]["requests"]
+        return found == count
+
+
 async def test_a_flood_of_unknown_paths_leaves_memory_and_the_report_bounded(
     tmp_path: Path,
 ) -> None:
@@ -76,10 +90,10 @@ async def test_a_flood_of_unknown_paths_leaves_memory_and_the_report_bounded(
     with serving(config, port, log=tmp_path / "proxy.log") as proxy:
         await wait_ready(port)
         await flood(port, 600, seed=1)  # warm: every code path has run, its caches are full
-        await asyncio.sleep(1.2)  # one flush of the report's counts
+        await eventually(lambda: requests(port, 600), "the warm-up's counts flushed")
         before = resident_mib(proxy.pid)
         await flood(port, CALLS, seed=2)
-        await asyncio.sleep(1.2)
+        await eventually(lambda: requests(port, 600 + CALLS), "the flood's counts flushed")
         async with (
             aiohttp.ClientSession() as client,
             client.get(f"http://127.0.0.1:{port}/_proxy/report") as answer,
