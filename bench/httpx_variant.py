@@ -18,13 +18,13 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.app import create_app
 from proxy.config import load
-from proxy.errors import UpstreamTimeout, UpstreamUnavailable
-from proxy.forward import Fetched, end_to_end
-from proxy.logs import configure_logging
-from proxy.server import ProxyRunner
-from proxy.state import UPSTREAM
+from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.http.app import create_app
+from proxy.http.forward import Fetched, end_to_end
+from proxy.http.logs import configure_logging
+from proxy.http.server import ProxyRunner
+from proxy.http.state import UPSTREAM
 
 
 class HttpxUpstream:

@@ -345,11 +345,11 @@ def decision_alone() -> tuple[float, int]:
     """Median microseconds for canonical request, credential, match and decision, over a path
     for every endpoint of the catalogue: the lowest median of 25 rounds, spread over a few
     seconds (the machine's noise only ever adds time)."""
-    from proxy.canonical import canonicalize
-    from proxy.catalog import DISPLAY_PREFIX, api_route, load_catalogue
-    from proxy.credentials import extract_credential
-    from proxy.decision import Grant, Policy, authorize
-    from proxy.serving import settle_heap
+    from proxy.core.canonical import canonicalize
+    from proxy.core.catalog import DISPLAY_PREFIX, api_route, load_catalogue
+    from proxy.core.credentials import extract_credential
+    from proxy.core.decision import Grant, Policy, authorize
+    from proxy.http.serving import settle_heap
 
     catalogue = load_catalogue()
     settle_heap()  # as serve does once the catalogue is loaded

@@ -33,7 +33,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import UpstreamSettings
-from proxy.forward import UpstreamClient
+from proxy.http.forward import UpstreamClient
 
 httpx2: Any
 try:

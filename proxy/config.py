@@ -18,9 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from proxy.catalog import Catalogue, CatalogueError, load_catalogue, unknown_scope
-from proxy.credentials import token_digest
-from proxy.decision import (
+from proxy.core.catalog import Catalogue, CatalogueError, load_catalogue, unknown_scope
+from proxy.core.credentials import token_digest
+from proxy.core.decision import (
     DECLARED_GRANT,
     ENDPOINT_FALLBACKS,
     FALLBACKS,

@@ -21,10 +21,10 @@ import pytest
 from aiohttp import http_parser, web, web_protocol
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.app import create_app
-from proxy.catalog import Catalogue, load_catalogue
 from proxy.config import Config, catalogue_for, parse_config
-from proxy.server import ProxyRunner
+from proxy.core.catalog import Catalogue, load_catalogue
+from proxy.http.app import create_app
+from proxy.http.server import ProxyRunner
 from tests.fakes import FakeClock, FakePipedrive
 
 CATALOGUE = load_catalogue()  # the shipped one, compiled once for the whole run

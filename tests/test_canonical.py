@@ -7,8 +7,8 @@ from urllib.parse import unquote
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.canonical import _PLAIN_PATH, canonicalize, check_path_fully
-from proxy.errors import AmbiguousRequest, ProxyError
+from proxy.core.canonical import _PLAIN_PATH, canonicalize, check_path_fully
+from proxy.core.errors import AmbiguousRequest, ProxyError
 
 # Path material that stresses the checks: separators, dots, escapes of all kinds, letters.
 PIECES = st.sampled_from(

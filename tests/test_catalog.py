@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.catalog import (
+from proxy.core.catalog import (
     API_PREFIXES,
     CatalogueError,
     Route,

@@ -6,11 +6,11 @@ import hashlib
 
 import pytest
 
-from proxy import credentials
-from proxy.catalog import Endpoint, Route
-from proxy.credentials import Credential, extract_credential, fingerprint
-from proxy.decision import Grant, Policy, authorize, decide, resolve_grant
-from proxy.errors import (
+from proxy.core import credentials
+from proxy.core.catalog import Endpoint, Route
+from proxy.core.credentials import Credential, extract_credential, fingerprint
+from proxy.core.decision import Grant, Policy, authorize, decide, resolve_grant
+from proxy.core.errors import (
     AmbiguousRequest,
     ApiTokenNotScoped,
     MissingCredential,
@@ -19,7 +19,7 @@ from proxy.errors import (
     UnknownToken,
     UnsupportedCredential,
 )
-from proxy.reasons import Reason
+from proxy.core.reasons import Reason
 from tests.conftest import CATALOGUE
 
 

@@ -18,10 +18,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from proxy.canonical import _WATCHED
-from proxy.catalog import AUTHZ_PREFIX
 from proxy.config import parse_config
-from proxy.envoy import Origin, bootstrap, parse_listen
+from proxy.core.canonical import _WATCHED
+from proxy.core.catalog import AUTHZ_PREFIX
+from proxy.envoy.bootstrap import Origin, bootstrap, parse_listen
 from tests.processes import ROOT, envoy_validate, run
 from tests.tables import APP_LINES, STACKS
 

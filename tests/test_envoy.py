@@ -24,11 +24,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.canonical import canonicalize
-from proxy.catalog import DISPLAY_PREFIX, api_route
-from proxy.credentials import extract_credential
-from proxy.decision import Grant, Policy, authorize
-from proxy.errors import ProxyError
+from proxy.core.canonical import canonicalize
+from proxy.core.catalog import DISPLAY_PREFIX, api_route
+from proxy.core.credentials import extract_credential
+from proxy.core.decision import Grant, Policy, authorize
+from proxy.core.errors import ProxyError
 from tests.conftest import CATALOGUE, RedisServer, free_port, grants, sha
 from tests.fakes import FakeOAuth, FakePipedrive, Received
 from tests.processes import (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.catalog import DISPLAY_PREFIX, Endpoint
+from proxy.core.catalog import DISPLAY_PREFIX, Endpoint
 from tests.conftest import CATALOGUE, ProxyFactory, envelope, grants
 from tests.fakes import FakePipedrive
 from tests.tables import PIPEDRIVE_403, concrete

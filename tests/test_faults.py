@@ -24,8 +24,8 @@ from aiohttp.test_utils import TestClient
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.forward import has_control
-from proxy.state import UPSTREAM
+from proxy.http.forward import has_control
+from proxy.http.state import UPSTREAM
 from tests.conftest import ProxyFactory, envelope, free_port, grants
 from tests.fakes import parse_head, read_body
 

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import structlog
 
-from proxy import logs, observe
-from proxy.catalog import load_catalogue
-from proxy.credentials import Credential
-from proxy.decision import Decision, Grant
-from proxy.errors import UpstreamTimeout
-from proxy.observe import Outcome
-from proxy.reasons import Reason
+from proxy.core.catalog import load_catalogue
+from proxy.core.credentials import Credential
+from proxy.core.decision import Decision, Grant
+from proxy.core.errors import UpstreamTimeout
+from proxy.core.reasons import Reason
+from proxy.http import logs, observe
+from proxy.http.observe import Outcome
 
 # A request event as ``Outcome.fields`` builds it: tuples, a StrEnum, None, a float.
 REQUEST = {

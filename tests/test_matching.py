@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.errors import AmbiguousRequest
-from proxy.matching import AmbiguousTemplates, Router, Segment, split_template
+from proxy.core.errors import AmbiguousRequest
+from proxy.core.matching import AmbiguousTemplates, Router, Segment, split_template
 from tests.conftest import CATALOGUE
 
 

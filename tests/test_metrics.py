@@ -8,7 +8,7 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from proxy.metrics import DURATION_BUCKETS, Metrics
+from proxy.http.metrics import DURATION_BUCKETS, Metrics
 
 
 def exposition(registry: CollectorRegistry) -> list[str]:

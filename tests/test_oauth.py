@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from proxy.oauth import (
+from proxy.core.oauth import (
     UntrustedTokenResponse,
     decode_body,
     read_token_response,

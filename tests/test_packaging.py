@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.forward import UpstreamClient
+from proxy.http.forward import UpstreamClient
 
 ROOT = Path(__file__).parent.parent
 

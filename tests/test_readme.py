@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from proxy.config import _TOP
-from proxy.credentials import Credential
-from proxy.decision import Decision, Grant
-from proxy.observe import Outcome
-from proxy.reasons import Reason
-from proxy.report import Call, build_report
+from proxy.core.credentials import Credential
+from proxy.core.decision import Decision, Grant
+from proxy.core.reasons import Reason
+from proxy.http.observe import Outcome
+from proxy.report.model import Call, build_report
 from tests.conftest import CATALOGUE, free_port
 from tests.fakes import FakePipedrive
 from tests.processes import ROOT, run, serving, wait_ready

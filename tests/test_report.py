@@ -7,20 +7,20 @@ from collections import Counter
 
 import pytest
 
-from proxy.decision import DECLARED_GRANT
-from proxy.report import (
+from proxy.core.decision import DECLARED_GRANT
+from proxy.report.html import render_html
+from proxy.report.model import (
     UNKNOWN_SHAPES,
     Call,
     build_report,
-    calls_from_log,
-    findings,
     fold_shapes,
     minimal_scopes,
     refused_before,
     rejudge,
-    render_text,
 )
-from proxy.report_html import render_html
+from proxy.report.prose import findings
+from proxy.report.replay import calls_from_log
+from proxy.report.text import render_text
 
 S = frozenset
 

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import http_parser
 from aiohttp.http_exceptions import BadStatusLine
 
-from proxy.server import LLHTTP_METHODS
+from proxy.http.server import LLHTTP_METHODS
 
 CANDIDATES = sorted(
     {m.decode() for m in LLHTTP_METHODS}

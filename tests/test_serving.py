@@ -497,10 +497,10 @@ async def test_ctrl_c_on_serve_piped_to_tee_drains_without_a_traceback(
 def test_a_reload_freezes_the_new_catalogue_and_lets_the_old_one_go(tmp_path: Path) -> None:
     """The catalogue is kept out of the collector's full passes, but not forever: a reload's
     old one is reclaimed."""
-    from proxy.app import create_app
     from proxy.config import load
-    from proxy.serving import reload, settle_heap
-    from proxy.state import RUNTIME
+    from proxy.http.app import create_app
+    from proxy.http.serving import reload, settle_heap
+    from proxy.http.state import RUNTIME
 
     path = write_config(tmp_path, upstream={"api_url": "http://127.0.0.1:9"}, tokens=grants(t=[]))
     config, catalogue = load(path)

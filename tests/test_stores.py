@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from proxy.app import create_app
-from proxy.catalog import Route
 from proxy.config import StoreUrl
-from proxy.credentials import Credential
-from proxy.decision import Decision
-from proxy.reasons import Reason
-from proxy.recorder import Recorder, compacted
-from proxy.report import UNKNOWN_PAIRS, UNKNOWN_SHAPES, Call, build_report
+from proxy.core.catalog import Route
+from proxy.core.credentials import Credential
+from proxy.core.decision import Decision
+from proxy.core.reasons import Reason
+from proxy.http.app import create_app
+from proxy.http.recorder import Recorder, compacted
+from proxy.report.model import UNKNOWN_PAIRS, UNKNOWN_SHAPES, Call, build_report
 from proxy.stores import CachedStore, MemoryStore, RedisStore, SqliteStore, StoreError, open_store
 from proxy.stores.base import TokenStore
 from tests.conftest import (

@@ -209,7 +209,7 @@ async def test_a_body_shorter_than_declared_is_never_followed_on_its_connection(
     """The second line of defence: should a body ever reach the forwarder shorter than its
     Content-Length (here the server is made to inflate gzip bodies again, as aiohttp does by
     default), its upstream connection is closed, never handed to the next request."""
-    from proxy.app import create_app
+    from proxy.http.app import create_app
 
     config, catalogue = build_config(eager.url, tokens=TOKENS)
     app = create_app(config, catalogue)

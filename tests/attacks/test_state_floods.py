@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.report import UNKNOWN_SHAPES
+from proxy.report.model import UNKNOWN_SHAPES
 from tests.conftest import free_port
 from tests.processes import serving, wait_ready, write_config
 from tests.waiting import eventually

@@ -27,11 +27,11 @@ from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from proxy.app import create_app
-from proxy.catalog import Catalogue, api_route
-from proxy.decision import accepts
-from proxy.errors import ProxyError
-from proxy.server import ProxyRunner
+from proxy.core.catalog import Catalogue, api_route
+from proxy.core.decision import accepts
+from proxy.core.errors import ProxyError
+from proxy.http.app import create_app
+from proxy.http.server import ProxyRunner
 from tests.conftest import CATALOGUE, build_config, grants
 
 GRANTED = frozenset({"deals:read"})

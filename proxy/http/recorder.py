@@ -16,11 +16,11 @@ import contextlib
 from collections import Counter
 from collections.abc import Mapping
 
-from proxy.catalog import Endpoint
-from proxy.decision import Decision
-from proxy.logs import get_logger, timestamp
-from proxy.reasons import DECIDED
-from proxy.report import BEFORE, UNKNOWN_PAIRS, Call, fold_shapes, fold_tokens
+from proxy.core.catalog import Endpoint
+from proxy.core.decision import Decision
+from proxy.core.reasons import DECIDED
+from proxy.http.logs import get_logger, timestamp
+from proxy.report.model import BEFORE, UNKNOWN_PAIRS, Call, fold_shapes, fold_tokens
 from proxy.stores import CallCounts, StoreError
 
 # What a decided call is counted by on the hot path; made a ``Call`` when flushed. The endpoint,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from proxy.reasons import Reason
+from proxy.core.reasons import Reason
 
 
 class ProxyError(Exception):

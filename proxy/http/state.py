@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.catalog import Catalogue
 from proxy.config import Config
-from proxy.decision import Decision, Grant
-from proxy.forward import UpstreamClient
-from proxy.metrics import Metrics
-from proxy.recorder import Recorder
+from proxy.core.catalog import Catalogue
+from proxy.core.decision import Decision, Grant
+from proxy.http.forward import UpstreamClient
+from proxy.http.metrics import Metrics
+from proxy.http.recorder import Recorder
 from proxy.stores import Clock, Store
 
 

@@ -1,7 +1,9 @@
-"""The overreach report: what an app called, what Pipedrive would refuse, which scopes it needs.
+"""The overreach report's model: a count of ``Call`` values reduced to the report document.
 
-Pure code on plain values. The live proxy and ``report --log`` both reduce traffic to counts of
-``Call`` values and hand them to ``build_report``, so the two cannot disagree.
+Pure code on plain values. The live proxy and ``report --log`` (``proxy.report.replay``) both
+reduce traffic to counts of ``Call`` values and hand them to ``build_report``, so the two cannot
+disagree; the renderers beside this module turn the document into text, markdown, JUnit and
+HTML.
 """
 
 from __future__ import annotations
@@ -9,13 +11,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from html import escape
+from dataclasses import dataclass, replace
 from typing import Any
 
-from proxy.catalog import DISPLAY_PREFIX
-from proxy.decision import BASE, DECLARED_GRANT
-from proxy.reasons import BEFORE_DECISION, DECIDED, NOT_API_CALLS
+from proxy.core.catalog import DISPLAY_PREFIX
+from proxy.core.decision import BASE, DECLARED_GRANT
+from proxy.core.reasons import BEFORE_DECISION, DECIDED, NOT_API_CALLS
 
 MAX_TOKENS = 100  # tokens with a report section of their own (config: limits.report_tokens)
 OTHER_TOKENS = "other"  # the fingerprint under which the rest are counted together
@@ -379,57 +380,6 @@ def rejudge(calls: Mapping[Call, int], declared: frozenset[str], mode: str | Non
     return judged
 
 
-@dataclass
-class LogRun:
-    """What a decision log says of the current run: its calls since the last reset (or the
-    last start, with a store that does not outlive the process), the declaration and mode in
-    force, when counting began, and how much of the input was what."""
-
-    calls: Counter[Call] = field(default_factory=Counter)
-    app_scopes: list[str] | None = None
-    mode: str | None = None
-    since: str | None = None
-    request_events: int = 0
-    unreadable: int = 0
-
-
-def calls_from_log(lines: Iterable[str]) -> LogRun:
-    """Replay a JSON decision log as the live proxy counted it."""
-    run = LogRun()
-    for line in lines:
-        text = line.strip()
-        if not text:
-            continue
-        try:
-            event = json.loads(text)
-        except ValueError:
-            run.unreadable += 1
-            continue
-        if not isinstance(event, dict):
-            run.unreadable += 1
-            continue
-        name = event.get("event")
-        if name in ("startup", "reloaded"):
-            declared = event.get("app_scopes")
-            run.app_scopes = [str(s) for s in declared] if isinstance(declared, list) else None
-            run.mode = str(event.get("mode")) if event.get("mode") is not None else None
-            if name == "startup" and event.get("store") == "memory":
-                run.calls, run.since = Counter(), _since(event)  # a new process counts anew
-        elif name == "report_reset":
-            run.calls, run.since = Counter(), _since(event)
-        elif name == "request":
-            run.request_events += 1
-        call = Call.from_event(event)
-        if call is not None:
-            run.calls[call] += 1
-    return run
-
-
-def _since(event: Mapping[str, Any]) -> str | None:
-    since = event.get("since", event.get("timestamp"))
-    return str(since) if since is not None else None
-
-
 def endpoint_label(entry: Mapping[str, Any]) -> str:
     """How people read an entry's endpoint: its template, or for a path outside the catalogue
     its shape (from logs of earlier versions, only the method)."""
@@ -437,210 +387,3 @@ def endpoint_label(entry: Mapping[str, Any]) -> str:
     if not endpoint:
         return f"{entry['method']} ({entry['version']}, not in the catalogue)"
     return str(endpoint) if entry.get("accepted_scopes") else f"{endpoint} (not in the catalogue)"
-
-
-def findings(section: Mapping[str, Any], app_scopes: list[str] | None) -> list[str]:
-    """One plain sentence per finding, for the text and HTML reports."""
-    if not section["requests"]:
-        return ["No calls yet: run the app's tests or click through it, then look again."]
-    sentences = []
-    for entry in section["denied"]:
-        times = "once" if entry["count"] == 1 else f"{entry['count']} times"
-        label = endpoint_label(entry)
-        refused = "was refused" if entry["decision"] == "deny" else "would be refused"
-        if not entry["accepted_scopes"]:
-            sentences.append(
-                f"{label} was called {times}: no catalogue entry matches it, so it {refused} "
-                "(unknown_endpoints: allow forwards such calls)."
-            )
-            continue
-        accepted = entry["accepted_scopes"]
-        needs = accepted[0] if len(accepted) == 1 else "one of " + ", ".join(accepted)
-        lacking = (
-            "the app does not declare"
-            if entry["reason"] == "outside_app_scopes"
-            else "the token does not hold"
-        )
-        sentences.append(f"{label} {refused} {times}: it needs {needs}, which {lacking}.")
-    for scope in section["unused_app_scopes"]:
-        sentences.append(
-            f"The app declares {scope}, which the recommended scopes make unnecessary."
-        )
-    if section["minimal_scopes"] or app_scopes is not None:
-        needed = ", ".join(section["minimal_scopes"]) or "nothing beyond base"
-        sentences.append(f"Every call seen is covered by: {needed}.")
-    return sentences
-
-
-def change_lines(report: Mapping[str, Any]) -> list[str]:
-    """The Developer Hub change, one line per scope: ``+ add``, ``- remove``, ``~ a -> b``."""
-    wanted = report.get("change")
-    if not wanted:
-        return []
-    return [
-        *(f"~ {old} -> {new}" for old, new in wanted["replace"]),
-        *(f"+ {scope}" for scope in wanted["add"]),
-        *(f"- {scope}" for scope in wanted["remove"]),
-    ]
-
-
-def grant_label(grant: str) -> str:
-    """``(crm-sync)`` for a static grant; ``(app_scopes)`` as it is."""
-    return grant if grant == DECLARED_GRANT else f"({grant})"
-
-
-def render_text(report: Mapping[str, Any]) -> str:
-    """The report for a terminal."""
-    overall = report["overall"]
-    app = report["app_scopes"]
-    changes = change_lines(report)
-    lines = [
-        f"requests: {overall['requests']}    token cost: {overall['token_cost']}"
-        f"    mode: {report['mode'] or '?'}    since: {report['since'] or '?'}",
-        f"declared scopes:   {', '.join(app) if app is not None else '(app_scopes not set)'}",
-        f"recommended scopes: {', '.join(overall['minimal_scopes']) or '(none beyond base)'}",
-        f"unused declared:   {', '.join(overall['unused_app_scopes']) or '(none)'}",
-    ]
-    if changes:
-        lines += ["", "change in Developer Hub:", *(f"  {line}" for line in changes)]
-    lines += ["", "findings:", *(f"  - {sentence}" for sentence in findings(overall, app))]
-    lines += [f"  ! {warning}" for warning in report["warnings"]]
-    if report["refused_before_decision"]:
-        lines += [
-            "",
-            "refused before the scope check:",
-            *(f"  {r['count']:6}  {r['reason']}" for r in report["refused_before_decision"]),
-        ]
-    if report.get("not_api_calls"):
-        lines += ["", f"not API calls (404, not counted above): {report['not_api_calls']}"]
-    lines += [
-        "",
-        "endpoints:",
-        *(
-            f"  {entry['count']:6}  {plain_decision(entry['decision']):16}  {endpoint_label(entry)}"
-            f"  [{', '.join(entry['accepted_scopes'])}]  cost {entry['token_cost']}"
-            for entry in overall["endpoints"]
-        ),
-        "",
-        "tokens:",
-        *(
-            f"  {token['fingerprint']}"
-            + (f" {grant_label(token['grant'])}" if token["grant"] else "")
-            + f"  {token['requests']} request{'s' if token['requests'] != 1 else ''}, "
-            f"{sum(d['count'] for d in token['denied'])} refused, needs "
-            f"{', '.join(token['minimal_scopes']) or 'base'}"
-            for token in report["tokens"]
-        ),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """A summary and tables for a pull-request comment or a CI job summary."""
-    overall = report["overall"]
-    refused = sum(d["count"] for d in overall["denied"])
-    before = sum(r["count"] for r in report["refused_before_decision"])
-    verdict = (
-        "**No call would be refused.**"
-        if not refused
-        else f"**{refused} call{'s' if refused != 1 else ''} would be refused by Pipedrive.**"
-    )
-    if before:
-        verdict += f" **{before} refused before the scope check** (no or unknown token, ...)."
-    lines = [
-        "## Pipedrive scopes",
-        "",
-        f"{verdict} {overall['requests']} calls, token cost {overall['token_cost']}"
-        f" (mode {report['mode'] or '?'}, since {report['since'] or '?'}).",
-        "",
-        f"- Declared: {_md_scopes(report['app_scopes'])}",
-        f"- Recommended: {_md_scopes(overall['minimal_scopes'])}",
-        f"- Declared but unused: {_md_scopes(overall['unused_app_scopes'])}",
-    ]
-    changes = change_lines(report)
-    if changes:
-        lines += ["", "Change in Developer Hub:", "", "```diff", *changes, "```"]
-    lines += [f"> **Warning:** {warning}" for warning in report["warnings"]]
-    if overall["denied"]:
-        lines += ["", "| endpoint | calls | why | accepted by |", "|---|---:|---|---|"]
-        lines += [
-            f"| `{endpoint_label(d)}` | {d['count']} | {d['reason']} | "
-            f"{_md_scopes(d['accepted_scopes'])} |"
-            for d in overall["denied"]
-        ]
-    if report["refused_before_decision"]:
-        lines += ["", "Refused before the scope check: " + ", ".join(
-            f"{r['reason']} {r['count']}" for r in report["refused_before_decision"]
-        )]  # fmt: skip
-    if report.get("not_api_calls"):
-        lines += ["", f"Not API calls (answered 404, not counted): {report['not_api_calls']}."]
-    lines += ["", "<details><summary>Endpoints called</summary>", ""]
-    lines += ["| endpoint | calls | decision | token cost |", "|---|---:|---|---:|"]
-    lines += [
-        f"| `{endpoint_label(e)}` | {e['count']} | {plain_decision(e['decision'])} "
-        f"| {e['token_cost']} |"
-        for e in overall["endpoints"]
-    ]
-    lines += ["", "</details>"]
-    return "\n".join(lines) + "\n"
-
-
-def _md_scopes(names: list[str] | None) -> str:
-    if names is None:
-        return "(app_scopes not set)"
-    return ", ".join(f"`{name}`" for name in names) or "none"
-
-
-def plain_decision(decision: str) -> str:
-    return {"allow": "allowed", "deny": "refused", "report": "would be refused"}.get(
-        decision, decision
-    )
-
-
-def render_junit(report: Mapping[str, Any]) -> str:
-    """One test case per endpoint called, failing where Pipedrive refuses or would refuse it,
-    so that CI systems list the findings as they list failed tests."""
-    overall = report["overall"]
-    denied: dict[str, list[Mapping[str, Any]]] = {}
-    for entry in overall["denied"]:
-        denied.setdefault(endpoint_label(entry), []).append(entry)
-    called: dict[str, int] = {}
-    for entry in overall["endpoints"]:
-        called[endpoint_label(entry)] = called.get(endpoint_label(entry), 0) + entry["count"]
-    cases = []
-    for label in sorted(called):
-        name = escape(label, quote=True)
-        versioned = next(e["version"] for e in overall["endpoints"] if endpoint_label(e) == label)
-        head = f'<testcase classname="pipedrive.{escape(versioned)}" name="{name}">'
-        if label in denied:
-            why = "; ".join(
-                f"{plain_decision(d['decision'])} {d['count']}x ({d['reason']}), accepted by "
-                f"{', '.join(d['accepted_scopes']) or 'no catalogue entry'}"
-                for d in denied[label]
-            )
-            kind = escape(denied[label][0]["reason"], quote=True)
-            message = escape(why, quote=True)
-            cases.append(
-                f'{head}<failure message="{message}" type="{kind}">{escape(why)}</failure>'
-                "</testcase>"
-            )
-        else:
-            cases.append(f"{head}</testcase>")
-    for entry in report["refused_before_decision"]:
-        why = f"refused {entry['count']}x before the scope check ({entry['reason']})"
-        cases.append(
-            f'<testcase classname="pipedrive.refused" name="refused before the scope check: '
-            f'{escape(entry["reason"], quote=True)}"><failure message="{escape(why, quote=True)}" '
-            f'type="{escape(entry["reason"], quote=True)}">{escape(why)}</failure></testcase>'
-        )
-    failures = sum(1 for label in called if label in denied) + len(
-        report["refused_before_decision"]
-    )
-    called_count = len(called) + len(report["refused_before_decision"])
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<testsuites name="pipedrive-scope-proxy" tests="{called_count}" failures="{failures}">\n'
-        f'<testsuite name="Pipedrive scopes" tests="{called_count}" failures="{failures}">\n'
-        + "".join(f"{case}\n" for case in cases)
-        + "</testsuite>\n</testsuites>\n"
-    )

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from proxy.matching import AmbiguousTemplates, Router
+from proxy.core.matching import AmbiguousTemplates, Router
 
 VERSIONS = ("v1", "v2")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")

@@ -27,14 +27,14 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.typedefs import Handler
 
-from proxy.canonical import canonicalize
-from proxy.decision import Decision, Verdict
-from proxy.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
-from proxy.forward import StreamAborted
-from proxy.logs import get_logger, log_request
-from proxy.reasons import BEFORE_DECISION, NOT_API_CALLS, Reason
-from proxy.responses import DECISION_HEADER, error_response
-from proxy.state import METRICS, NOTES, RECORDER, Notes
+from proxy.core.canonical import canonicalize
+from proxy.core.decision import Decision, Verdict
+from proxy.core.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
+from proxy.core.reasons import BEFORE_DECISION, NOT_API_CALLS, Reason
+from proxy.http.forward import StreamAborted
+from proxy.http.logs import get_logger, log_request
+from proxy.http.responses import DECISION_HEADER, error_response
+from proxy.http.state import METRICS, NOTES, RECORDER, Notes
 
 _LOG = get_logger()  # bound once configured; cheap on the hot path
 # Answers cut off mid-body by the client's side rather than the upstream's.

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy import oauth
-from proxy.canonical import CanonicalRequest
-from proxy.credentials import fingerprint
-from proxy.decision import Decision
-from proxy.errors import AmbiguousRequest, MethodNotAllowed, RequestTooLarge, UpstreamUnreadable
-from proxy.forward import Fetched, end_to_end, read_limited, send_continue
-from proxy.logs import get_logger
-from proxy.reasons import Reason
-from proxy.state import CLOCK, METRICS, NOTES, STORE, UPSTREAM, Runtime
+from proxy.core import oauth
+from proxy.core.canonical import CanonicalRequest
+from proxy.core.credentials import fingerprint
+from proxy.core.decision import Decision
+from proxy.core.errors import (
+    AmbiguousRequest,
+    MethodNotAllowed,
+    RequestTooLarge,
+    UpstreamUnreadable,
+)
+from proxy.core.reasons import Reason
+from proxy.http.forward import Fetched, end_to_end, read_limited, send_continue
+from proxy.http.logs import get_logger
+from proxy.http.state import CLOCK, METRICS, NOTES, STORE, UPSTREAM, Runtime
 from proxy.stores import StoreError
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 from urllib.parse import unquote_plus
 
-from proxy.errors import AmbiguousRequest, MalformedRequest
+from proxy.core.errors import AmbiguousRequest, MalformedRequest
 
 MAX_TARGET_LENGTH = 8000
 SERVED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")  # as an Allow header lists them

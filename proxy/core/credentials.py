@@ -19,8 +19,8 @@ import re
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
-from proxy.canonical import parameter_readings
-from proxy.errors import (
+from proxy.core.canonical import parameter_readings
+from proxy.core.errors import (
     AmbiguousRequest,
     MissingCredential,
     MultipleCredentials,

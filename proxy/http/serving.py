@@ -24,13 +24,13 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.app import create_app
-from proxy.catalog import Catalogue, CatalogueError
 from proxy.config import NO_OVERRIDES, Config, ConfigError, Listen, Overrides, load, load_config
-from proxy.logs import SINK, configure_logging, get_logger
-from proxy.metrics import MULTIPROCESS_DIR
-from proxy.server import ProxyRunner
-from proxy.state import LISTENERS, RUNTIME, Runtime
+from proxy.core.catalog import Catalogue, CatalogueError
+from proxy.http.app import create_app
+from proxy.http.logs import SINK, configure_logging, get_logger
+from proxy.http.metrics import MULTIPROCESS_DIR
+from proxy.http.server import ProxyRunner
+from proxy.http.state import LISTENERS, RUNTIME, Runtime
 
 SHUTDOWN_SECONDS = 30.0
 

@@ -6,14 +6,8 @@ from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 
-from proxy.report import (
-    OTHER_TOKENS,
-    change_lines,
-    endpoint_label,
-    findings,
-    grant_label,
-    plain_decision,
-)
+from proxy.report.model import OTHER_TOKENS, endpoint_label
+from proxy.report.prose import change_lines, findings, grant_label, plain_decision
 
 SHOWN_TOKENS = 20  # token sections on the page; the JSON has every one
 

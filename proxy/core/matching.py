@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from proxy.errors import AmbiguousRequest
+from proxy.core.errors import AmbiguousRequest
 
 T = TypeVar("T")
 

@@ -37,11 +37,11 @@ from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from proxy.config import Limits
-from proxy.errors import HeaderTimeout, TooManyConnections
-from proxy.logs import get_logger
-from proxy.observe import mark_decision, observe, refuse_unparsed
-from proxy.responses import raw_refusal
-from proxy.state import METRICS, RUNTIME
+from proxy.core.errors import HeaderTimeout, TooManyConnections
+from proxy.http.logs import get_logger
+from proxy.http.observe import mark_decision, observe, refuse_unparsed
+from proxy.http.responses import raw_refusal
+from proxy.http.state import METRICS, RUNTIME
 
 _LENGTH = re.compile(rb"[0-9]{1,18}")
 # The methods llhttp (aiohttp's compiled parser) accepts, less CONNECT; a test holds this to it.

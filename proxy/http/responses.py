@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.errors import DECISION_HEADER, MethodNotAllowed, ProxyError, envelope
+from proxy.core.errors import DECISION_HEADER, MethodNotAllowed, ProxyError, envelope
 
 __all__ = ["DECISION_HEADER", "envelope", "error_response", "json_response", "raw_refusal"]
 

@@ -24,7 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from proxy.config import UpstreamSettings
-from proxy.errors import (
+from proxy.core.errors import (
     MalformedRequest,
     RequestTimeout,
     UpstreamFailure,

@@ -7,14 +7,14 @@ import os
 from aiohttp import web
 
 from proxy import __version__
-from proxy.canonical import CanonicalRequest
-from proxy.errors import MethodNotAllowed, NotFound, StoreUnavailable, UnsupportedMediaType
-from proxy.logs import get_logger
-from proxy.metrics import CONTENT_TYPE
-from proxy.report import build_report
-from proxy.report_html import render_html
-from proxy.responses import json_response
-from proxy.state import METRICS, RECORDER, RUNTIME, STORE
+from proxy.core.canonical import CanonicalRequest
+from proxy.core.errors import MethodNotAllowed, NotFound, StoreUnavailable, UnsupportedMediaType
+from proxy.http.logs import get_logger
+from proxy.http.metrics import CONTENT_TYPE
+from proxy.http.responses import json_response
+from proxy.http.state import METRICS, RECORDER, RUNTIME, STORE
+from proxy.report.html import render_html
+from proxy.report.model import build_report
 from proxy.stores import StoreError
 
 _READ = ("GET", "HEAD")

@@ -15,19 +15,20 @@ from collections.abc import AsyncIterator
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
-from proxy import __version__, oauth
-from proxy.canonical import (
+from proxy import __version__
+from proxy.config import Config
+from proxy.core import oauth
+from proxy.core.canonical import (
     BODYLESS_METHODS,
     METHODS,
     SERVED_METHODS,
     CanonicalRequest,
     canonicalize,
 )
-from proxy.catalog import API_PREFIXES, AUTHZ_PREFIX, Catalogue, Route, api_route, path_shape
-from proxy.config import Config
-from proxy.credentials import Credential, extract_credential
-from proxy.decision import Decision, authorize
-from proxy.errors import (
+from proxy.core.catalog import API_PREFIXES, AUTHZ_PREFIX, Catalogue, Route, api_route, path_shape
+from proxy.core.credentials import Credential, extract_credential
+from proxy.core.decision import Decision, authorize
+from proxy.core.errors import (
     AmbiguousRequest,
     MalformedRequest,
     MethodNotAllowed,
@@ -35,13 +36,13 @@ from proxy.errors import (
     ProxyError,
     StoreUnavailable,
 )
-from proxy.forward import UpstreamClient
-from proxy.internal import handle_internal
-from proxy.logs import SINK, get_logger
-from proxy.metrics import Metrics
-from proxy.reasons import Reason
-from proxy.recorder import Recorder
-from proxy.state import (
+from proxy.core.reasons import Reason
+from proxy.http.forward import UpstreamClient
+from proxy.http.internal import handle_internal
+from proxy.http.logs import SINK, get_logger
+from proxy.http.metrics import Metrics
+from proxy.http.recorder import Recorder
+from proxy.http.state import (
     CLOCK,
     LISTENERS,
     METRICS,
@@ -54,8 +55,8 @@ from proxy.state import (
     Runtime,
     RuntimeHolder,
 )
+from proxy.http.token_exchange import handle_oauth, redirect_to_consent
 from proxy.stores import Clock, Store, StoreError, open_store
-from proxy.token_exchange import handle_oauth, redirect_to_consent
 
 OAUTH_PATHS = oauth.TOKEN_PATHS | {oauth.REVOKE_PATH}
 _HTTP_VERSIONS = (HttpVersion10, HttpVersion11)

@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from proxy.credentials import token_digest
+from proxy.core.credentials import token_digest
 
 TOKEN_PATHS = frozenset({"/oauth/token", "/oauth/token/"})
 REVOKE_PATH = "/oauth/revoke"

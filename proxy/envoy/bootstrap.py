@@ -23,11 +23,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from proxy.catalog import API_PREFIXES
 from proxy.config import Config
-from proxy.errors import DECISION_HEADER, NotFound, UpstreamUnavailable, envelope
+from proxy.core.catalog import API_PREFIXES, AUTHZ_PREFIX
+from proxy.core.errors import DECISION_HEADER, NotFound, UpstreamUnavailable, envelope
 
-AUTHZ_PREFIX = "/_proxy/authz"
 # Debian's and Ubuntu's bundle of trusted CAs (the envoyproxy/envoy images are Ubuntu).
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CHECK_TIMEOUT_SECONDS = 2.0

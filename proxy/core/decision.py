@@ -12,10 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from proxy.catalog import Catalogue, Endpoint, Route, path_shape
-from proxy.credentials import Credential
-from proxy.errors import ApiTokenNotScoped, OutOfScope, ProxyError, UnknownEndpoint, UnknownToken
-from proxy.reasons import Reason
+from proxy.core.catalog import Catalogue, Endpoint, Route, path_shape
+from proxy.core.credentials import Credential
+from proxy.core.errors import (
+    ApiTokenNotScoped,
+    OutOfScope,
+    ProxyError,
+    UnknownEndpoint,
+    UnknownToken,
+)
+from proxy.core.reasons import Reason
 
 Mode = Literal["enforce", "report"]
 Fallback = Literal["deny", "app_scopes"]

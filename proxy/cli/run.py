@@ -1,0 +1,107 @@
+"""The commands around a running proxy: ``check`` a config, ``serve`` it, print its
+``envoy-config``, ask its ``health``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+
+from proxy.cli.usage import UsageError
+from proxy.config import NO_OVERRIDES, Config, ConfigError, Listen, Overrides, load, load_config
+
+
+def check(config_path: str | None) -> int:
+    config, catalogue = load(config_path)
+    print(
+        f"{config.source}: ok: mode {config.policy.mode}, store {config.store.kind}, "
+        f"{len(catalogue)} endpoints (v1 {catalogue.count('v1')}, v2 {catalogue.count('v2')}), "
+        f"{len(config.tokens)} static grants"
+    )
+    return 0
+
+
+def envoy_config(config_path: str | None, listen: str, authz: str | None) -> int:
+    """Print the Envoy bootstrap for "Envoy in front" (see ``proxy.envoy``)."""
+    from proxy.envoy import bootstrap as envoy
+
+    config, _ = load(config_path, read_tokens=False)
+    try:
+        where = envoy.parse_listen(listen)
+        checker = envoy.parse_origin(authz or config.listen.url, "--authz")
+        print(envoy.render(config, where, checker), end="")
+    except envoy.EnvoyConfigError as error:
+        raise UsageError(str(error)) from None
+    return 0
+
+
+def health(config_path: str | None, timeout: float, ready: bool = False) -> int:
+    """Exit 0 if the proxy this config describes answers ``/_proxy/health`` (or, with
+    ``ready``, ``/_proxy/ready``) with 200, else 1 with the reason on stderr: a container's
+    HEALTHCHECK or an exec probe (Docker reserves exit status 2)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        config = load_config(config_path, read_tokens=False)
+        url = health_url(config, "ready" if ready else "health")
+    except ConfigError as error:
+        print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
+        return 1
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 (http only)
+            status, body = answer.status, answer.read(4096)
+    except urllib.error.HTTPError as error:
+        status, body = error.code, b""
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        what = "ready" if ready else "healthy"
+        print(f"pipedrive-scope-proxy: {url}: not {what}: {reason}", file=sys.stderr)
+        return 1
+    try:
+        found = json.loads(body) if status == 200 else {}
+    except ValueError:
+        found = {}
+    if status != 200 or not isinstance(found, dict):
+        what = "ready" if ready else "healthy"
+        print(f"pipedrive-scope-proxy: {url}: not {what}: HTTP {status}", file=sys.stderr)
+        return 1
+    print(f"{url}: " + ", ".join(f"{key} {value}" for key, value in found.items()))
+    return 0
+
+
+def health_url(config: Config, endpoint: str = "health") -> str:
+    """Where ``/_proxy/health`` (or ``/_proxy/ready``) is served: the admin listener if there
+    is one, else the main port; a wildcard listen address is asked on loopback."""
+    return f"{(config.admin_listen or config.listen).url}/_proxy/{endpoint}"
+
+
+def serve(
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    overrides: Overrides = NO_OVERRIDES,
+) -> int:
+    """Check what was asked, then serve (see ``proxy.serving``)."""
+    if port is not None and not 0 <= port <= 65535:
+        raise UsageError(f"--port: expected a port number between 0 and 65535, not {port}")
+    config, catalogue = load(config_path)
+    config = overrides.apply(config)
+    listen = Listen(host or config.listen.host, config.listen.port if port is None else port)
+    if config.admin_listen is not None and listen.port == config.admin_listen.port:
+        raise UsageError(f"--port: {port} is admin_listen's port in {config.source}")
+    config = replace(config, listen=listen)
+    if workers < 1:
+        raise UsageError("--workers: expected at least 1")
+    if workers > 1 and config.store.kind == "memory":
+        raise UsageError(
+            "--workers: store 'memory' lives inside one process; with several workers use "
+            "store: sqlite:///path/tokens.db or store: redis://host:6379/0"
+        )
+    from proxy.http import serving  # the server and its dependencies, only when serving
+
+    try:
+        return serving.serve(config_path, config, catalogue, workers, overrides)
+    except serving.ServeError as error:
+        raise UsageError(str(error)) from None

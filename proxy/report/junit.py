@@ -1,0 +1,60 @@
+"""The report as JUnit XML: a test case per endpoint called, failing where a call was or would
+be refused, so that CI systems list the findings as they list failed tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from html import escape
+from typing import Any
+
+from proxy.report.model import endpoint_label
+from proxy.report.prose import plain_decision
+
+
+def render_junit(report: Mapping[str, Any]) -> str:
+    """One test case per endpoint called, failing where Pipedrive refuses or would refuse it,
+    so that CI systems list the findings as they list failed tests."""
+    overall = report["overall"]
+    denied: dict[str, list[Mapping[str, Any]]] = {}
+    for entry in overall["denied"]:
+        denied.setdefault(endpoint_label(entry), []).append(entry)
+    called: dict[str, int] = {}
+    for entry in overall["endpoints"]:
+        called[endpoint_label(entry)] = called.get(endpoint_label(entry), 0) + entry["count"]
+    cases = []
+    for label in sorted(called):
+        name = escape(label, quote=True)
+        versioned = next(e["version"] for e in overall["endpoints"] if endpoint_label(e) == label)
+        head = f'<testcase classname="pipedrive.{escape(versioned)}" name="{name}">'
+        if label in denied:
+            why = "; ".join(
+                f"{plain_decision(d['decision'])} {d['count']}x ({d['reason']}), accepted by "
+                f"{', '.join(d['accepted_scopes']) or 'no catalogue entry'}"
+                for d in denied[label]
+            )
+            kind = escape(denied[label][0]["reason"], quote=True)
+            message = escape(why, quote=True)
+            cases.append(
+                f'{head}<failure message="{message}" type="{kind}">{escape(why)}</failure>'
+                "</testcase>"
+            )
+        else:
+            cases.append(f"{head}</testcase>")
+    for entry in report["refused_before_decision"]:
+        why = f"refused {entry['count']}x before the scope check ({entry['reason']})"
+        cases.append(
+            f'<testcase classname="pipedrive.refused" name="refused before the scope check: '
+            f'{escape(entry["reason"], quote=True)}"><failure message="{escape(why, quote=True)}" '
+            f'type="{escape(entry["reason"], quote=True)}">{escape(why)}</failure></testcase>'
+        )
+    failures = sum(1 for label in called if label in denied) + len(
+        report["refused_before_decision"]
+    )
+    called_count = len(called) + len(report["refused_before_decision"])
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<testsuites name="pipedrive-scope-proxy" tests="{called_count}" failures="{failures}">\n'
+        f'<testsuite name="Pipedrive scopes" tests="{called_count}" failures="{failures}">\n'
+        + "".join(f"{case}\n" for case in cases)
+        + "</testsuite>\n</testsuites>\n"
+    )

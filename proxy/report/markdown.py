@@ -1,0 +1,65 @@
+"""The report as markdown, for a pull-request comment or a CI job summary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from proxy.report.model import endpoint_label
+from proxy.report.prose import change_lines, plain_decision
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """A summary and tables for a pull-request comment or a CI job summary."""
+    overall = report["overall"]
+    refused = sum(d["count"] for d in overall["denied"])
+    before = sum(r["count"] for r in report["refused_before_decision"])
+    verdict = (
+        "**No call would be refused.**"
+        if not refused
+        else f"**{refused} call{'s' if refused != 1 else ''} would be refused by Pipedrive.**"
+    )
+    if before:
+        verdict += f" **{before} refused before the scope check** (no or unknown token, ...)."
+    lines = [
+        "## Pipedrive scopes",
+        "",
+        f"{verdict} {overall['requests']} calls, token cost {overall['token_cost']}"
+        f" (mode {report['mode'] or '?'}, since {report['since'] or '?'}).",
+        "",
+        f"- Declared: {_md_scopes(report['app_scopes'])}",
+        f"- Recommended: {_md_scopes(overall['minimal_scopes'])}",
+        f"- Declared but unused: {_md_scopes(overall['unused_app_scopes'])}",
+    ]
+    changes = change_lines(report)
+    if changes:
+        lines += ["", "Change in Developer Hub:", "", "```diff", *changes, "```"]
+    lines += [f"> **Warning:** {warning}" for warning in report["warnings"]]
+    if overall["denied"]:
+        lines += ["", "| endpoint | calls | why | accepted by |", "|---|---:|---|---|"]
+        lines += [
+            f"| `{endpoint_label(d)}` | {d['count']} | {d['reason']} | "
+            f"{_md_scopes(d['accepted_scopes'])} |"
+            for d in overall["denied"]
+        ]
+    if report["refused_before_decision"]:
+        lines += ["", "Refused before the scope check: " + ", ".join(
+            f"{r['reason']} {r['count']}" for r in report["refused_before_decision"]
+        )]  # fmt: skip
+    if report.get("not_api_calls"):
+        lines += ["", f"Not API calls (answered 404, not counted): {report['not_api_calls']}."]
+    lines += ["", "<details><summary>Endpoints called</summary>", ""]
+    lines += ["| endpoint | calls | decision | token cost |", "|---|---:|---|---:|"]
+    lines += [
+        f"| `{endpoint_label(e)}` | {e['count']} | {plain_decision(e['decision'])} "
+        f"| {e['token_cost']} |"
+        for e in overall["endpoints"]
+    ]
+    lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def _md_scopes(names: list[str] | None) -> str:
+    if names is None:
+        return "(app_scopes not set)"
+    return ", ".join(f"`{name}`" for name in names) or "none"

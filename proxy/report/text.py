@@ -1,0 +1,55 @@
+"""The report for a terminal: ``report --log`` (the default format)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from proxy.report.model import endpoint_label
+from proxy.report.prose import change_lines, findings, grant_label, plain_decision
+
+
+def render_text(report: Mapping[str, Any]) -> str:
+    """The report for a terminal."""
+    overall = report["overall"]
+    app = report["app_scopes"]
+    changes = change_lines(report)
+    lines = [
+        f"requests: {overall['requests']}    token cost: {overall['token_cost']}"
+        f"    mode: {report['mode'] or '?'}    since: {report['since'] or '?'}",
+        f"declared scopes:   {', '.join(app) if app is not None else '(app_scopes not set)'}",
+        f"recommended scopes: {', '.join(overall['minimal_scopes']) or '(none beyond base)'}",
+        f"unused declared:   {', '.join(overall['unused_app_scopes']) or '(none)'}",
+    ]
+    if changes:
+        lines += ["", "change in Developer Hub:", *(f"  {line}" for line in changes)]
+    lines += ["", "findings:", *(f"  - {sentence}" for sentence in findings(overall, app))]
+    lines += [f"  ! {warning}" for warning in report["warnings"]]
+    if report["refused_before_decision"]:
+        lines += [
+            "",
+            "refused before the scope check:",
+            *(f"  {r['count']:6}  {r['reason']}" for r in report["refused_before_decision"]),
+        ]
+    if report.get("not_api_calls"):
+        lines += ["", f"not API calls (404, not counted above): {report['not_api_calls']}"]
+    lines += [
+        "",
+        "endpoints:",
+        *(
+            f"  {entry['count']:6}  {plain_decision(entry['decision']):16}  {endpoint_label(entry)}"
+            f"  [{', '.join(entry['accepted_scopes'])}]  cost {entry['token_cost']}"
+            for entry in overall["endpoints"]
+        ),
+        "",
+        "tokens:",
+        *(
+            f"  {token['fingerprint']}"
+            + (f" {grant_label(token['grant'])}" if token["grant"] else "")
+            + f"  {token['requests']} request{'s' if token['requests'] != 1 else ''}, "
+            f"{sum(d['count'] for d in token['denied'])} refused, needs "
+            f"{', '.join(token['minimal_scopes']) or 'base'}"
+            for token in report["tokens"]
+        ),
+    ]
+    return "\n".join(lines) + "\n"
