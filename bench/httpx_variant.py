@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.config import load
-from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.core.errors import DECISION_HEADER, UpstreamTimeout, UpstreamUnavailable
 from proxy.http.app import create_app
 from proxy.http.forward import Fetched, end_to_end
 from proxy.http.logs import configure_logging
@@ -45,7 +45,11 @@ class HttpxUpstream:
         await self.client.aclose()
 
     async def forward(
-        self, request: web.Request, url: str, request_id: str | None = None
+        self,
+        request: web.Request,
+        url: str,
+        request_id: str | None = None,
+        verdict: str = "allow",
     ) -> web.StreamResponse:
         body = request.content.iter_any() if request.body_exists else None
         headers = end_to_end(request.headers)
@@ -64,6 +68,7 @@ class HttpxUpstream:
             headers = CIMultiDict(answer.headers.multi_items())
             for name in ("connection", "keep-alive", "transfer-encoding"):
                 headers.popall(name, None)
+            headers[DECISION_HEADER] = verdict
             response = web.StreamResponse(status=answer.status_code, headers=headers)
             await response.prepare(request)
             async for chunk in answer.aiter_raw():

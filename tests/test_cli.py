@@ -62,7 +62,7 @@ def test_explain_names_the_endpoint_its_scopes_and_the_decision() -> None:
     denied = run("explain", "DELETE", "/api/v2/deals/42", "--scopes", "deals:read")
     assert denied.returncode == 1
     assert "decision:        deny (out_of_scope)" in denied.stdout
-    assert "it needs one of: deals:full" in denied.stdout
+    assert "why:             it needs deals:full, which the token does not hold" in denied.stdout
     info = run("explain", "GET", "/api/v2/activityFields")
     assert info.returncode == 0
     assert "accepted scopes: admin" in info.stdout

@@ -140,10 +140,13 @@ def test_a_credential_without_scopes_is_refused_in_either_mode(
         decision = authorize(
             CATALOGUE, mode_policy, route("v1", "/deals"), "GET", credential, None, None
         )
-        assert (decision.verdict, decision.endpoint, decision.token_fp) == (
-            "deny", None, credential.fingerprint,
+        assert (decision.verdict, decision.label, decision.token_fp) == (
+            "deny", "GET /v1/deals", credential.fingerprint,
         )  # fmt: skip
-        assert isinstance(decision.refusal(), refusal)
+        assert decision.grant is None  # no scopes were decided on
+        made = decision.refusal()
+        assert isinstance(made, refusal)
+        assert made.decision is decision
 
 
 def test_a_static_grant_names_itself() -> None:

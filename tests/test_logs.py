@@ -19,6 +19,7 @@ from proxy.core.errors import UpstreamTimeout
 from proxy.core.reasons import Reason
 from proxy.http import logs, observe
 from proxy.http.observe import Outcome
+from proxy.report.model import Call
 
 # A request event as ``Outcome.fields`` builds it: tuples, a StrEnum, None, a float.
 REQUEST = {
@@ -147,8 +148,8 @@ def _outcomes() -> list[Outcome]:
     allowed = Decision("allow", Reason.IN_SCOPE, "GET", "v1", endpoint, credential, grant)
     refused = Decision("deny", Reason.OUT_OF_SCOPE, "GET", "v1", endpoint, credential, grant)
     redirect = Decision("allow", Reason.OAUTH_REDIRECT, "GET", None, credential=credential)
-    unknown = Decision("deny", Reason.UNKNOWN_TOKEN, "GET", "v1", credential=credential)
-    late, called = UpstreamTimeout("no bytes", kind="timeout"), ("GET /v1/deals", "v1")
+    unknown = Decision("deny", Reason.UNKNOWN_TOKEN, "GET", "v1", endpoint, credential)
+    late = UpstreamTimeout("no bytes", kind="timeout")
     return [
         Outcome("GET", allowed, None, 200, 0.0012, None, False, "a", "pipedrive-1"),
         Outcome("GET", allowed, None, 404, 0.5, None, False, "b", None),
@@ -160,7 +161,7 @@ def _outcomes() -> list[Outcome]:
         Outcome("GET", refused, refused.refusal(), 403, 0.0003, None, False, "h", None),
         Outcome("GET", refused, refused.refusal(), 403, 0.0003, None, True, "i", None),
         Outcome("GET", redirect, None, 302, 0.0001, None, False, "j", None),
-        Outcome("GET", unknown, unknown.refusal(), 401, 0.0, None, False, "k", None, called),
+        Outcome("GET", unknown, unknown.refusal(), 401, 0.0, None, False, "k", None),
     ]
 
 
@@ -185,7 +186,7 @@ def test_a_decision_logged_again_gets_this_calls_fields_not_the_last_ones() -> N
     assert (timeout["upstream_status"], timeout["error"]) == (None, "upstream_timeout")
     assert (check["upstream_status"], check["via"]) == (None, "ext_authz")
     assert first[9]["upstream_status"] is None, "an OAuth redirect is answered here"
-    assert first[10]["endpoint"] == "GET /v1/deals"
+    assert first[10]["endpoint"] == load_catalogue().endpoints[0].name, "the call it was for"
 
 
 def test_the_fields_kept_by_decision_stay_within_their_bound() -> None:
@@ -197,3 +198,19 @@ def test_the_fields_kept_by_decision_stay_within_their_bound() -> None:
         fields = Outcome("GET", decision, None, 200, 0.001, None, False, "x", None).fields()
         assert fields["token_fp"] == f"{number:064x}"[:12]
         assert len(observe._DECIDED_FIELDS) <= observe.DECIDED_FIELDS_KEPT
+
+
+def test_what_the_report_counts_of_a_call_is_what_its_log_line_says() -> None:
+    """One record of a call: ``Call.of`` a decision, read back from the request's log line,
+    and from the store's counter key, are the same value, for every kind of outcome."""
+    counted = 0
+    for outcome in _outcomes():
+        line = {"event": "request", **json.loads(json.dumps(outcome.fields()))}
+        from_log = Call.from_event(line)
+        assert from_log == outcome.call(), outcome
+        if outcome.decision is not None:
+            assert from_log == Call.of(outcome.decision)
+        if from_log is not None:
+            assert Call.from_key(from_log.key()) == from_log
+            counted += 1
+    assert counted >= 8

@@ -307,6 +307,12 @@ async def test_a_storm_of_tokens_is_folded_into_other_keeping_the_busiest(store_
         await store.close()
 
 
+def counted(decision: Decision) -> Call:
+    call = Call.of(decision)
+    assert call is not None
+    return call
+
+
 async def test_the_recorder_bounds_what_it_stores_and_the_busy_token_stays(store_url: str) -> None:
     store = open_store(StoreUrl(store_url))
     recorder = Recorder(store, shown_tokens=2)  # the store keeps 20 tokens at most
@@ -316,8 +322,8 @@ async def test_the_recorder_bounds_what_it_stores_and_the_busy_token_stays(store
             "allow", Reason.IN_SCOPE, "GET", "v1", endpoint, Credential("oauth", "b" * 64)
         )
         for n in range(500):  # random tokens, one call each, as unknown_tokens: app_scopes allows
-            recorder.record(busy._replace(credential=Credential("oauth", f"{n:064x}")))
-            recorder.record(busy)
+            recorder.record(counted(busy._replace(credential=Credential("oauth", f"{n:064x}"))))
+            recorder.record(counted(busy))
             if n % 100 == 99:
                 await recorder.flush()
         calls = await recorder.calls()
@@ -336,8 +342,8 @@ async def test_the_recorder_bounds_the_unknown_paths_it_stores(store_url: str) -
         token = Credential("oauth", "c" * 64)
         unknown = Decision("deny", Reason.UNKNOWN_ENDPOINT, "GET", "v1", credential=token)
         for n in range(3_000):  # one token, a new made-up path every call
-            recorder.record(unknown._replace(shape=f"GET /v1/made/up{n % 26 * 'x'}{n}"))
-            recorder.record(unknown._replace(shape="GET /v1/dealz"))  # the app's own typo
+            recorder.record(counted(unknown._replace(shape=f"GET /v1/made/up{n % 26 * 'x'}{n}")))
+            recorder.record(counted(unknown._replace(shape="GET /v1/dealz")))  # the app's typo
             if n % 250 == 249:
                 await recorder.flush()
         stored = await store.call_counts()

@@ -4,30 +4,42 @@ the decision and why, made by the proxy's own decision code."""
 from __future__ import annotations
 
 from proxy.cli.usage import UsageError, parse_scopes
-from proxy.config import load
-from proxy.core.canonical import METHODS, canonicalize
+from proxy.config import Config, load
+from proxy.core.canonical import canonicalize
 from proxy.core.catalog import API_PREFIXES, Catalogue, Endpoint, api_route
-from proxy.core.decision import Grant, authorize
-from proxy.core.errors import MethodNotAllowed, ProxyError
-from proxy.core.reasons import Reason
+from proxy.core.decision import BASE, Grant, authorize, locate, precheck
+from proxy.core.errors import ProxyError
+from proxy.core.why import why
 
 
 def explain(config_path: str | None, method: str, path: str, scopes: str | None) -> int:
     """Print the endpoint a call matches, its scopes, and the decision for ``--scopes``."""
     config, catalogue = load(config_path, read_tokens=False)
-    typed, method = method, method.upper()
     granted = parse_scopes(scopes, catalogue.scopes) if scopes is not None else None
+    lines, status = describe(config, catalogue, method, path, granted)
+    print("\n".join(lines))
+    return status
+
+
+def describe(
+    config: Config,
+    catalogue: Catalogue,
+    method: str,
+    path: str,
+    granted: frozenset[str] | None,
+) -> tuple[list[str], int]:
+    """What ``explain`` prints, and its exit status: 0 allowed (or nothing to decide), 1
+    refused; the server's own reading, pre-check and decision of the call."""
+    typed, method = method, method.upper()
     try:  # the proxy's own reading of the request, refusals included
         route = api_route(canonicalize(method, path, ()).path)
         if route is None:
             prefixes = ", ".join(prefix for prefix, _ in API_PREFIXES)
             raise UsageError(f"path {path!r} is not under {prefixes}")
-        if method not in METHODS:
-            raise MethodNotAllowed(catalogue.methods(route))
+        precheck(catalogue, config.policy, route, method)
     except ProxyError as error:
-        print(f"{method} {path}\n  refused with {error.status}: {error.message}")
-        return 1
-    endpoint = catalogue.match(route, method)
+        return [f"{method} {path}", f"  refused with {error.status}: {error.message}"], 1
+    endpoint, _, taken = locate(catalogue, route, method)
     lines = [f"{method} {path}"]
     if typed != method:  # said here, as the proxy would refuse the call as it is spelled
         lines.append(
@@ -35,7 +47,6 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
         )
     if endpoint is None:
         lines.append("  endpoint:        none in the catalogue")
-        taken = catalogue.methods(route)
         if taken:
             lines.append(f"  this path takes: {', '.join(taken)}")
     else:
@@ -54,8 +65,7 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
         lines.append(f"  app scopes:      {', '.join(sorted(app_scopes))}")
     if granted is None and app_scopes is None and endpoint is not None:
         lines.append("  decision:        none (give --scopes, or app_scopes in the config)")
-        print("\n".join(lines))
-        return 0
+        return lines, 0
     if granted is not None:
         source = "--scopes"
     elif app_scopes is not None:  # a token holding the declared scopes (unknown_tokens does)
@@ -70,9 +80,10 @@ def explain(config_path: str | None, method: str, path: str, scopes: str | None)
     if source != "no scopes":
         lines.append(f"  granted scopes:  {held}{given} (base is implied)")
     lines.append(f"  decision:        {decision.verdict} ({decision.reason})")
-    lines.append(f"  why:             {_why(decision.reason, endpoint, granted)}")
-    print("\n".join(lines))
-    return 0 if decision.verdict == "allow" else 1
+    holding = endpoint.scopes & (granted | {BASE}) if endpoint is not None else ()
+    said = why(decision.reason, decision.accepted_scopes, decision.methods, holding)
+    lines.append(f"  why:             {said}")
+    return lines, 0 if decision.verdict == "allow" else 1
 
 
 def _lifecycle(endpoint: Endpoint, catalogue: Catalogue) -> str:
@@ -84,19 +95,3 @@ def _lifecycle(endpoint: Endpoint, catalogue: Catalogue) -> str:
     change = catalogue.changes.get(lifecycle.change)
     cited = f" ({change.cited()})" if change is not None else ""
     return f"{state} since {lifecycle.since}{cited}"
-
-
-def _why(reason: Reason, endpoint: Endpoint | None, granted: frozenset[str]) -> str:
-    if endpoint is None:
-        return "no catalogue entry matches; unknown endpoints are " + (
-            "forwarded (unknown_endpoints: allow)"
-            if reason is Reason.UNKNOWN_ENDPOINT_ALLOWED
-            else "refused with 404 (a mistyped path or method, not a missing scope)"
-        )
-    accepted = ", ".join(endpoint.scope_list)
-    if reason is Reason.OUT_OF_SCOPE:
-        return f"none of the granted scopes accepts {endpoint.name}; it needs one of: {accepted}"
-    if reason is Reason.OUTSIDE_APP_SCOPES:
-        return f"the app declares none of the scopes that accept it ({accepted})"
-    held = sorted(endpoint.scopes & (granted | {"base"}))
-    return f"{' and '.join(held)} accepts {endpoint.name}"

@@ -28,6 +28,7 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 API_PREFIXES = (("/v1/", "v1"), ("/api/v1/", "v1"), ("/api/v2/", "v2"))
 # Envoy's external-authorization check of an API call: this prefix, then the call's own target.
 AUTHZ_PREFIX = "/_proxy/authz"
+CHECK_PATH = AUTHZ_PREFIX + "/"
 # ... and how each version is spelled in front of a template, for people and logs.
 DISPLAY_PREFIX = {"v1": "/v1", "v2": "/api/v2"}
 _PARAM = re.compile(r"\{[^{}/]+\}")

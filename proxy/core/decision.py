@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
+from proxy.core.canonical import METHODS, SERVED_METHODS
 from proxy.core.catalog import Catalogue, Endpoint, Route, path_shape
 from proxy.core.credentials import Credential
 from proxy.core.errors import (
     ApiTokenNotScoped,
+    MethodNotAllowed,
     OutOfScope,
     ProxyError,
     UnknownEndpoint,
@@ -71,7 +73,9 @@ class Grant:
 
 class Decision(NamedTuple):
     """What became of a call: forwarded (``allow``, or ``report`` where enforce mode would have
-    refused it) or refused (``deny``), why, and the facts the decision was made on."""
+    refused it) or refused (``deny``), why, and the facts the decision was made on. A call
+    refused before its scope check could be made (no credential, an unknown token, the store
+    down) is a decision too, and names the endpoint it was for."""
 
     verdict: Verdict
     reason: Reason
@@ -105,16 +109,29 @@ class Decision(NamedTuple):
         return self.credential.fingerprint if self.credential is not None else None
 
     def refusal(self) -> ProxyError:
-        """The answer to a call this decision refuses."""
+        """The answer to a call this decision refuses, carrying this decision."""
+        error: ProxyError
         if self.reason is Reason.UNKNOWN_TOKEN:
-            return UnknownToken("the proxy does not know this token's scopes")
-        if self.reason is Reason.API_TOKEN_NOT_SCOPED:
-            return ApiTokenNotScoped()
-        if self.endpoint is None:
-            return UnknownEndpoint(self.shape, self.methods)
-        return OutOfScope(
-            self.reason, self.endpoint.name, self.accepted_scopes, self.granted_scopes
-        )
+            error = UnknownToken("the proxy does not know this token's scopes")
+        elif self.reason is Reason.API_TOKEN_NOT_SCOPED:
+            error = ApiTokenNotScoped()
+        elif self.endpoint is None:
+            error = UnknownEndpoint(self.shape, self.methods)
+        else:
+            error = OutOfScope(
+                self.reason, self.endpoint.name, self.accepted_scopes, self.granted_scopes
+            )
+        error.decision = self
+        return error
+
+
+def precheck(catalogue: Catalogue, policy: Policy, route: Route, method: str) -> None:
+    """What is checked of an API call before its credential: a method the proxy does not serve
+    is refused (405), naming the methods the path takes (every served one where unknown
+    endpoints are forwarded). The server and ``explain`` both start here."""
+    if method not in METHODS:
+        allowed = SERVED_METHODS if policy.unknown_endpoints == "allow" else None
+        raise MethodNotAllowed(allowed or catalogue.methods(route))
 
 
 def authorize(
@@ -131,16 +148,42 @@ def authorize(
     Granted scopes come from, in order: a static grant, the token store (``stored``), then the
     policy's fallbacks. Unknown tokens and unscoped API tokens are refused in either mode.
     """
+    endpoint, shape, methods = locate(catalogue, route, method)
     grant = resolve_grant(credential, static, stored, policy)
     if isinstance(grant, Reason):
-        return Decision("deny", grant, method, route.version, credential=credential)
-    endpoint = catalogue.match(route, method)
+        return Decision(
+            "deny", grant, method, route.version, endpoint, credential, None, shape, methods
+        )
     verdict, reason = decide(policy, endpoint, grant.scopes)
+    version = route.version
+    return Decision(verdict, reason, method, version, endpoint, credential, grant, shape, methods)
+
+
+def refused_before(
+    catalogue: Catalogue,
+    route: Route,
+    method: str,
+    refusal: ProxyError,
+    credential: Credential | None = None,
+) -> ProxyError:
+    """A call refused before its scope could be checked (no credential or two, the store
+    down): the refusal, carrying the decision that names the endpoint the call was for."""
+    endpoint, shape, methods = locate(catalogue, route, method)
+    refusal.decision = Decision(
+        "deny", refusal.reason, method, route.version, endpoint, credential, None, shape, methods
+    )
+    return refusal
+
+
+def locate(
+    catalogue: Catalogue, route: Route, method: str
+) -> tuple[Endpoint | None, str | None, tuple[str, ...]]:
+    """The endpoint a call is for; or, for a path no catalogue entry matches, its shape (what
+    logs and reports may show of it) and the methods some endpoint at that path takes."""
+    endpoint = catalogue.match(route, method)
     if endpoint is not None:
-        return Decision(verdict, reason, method, route.version, endpoint, credential, grant)
-    # What logs and reports may show of the path, and what the 404 says the path takes.
-    shape, methods = path_shape(method, route), catalogue.methods(route)
-    return Decision(verdict, reason, method, route.version, None, credential, grant, shape, methods)
+        return endpoint, None, ()
+    return None, path_shape(method, route), catalogue.methods(route)
 
 
 def decide(

@@ -1,7 +1,7 @@
 """The conditions under which the proxy answers by itself, each with its HTTP status.
 
 Every refusal is one of these exceptions; ``envelope`` is the body of each, in Pipedrive's error
-envelope, and ``proxy.responses`` makes that an HTTP response (Envoy's bootstrap uses the body
+envelope, and ``proxy.http.responses`` makes that an HTTP response (Envoy's bootstrap uses the body
 too). Nothing here imports aiohttp: the decision core raises them too.
 Messages never quote the request (a header or parameter may hold a token): they name the rule.
 """
@@ -9,13 +9,20 @@ Messages never quote the request (a header or parameter may hold a token): they 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from proxy.core.reasons import Reason
 
+if TYPE_CHECKING:
+    from proxy.core.decision import Decision
+
 
 class ProxyError(Exception):
-    """A request the proxy answers itself. ``reason`` is the stable name used in logs/metrics."""
+    """A request the proxy answers itself. ``reason`` is the stable name used in logs/metrics.
+
+    ``decision``: the decision of the call it answers, when one was made (a refusal of the
+    call, or a failure after it was let through); None for a request refused before it could
+    be read as a call (an ambiguous target, a path outside the API)."""
 
     status: ClassVar[int] = 500
     reason: Reason = Reason.INTERNAL_ERROR
@@ -24,6 +31,7 @@ class ProxyError(Exception):
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or self.error)
         self.detail = detail
+        self.decision: Decision | None = None
 
     @property
     def message(self) -> str:

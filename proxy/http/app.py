@@ -1,9 +1,11 @@
 """The aiohttp application: one handler that runs the pipeline top to bottom.
 
-canonical request -> the one credential -> its scopes -> ``authorize`` (endpoint and decision)
--> forward or refuse; or, for Envoy's check of a call (``/_proxy/authz/<target>``), the same
-decision answered without forwarding. ``proxy.observe`` wraps it: refusals rendered in
-Pipedrive's envelope, the decision header, and one log event, the metrics and the report entry
+canonical request -> the pre-check (route, method) -> the one credential -> its scopes ->
+``authorize`` (endpoint and decision) -> forward, or raise the refusal; or, for Envoy's check
+of a call (``/_proxy/authz/<target>``), the same decision answered without forwarding. The
+handler returns what it decided and what answers the request (``Handled``), or raises a refusal
+carrying its decision; ``proxy.http.observe`` runs both, renders refusals in Pipedrive's
+envelope, sets the decision header, and records one log event, the metrics and the report entry
 for every request.
 """
 
@@ -18,20 +20,13 @@ from aiohttp import HttpVersion10, HttpVersion11, web
 from proxy import __version__
 from proxy.config import Config
 from proxy.core import oauth
-from proxy.core.canonical import (
-    BODYLESS_METHODS,
-    METHODS,
-    SERVED_METHODS,
-    CanonicalRequest,
-    canonicalize,
-)
-from proxy.core.catalog import API_PREFIXES, AUTHZ_PREFIX, Catalogue, Route, api_route, path_shape
+from proxy.core.canonical import BODYLESS_METHODS, CanonicalRequest, canonicalize
+from proxy.core.catalog import API_PREFIXES, AUTHZ_PREFIX, CHECK_PATH, Catalogue, Route, api_route
 from proxy.core.credentials import Credential, extract_credential
-from proxy.core.decision import Decision, authorize
+from proxy.core.decision import Decision, authorize, precheck, refused_before
 from proxy.core.errors import (
     AmbiguousRequest,
     MalformedRequest,
-    MethodNotAllowed,
     NotFound,
     ProxyError,
     StoreUnavailable,
@@ -41,19 +36,22 @@ from proxy.http.forward import UpstreamClient
 from proxy.http.internal import handle_internal
 from proxy.http.logs import SINK, get_logger
 from proxy.http.metrics import Metrics
+from proxy.http.observe import observe
 from proxy.http.recorder import Recorder
 from proxy.http.state import (
     CLOCK,
     LISTENERS,
+    MADE_REQUEST_ID,
     METRICS,
-    NOTES,
     RECORDER,
     RUNTIME,
     STORE,
     UPSTREAM,
+    Handled,
     Listeners,
     Runtime,
     RuntimeHolder,
+    answered,
 )
 from proxy.http.token_exchange import handle_oauth, redirect_to_consent
 from proxy.stores import Clock, Store, StoreError, open_store
@@ -61,10 +59,14 @@ from proxy.stores import Clock, Store, StoreError, open_store
 OAUTH_PATHS = oauth.TOKEN_PATHS | {oauth.REVOKE_PATH}
 _HTTP_VERSIONS = (HttpVersion10, HttpVersion11)
 _API_PATHS = ", ".join(prefix for prefix, _ in API_PREFIXES)
-_CHECK_PATH = AUTHZ_PREFIX + "/"
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
+async def serve_request(request: web.Request) -> web.StreamResponse:
+    """Every request: handled, its refusal rendered, and recorded once (``observe``)."""
+    return await observe(request, handle)
+
+
+async def handle(request: web.Request) -> Handled:
     app = request.app
     runtime = app[RUNTIME].current
     if request.version not in _HTTP_VERSIONS:  # llhttp reads a request line with none as 0.9
@@ -73,14 +75,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     admin_ports = app[LISTENERS].admin_ports
     if admin_ports and _local_port(request) in admin_ports:
         return await handle_admin(request, raw_path)
-    if raw_path.startswith(_CHECK_PATH):
+    if raw_path.startswith(CHECK_PATH):
         return await handle_check(request, runtime, raw_path[len(AUTHZ_PREFIX) :])
     canonical = canonicalize(request.method, raw_path, request.raw_headers)
     route = api_route(canonical.path)
     if route is not None:  # an API call: decided, then forwarded
-        await authorize_call(request, runtime, canonical, route)
+        decision = await authorize_call(request, runtime, canonical, route)
         url = runtime.config.upstream.api_url + canonical.target
-        return await app[UPSTREAM].forward(request, url, request[NOTES].made_request_id)
+        made_id = request.get(MADE_REQUEST_ID)
+        return Handled(decision, app[UPSTREAM].forward(request, url, made_id, decision.verdict))
     if canonical.path in OAUTH_PATHS:
         return await handle_oauth(request, runtime, canonical)
     if canonical.path == oauth.AUTHORIZE_PATH:
@@ -92,18 +95,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
     raise NotFound(f"not a Pipedrive API path: the proxy serves {_API_PATHS}")
 
 
-async def handle_admin(request: web.Request, raw_path: str) -> web.StreamResponse:
+async def handle_admin(request: web.Request, raw_path: str) -> Handled:
     """A request on the admin listener: the proxy's own endpoints, and nothing else."""
     canonical = canonicalize(request.method, raw_path, request.raw_headers)
-    if not canonical.path.startswith("/_proxy/") or raw_path.startswith(_CHECK_PATH):
+    if not canonical.path.startswith("/_proxy/") or raw_path.startswith(CHECK_PATH):
         raise NotFound("the admin listener serves the proxy's own endpoints (/_proxy/...) only")
     return await _internal(request, canonical)
 
 
-async def _internal(request: web.Request, canonical: CanonicalRequest) -> web.StreamResponse:
+async def _internal(request: web.Request, canonical: CanonicalRequest) -> Handled:
+    """The proxy's own endpoints: not traffic, so a refusal of one is no decided call."""
     response = await handle_internal(request, canonical)
-    request[NOTES].decision = Decision("allow", Reason.INTERNAL, canonical.method)
-    return response
+    return Handled(Decision("allow", Reason.INTERNAL, canonical.method), answered(response))
 
 
 def _local_port(request: web.Request) -> int | None:
@@ -112,7 +115,7 @@ def _local_port(request: web.Request) -> int | None:
     return address[1] if isinstance(address, tuple) else None
 
 
-async def handle_check(request: web.Request, runtime: Runtime, target: str) -> web.Response:
+async def handle_check(request: web.Request, runtime: Runtime, target: str) -> Handled:
     """Envoy's external-authorization check of the call ``target`` (its path and query), with
     the call's method and headers: decided exactly as forwarding would decide it, and recorded
     alike; 200 when the call may go on, else the refusal, which Envoy hands to the client.
@@ -123,7 +126,6 @@ async def handle_check(request: web.Request, runtime: Runtime, target: str) -> w
     frame) shows only as Envoy's ``x-envoy-auth-partial-body``, which clients cannot send
     through Envoy; Envoy would forward it chunked, so it is refused too.
     """
-    request[NOTES].check = True
     canonical = canonicalize(request.method, target, request.raw_headers)
     if canonical.method in BODYLESS_METHODS and any(
         name.lower() == _BODY_STREAM for name, _ in request.raw_headers
@@ -132,8 +134,8 @@ async def handle_check(request: web.Request, runtime: Runtime, target: str) -> w
     route = api_route(canonical.path)
     if route is None:
         raise NotFound(f"not a Pipedrive API path: checks are for {_API_PATHS}")
-    await authorize_call(request, runtime, canonical, route)
-    return web.Response()
+    decision = await authorize_call(request, runtime, canonical, route)
+    return Handled(decision, answered(web.Response()))
 
 
 _BODY_STREAM = b"x-envoy-auth-partial-body"
@@ -142,48 +144,22 @@ _BODY_STREAM = b"x-envoy-auth-partial-body"
 async def authorize_call(
     request: web.Request, runtime: Runtime, canonical: CanonicalRequest, route: Route
 ) -> Decision:
-    """Decide an API call, note the decision on the request, and raise its refusal."""
-    if canonical.method not in METHODS:
-        raise MethodNotAllowed(allowed_methods(runtime, route))
-    notes = request[NOTES]
+    """Decide an API call; raise its refusal, which carries the decision."""
+    catalogue, policy, method = runtime.catalogue, runtime.config.policy, canonical.method
+    precheck(catalogue, policy, route, method)
+    credential = None
     try:
         credential = extract_credential(canonical.credential_headers, canonical.query_pairs)
         static = runtime.grants.get(credential.digest)
         stored = None
         if static is None and credential.kind == "oauth":
             stored = await _stored_scopes(request.app, credential)
-    except ProxyError:
-        notes.called = _called(runtime, canonical.method, route)  # which call lacked a token
-        raise
-    decision = authorize(
-        runtime.catalogue,
-        runtime.config.policy,
-        route,
-        canonical.method,
-        credential,
-        static,
-        stored,
-    )
-    if decision.endpoint is None and decision.shape is None:  # refused before the match
-        notes.called = _called(runtime, canonical.method, route)
-    notes.decision = decision
+    except ProxyError as refusal:  # no credential, two, the store down: which call it was for
+        raise refused_before(catalogue, route, method, refusal, credential)  # noqa: B904
+    decision = authorize(catalogue, policy, route, method, credential, static, stored)
     if not decision.forwards:
         raise decision.refusal()
     return decision
-
-
-def _called(runtime: Runtime, method: str, route: Route) -> tuple[str, str]:
-    """What a refused call's log line names: the endpoint it would have been, and its version."""
-    endpoint = runtime.catalogue.match(route, method)
-    return (endpoint.name if endpoint is not None else path_shape(method, route), route.version)
-
-
-def allowed_methods(runtime: Runtime, route: Route) -> tuple[str, ...]:
-    """What a 405 at this API path lists: the methods some endpoint there takes (all of them
-    where unknown endpoints are forwarded)."""
-    if runtime.config.policy.unknown_endpoints == "allow":
-        return SERVED_METHODS
-    return runtime.catalogue.methods(route)
 
 
 async def _stored_scopes(app: web.Application, credential: Credential) -> frozenset[str] | None:
@@ -216,7 +192,7 @@ def create_app(
     app[CLOCK] = clock
     app[LISTENERS] = Listeners()
     app.cleanup_ctx.append(_resources)
-    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_early_continue)
+    app.router.add_route("*", "/{tail:.*}", serve_request, expect_handler=_no_early_continue)
     return app
 
 

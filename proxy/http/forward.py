@@ -25,6 +25,7 @@ from yarl import URL
 
 from proxy.config import UpstreamSettings
 from proxy.core.errors import (
+    DECISION_HEADER,
     MalformedRequest,
     RequestTimeout,
     UpstreamFailure,
@@ -346,10 +347,15 @@ class UpstreamClient:
             await self._session.close()
 
     async def forward(
-        self, request: web.Request, url: str, request_id: str | None = None
+        self,
+        request: web.Request,
+        url: str,
+        request_id: str | None = None,
+        verdict: str = "allow",
     ) -> web.StreamResponse:
         """Send the request to ``url`` (origin + target, byte for byte) and stream the answer
-        back, with ``X-Request-Id: request_id`` added when given (the client sent none).
+        back, with ``X-Request-Id: request_id`` added when given (the client sent none), and
+        ``X-Scope-Proxy-Decision: verdict`` on the answer (in place of any the upstream sent).
         Raises ``UpstreamFailure`` before the answer starts, ``StreamAborted`` after."""
         target = URL(url, encoded=True)
         body: ClientBody | None = None
@@ -366,6 +372,7 @@ class UpstreamClient:
             )
             async with upstream:  # then its connection goes back to the pool, or is closed
                 answered = answer_headers(upstream)
+                answered[DECISION_HEADER] = verdict
                 if upstream.content.is_eof():
                     # The whole body has already arrived with the headers: send both at once.
                     whole = upstream.content.read_nowait() or None

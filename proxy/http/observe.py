@@ -1,9 +1,9 @@
 """Every request's one log event, its metrics and its report entry, built from its outcome.
 
-``observe`` wraps the handler: it renders refusals in Pipedrive's envelope and, once the answer
-is known, records the request exactly once. ``mark_decision`` (called as each response is
-prepared, see ``proxy.server``) puts the decision header on every response the app sends:
-forwarded, streamed or refused. Both read the request's ``Decision``, which its handler set once.
+``observe`` runs the handler, which returns the request's ``Decision`` and what answers it
+(``Handled``) or raises a refusal carrying its decision; then the answer. It renders refusals in
+Pipedrive's envelope, puts the decision header on the response, and, once the answer is known,
+records the request exactly once, from one ``Outcome`` value.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import itertools
 import os
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from aiohttp import web
@@ -25,16 +26,17 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     PayloadEncodingError,
 )
-from aiohttp.typedefs import Handler
 
 from proxy.core.canonical import canonicalize
+from proxy.core.catalog import CHECK_PATH
 from proxy.core.decision import Decision, Verdict
 from proxy.core.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
 from proxy.core.reasons import BEFORE_DECISION, NOT_API_CALLS, Reason
 from proxy.http.forward import StreamAborted
 from proxy.http.logs import get_logger, log_request
 from proxy.http.responses import DECISION_HEADER, error_response
-from proxy.http.state import METRICS, NOTES, RECORDER, Notes
+from proxy.http.state import MADE_REQUEST_ID, METRICS, RECORDER, Handled
+from proxy.report.model import Call, logged, refused_before
 
 _LOG = get_logger()  # bound once configured; cheap on the hot path
 # Answers cut off mid-body by the client's side rather than the upstream's.
@@ -55,7 +57,6 @@ class Outcome(NamedTuple):
     check: bool = False  # Envoy's check of a call: decided, never forwarded
     request_id: str | None = None  # the client's X-Request-Id, else the one the proxy made
     correlation_id: str | None = None  # Pipedrive's x-correlation-id, from its answer
-    called: tuple[str, str] | None = None  # (endpoint, version) of a call refused undecided
 
     @property
     def verdict(self) -> Verdict:
@@ -82,6 +83,19 @@ class Outcome(NamedTuple):
             return str(self.refusal.reason)
         return None
 
+    def call(self) -> Call | None:
+        """What the report counts of this request, if anything: its decided call, or the reason
+        it was refused before its scope check (or was no API call)."""
+        decision = self.decision
+        if decision is None:
+            reason = self.reason
+            if reason in BEFORE_DECISION or reason in NOT_API_CALLS:
+                return refused_before(reason)
+            return None
+        key = (decision, self.check)
+        decided = _DECIDED_FIELDS.get(key)
+        return decided[2] if decided is not None else Call.of(decision)
+
     def fields(self) -> dict[str, Any]:
         """The request event's fields (their names are a contract: see README, "Decision log")."""
         decision, refusal, status = self.decision, self.refusal, self.status
@@ -103,7 +117,7 @@ class Outcome(NamedTuple):
                 if len(_DECIDED_FIELDS) >= DECIDED_FIELDS_KEPT:
                     _DECIDED_FIELDS.clear()  # decisions of a reloaded catalogue, or many tokens
                 _DECIDED_FIELDS[key] = decided
-            template, goes_upstream = decided
+            template, goes_upstream, _ = decided
             fields = template.copy()  # in the contract's order, as the template has it
             forwarded = goes_upstream and refusal is None and status != _CLIENT_GONE
             fields["status"] = status
@@ -111,8 +125,6 @@ class Outcome(NamedTuple):
             fields["duration_ms"] = duration_ms
             fields["request_id"] = self.request_id
             fields["correlation_id"] = self.correlation_id
-        if self.called is not None and fields["endpoint"] is None:
-            fields["endpoint"], fields["version"] = self.called
         if self.check:
             fields["via"] = "ext_authz"
         if self.cut_off is not None or refusal is not None:
@@ -121,24 +133,24 @@ class Outcome(NamedTuple):
         return fields
 
 
-def _decided_fields(decision: Decision, check: bool) -> tuple[dict[str, Any], bool]:
-    """The fields every call with this decision logs alike (those of each call left None), and
-    whether such a call is sent upstream."""
-    endpoint, grant, credential = decision.endpoint, decision.grant, decision.credential
+def _decided_fields(decision: Decision, check: bool) -> _Decided:
+    """The fields every call with this decision logs alike (those of each call left None),
+    whether such a call is sent upstream, and what the report counts it as."""
+    said = logged(decision)
     fields = {
-        "decision": decision.verdict,
-        "reason": decision.reason,
-        "method": decision.method,
-        "endpoint": decision.label,
-        "version": decision.version,
+        "decision": said["decision"],
+        "reason": said["reason"],
+        "method": said["method"],
+        "endpoint": said["endpoint"],
+        "version": said["version"],
         "status": None,
         "upstream_status": None,
         "duration_ms": None,
-        "token_fp": credential.fingerprint if credential is not None else None,
-        "grant": grant.name if grant is not None else None,
-        "accepted_scopes": endpoint.scope_list if endpoint is not None else (),
-        "granted_scopes": grant.scope_list if grant is not None else (),
-        "token_cost": endpoint.token_cost if endpoint is not None else None,
+        "token_fp": said["token_fp"],
+        "grant": said["grant"],
+        "accepted_scopes": said["accepted_scopes"],
+        "granted_scopes": said["granted_scopes"],
+        "token_cost": said["token_cost"],
         "error": None,
         "problem": None,
         "via": "proxy",
@@ -150,14 +162,15 @@ def _decided_fields(decision: Decision, check: bool) -> tuple[dict[str, Any], bo
         and not check
         and decision.reason is not Reason.OAUTH_REDIRECT  # answered here
     )
-    return fields, goes_upstream
+    return fields, goes_upstream, Call.read(said)
 
 
 # The fields each decision logs alike, by decision (and whether it was Envoy's check): built
 # once per token, endpoint and verdict rather than on every call. Each key holds its decision,
 # so what it refers to stays alive, and is compared by its values.
 DECIDED_FIELDS_KEPT = 1024
-_DECIDED_FIELDS: dict[tuple[Decision, bool], tuple[dict[str, Any], bool]] = {}
+_Decided = tuple[dict[str, Any], bool, Call | None]
+_DECIDED_FIELDS: dict[tuple[Decision, bool], _Decided] = {}
 _CLIENT_GONE = 499
 # The fields of a request refused before any decision: what is filled in is the same each time.
 _UNDECIDED: dict[str, Any] = {
@@ -181,28 +194,32 @@ def record(app: web.Application, outcome: Outcome) -> None:
     kind = outcome.cut_off or (failed.kind if failed is not None else None)
     if kind is not None and kind != "client_stalled":
         metrics.upstream_errors.labels(kind).inc()
-    decision = outcome.decision
-    if decision is not None and not (outcome.check and outcome.cut_off is not None):
-        app[RECORDER].record(decision)  # not a check whose answer Envoy never read
-    if reason in BEFORE_DECISION or reason in NOT_API_CALLS:
-        app[RECORDER].refused_before(reason)
+    call = outcome.call()
+    if call is not None and not (outcome.check and outcome.cut_off is not None):
+        app[RECORDER].record(call)  # not a check whose answer Envoy never read
 
 
-async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render refusals, then record the request once, whatever became of it."""
+async def observe(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[Handled]]
+) -> web.StreamResponse:
+    """Run the handler and its answer; render refusals; record the request once, whatever
+    became of it. The decision header goes on every response: forwarded, streamed or refused
+    (a streamed one is marked by the forwarder, as it starts it)."""
     started = time.perf_counter()
-    request[NOTES] = notes = Notes()
     request_id = request.headers.get(_REQUEST_ID)
     if request_id is None:  # one is made up, and forwarded with the call
-        notes.made_request_id = request_id = new_request_id()
+        request[MADE_REQUEST_ID] = request_id = new_request_id()
+    decision: Decision | None = None
     refusal: ProxyError | None = None
     cut_off: str | None = None
     try:
-        response = await handler(request)
+        decision, answer = await handler(request)
+        response = await answer
     except StreamAborted as aborted:
         response, cut_off = aborted.response, aborted.kind  # the client sees a truncated answer
     except ProxyError as error:
         refusal, response = error, error_response(error)
+        decision = decision or error.decision
         if error.status in (400, 405, 408):
             response.force_close()  # the rest of what this client sends cannot be trusted either
         if error.status == 408:
@@ -211,22 +228,17 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         refusal = _from_http(request, error)
         response = error_response(refusal)
     except asyncio.CancelledError:
-        _finish(request, notes, request_id, None, _CLIENT_GONE, started, cut_off="client_gone")
+        _finish(request, decision, request_id, None, _CLIENT_GONE, started, "client_gone")
         raise
     except Exception as error:  # the safety net: any surprise is a refusal, never a forward
         _log_unhandled(error)
         refusal = ProxyError()
         response = error_response(refusal)
+    if not response.prepared:  # a failure after a call was let through keeps its verdict
+        response.headers[DECISION_HEADER] = decision.verdict if decision is not None else "deny"
     correlation = response.headers.get(_CORRELATION_ID) if refusal is None else None
-    _finish(request, notes, request_id, refusal, response.status, started, cut_off, correlation)
+    _finish(request, decision, request_id, refusal, response.status, started, cut_off, correlation)
     return response
-
-
-def mark_decision(request: web.Request, response: web.StreamResponse) -> None:
-    """``X-Scope-Proxy-Decision`` on every response: the request's verdict, else ``deny``."""
-    notes = request.get(NOTES)  # none on a request aiohttp's parser refused
-    decision = notes.decision if notes is not None else None
-    response.headers[DECISION_HEADER] = decision.verdict if decision is not None else "deny"
 
 
 # What each of aiohttp's parser errors means, in words that never quote the request.
@@ -284,7 +296,7 @@ _ID_LENGTH = 200  # what a log line keeps of an id a client or Pipedrive sent
 
 def _finish(
     request: web.Request,
-    notes: Notes,
+    decision: Decision | None,
     request_id: str,
     refusal: ProxyError | None,
     status: int,
@@ -294,15 +306,14 @@ def _finish(
 ) -> None:
     outcome = Outcome(
         request.method,
-        notes.decision,
+        decision,
         refusal,
         status,
         time.perf_counter() - started,
         cut_off,
-        notes.check,
+        decision is not None and request.raw_path.startswith(CHECK_PATH),
         request_id[:_ID_LENGTH],
         correlation[:_ID_LENGTH] if correlation is not None else None,
-        notes.called,
     )
     record(request.app, outcome)
 

@@ -16,16 +16,9 @@ import contextlib
 from collections import Counter
 from collections.abc import Mapping
 
-from proxy.core.catalog import Endpoint
-from proxy.core.decision import Decision
-from proxy.core.reasons import DECIDED
 from proxy.http.logs import get_logger, timestamp
-from proxy.report.model import BEFORE, UNKNOWN_PAIRS, Call, fold_shapes, fold_tokens
+from proxy.report.model import UNKNOWN_PAIRS, Call, fold_shapes, fold_tokens, unknown_shape
 from proxy.stores import CallCounts, StoreError
-
-# What a decided call is counted by on the hot path; made a ``Call`` when flushed. The endpoint,
-# or for a path the catalogue does not know, its shape.
-_Kind = tuple[str, str, str, Endpoint | str | None, str, str, str | None]
 
 FLUSH_SECONDS = 1.0
 STORED_TOKENS_PER_SHOWN = 10
@@ -47,27 +40,16 @@ class Recorder:
     def __init__(self, counts: CallCounts, shown_tokens: int) -> None:
         self.counts = counts
         self.stored_tokens = shown_tokens * STORED_TOKENS_PER_SHOWN
-        self._pending: Counter[_Kind] = Counter()
+        self._pending: Counter[Call] = Counter()
         # Flushed since the store was last compacted: tokens, and (token, unknown path) pairs.
         self._new_tokens: set[str] = set()
         self._new_shapes: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
         self.since = timestamp()  # when counting began: start-up, or the last reset through here
 
-    def record(self, decision: Decision) -> None:
-        """Count a decided call (the others are not in the report); cheap on the hot path."""
-        if decision.reason in DECIDED and decision.credential is not None:
-            grant = decision.grant
-            kind = (
-                decision.credential.fingerprint, decision.method, decision.version or "",
-                decision.endpoint or decision.shape, decision.verdict, decision.reason,
-                grant.name if grant is not None else None,
-            )  # fmt: skip
-            self._pending[kind] += 1
-
-    def refused_before(self, reason: str) -> None:
-        """Count a refusal made before the scope check, by its reason alone."""
-        self._pending[(BEFORE, "", "", None, "deny", reason, None)] += 1
+    def record(self, call: Call) -> None:
+        """Count a call (``Call.of`` a decision, or ``refused_before``); cheap on the hot path."""
+        self._pending[call] += 1
 
     async def flush(self) -> None:
         """Add the pending counts to the store; on failure they stay pending for the next try."""
@@ -75,12 +57,14 @@ class Recorder:
             return
         batch, self._pending = self._pending, Counter()
         try:
-            await self.counts.add_calls({_call(kind).key(): count for kind, count in batch.items()})
+            await self.counts.add_calls({call.key(): count for call, count in batch.items()})
         except StoreError:
             self._pending.update(batch)
             raise
-        self._new_tokens.update(kind[0] for kind in batch)
-        self._new_shapes.update((kind[0], kind[3]) for kind in batch if isinstance(kind[3], str))
+        self._new_tokens.update(call.token_fp for call in batch)
+        self._new_shapes.update(
+            (call.token_fp, str(call.endpoint)) for call in batch if unknown_shape(call)
+        )
         shapes = len(self._new_shapes)
         if len(self._new_tokens) > self.stored_tokens or shapes > UNKNOWN_PAIRS:
             self._new_tokens.clear()
@@ -123,20 +107,3 @@ class Recorder:
                 await self.flush()
             except StoreError as error:
                 get_logger().warning("report_flush_failed", problem=str(error))
-
-
-def _call(kind: _Kind) -> Call:
-    fp, method, version, endpoint, verdict, reason, grant = kind
-    if not isinstance(endpoint, Endpoint):  # a path no catalogue entry matches: its shape
-        return Call(fp, method, version, endpoint, verdict, reason, (), None, grant)
-    return Call(
-        fp,
-        method,
-        version,
-        endpoint.name,
-        verdict,
-        reason,
-        endpoint.scope_list,
-        endpoint.token_cost,
-        grant,
-    )

@@ -11,9 +11,10 @@
    the methods it knows, in upper case, ASCII, HTTP/1.0 or 1.1 (and 0.9, which the app
    refuses) and lengths that fit; here it refuses what llhttp refuses. ``CONNECT`` (a tunnel,
    whose bytes the pure-Python parser would wait for) is refused by both as malformed.
-3. Every request is handled inside ``proxy.observe.observe`` (its refusals rendered, its one
-   log event, metrics and report entry recorded), cheaper than a middleware. The app's one
-   catch-all route is matched once, at start-up, not by aiohttp's router on every request.
+3. Every request is handled by the app's one route, ``proxy.http.app.serve_request``, inside
+   ``proxy.http.observe.observe`` (its refusals rendered, its decision header set, its one log
+   event, metrics and report entry recorded), cheaper than a middleware. That route is matched
+   once, at start-up, not by aiohttp's router on every request.
 4. Client limits (config ``limits``): a connection past ``max_connections`` gets a 503 and is
    closed at once; a request head must arrive within ``header_timeout`` (from the connection's
    start, or from the first byte of a later request); idle keep-alive connections close after
@@ -26,10 +27,10 @@ Request bodies are never decompressed (``auto_decompress=False``, set on the app
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine, InvalidHeader, InvalidURLError
@@ -39,7 +40,7 @@ from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 from proxy.config import Limits
 from proxy.core.errors import HeaderTimeout, TooManyConnections
 from proxy.http.logs import get_logger
-from proxy.http.observe import mark_decision, observe, refuse_unparsed
+from proxy.http.observe import refuse_unparsed
 from proxy.http.responses import raw_refusal
 from proxy.http.state import METRICS, RUNTIME
 
@@ -83,14 +84,15 @@ class _ProxyServer(web.Server):
         def request_factory(
             message: Any, payload: Any, protocol: Any, writer: Any, task: Any
         ) -> web.Request:
-            request = app._make_request(
-                message, payload, protocol, writer, task, _cls=_ProxyRequest
-            )
+            request = app._make_request(message, payload, protocol, writer, task)
             request._match_info = matched
             return request
 
+        # proxy.http.app.serve_request (observed, rendered, recorded), given the web.Request
+        # that request_factory makes of every message.
+        handler = cast(Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], route.handler)
         super().__init__(
-            functools.partial(observe, handler=route.handler),
+            handler,
             request_factory=request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=made._loop,
@@ -136,14 +138,6 @@ class _ProxyServer(web.Server):
             self._last_said = now
             get_logger().warning("connections_dropped", **self._dropped)
             self._dropped = {}
-
-
-class _ProxyRequest(web.Request):
-    """A request whose responses get the decision header as they are prepared (what an
-    ``on_response_prepare`` signal would do, without a signal's dispatch on every response)."""
-
-    async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        mark_decision(self, response)
 
 
 class _ProxyProtocol(web.RequestHandler):

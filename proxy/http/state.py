@@ -1,8 +1,11 @@
-"""What the app holds for its requests: typed keys, and the runtime a reload swaps as one value."""
+"""What the app holds for its requests: typed keys, the runtime a reload swaps as one value, and
+what a handler returns."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -51,20 +54,20 @@ RECORDER = web.AppKey("recorder", Recorder)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")  # UNIX time now: tests give one they can move
 
 
-class Notes:
-    """What handling one request established: read by ``proxy.observe`` for the request's log
-    event, metrics, report entry and decision header. ``observe`` gives every request one."""
+class Handled(NamedTuple):
+    """What a handler made of a request it does not refuse: the decision, and what answers it
+    (forwarding it, say), which ``proxy.http.observe`` awaits knowing the decision, whatever
+    then becomes of the answer. A refusal is raised instead, carrying its decision, if any."""
 
-    __slots__ = ("called", "check", "decision", "made_request_id")
-
-    def __init__(self) -> None:
-        self.decision: Decision | None = None  # set once, by the handler that decides it
-        self.check = False  # Envoy's check of a call (``/_proxy/authz/...``): never forwarded
-        # The endpoint (template or shape) and version of a call refused before its decision
-        # (no token, an unknown one): for its log line.
-        self.called: tuple[str, str] | None = None
-        # The request id the proxy made up for a request without X-Request-Id: sent upstream.
-        self.made_request_id: str | None = None
+    decision: Decision
+    answer: Awaitable[web.StreamResponse]
 
 
-NOTES = web.RequestKey("notes", Notes)
+async def answered(response: web.StreamResponse) -> web.StreamResponse:
+    """An answer made already (Envoy's 200, a redirect), as ``Handled`` takes one."""
+    return response
+
+
+# The request id the proxy made up for a request without X-Request-Id (``proxy.http.observe``),
+# sent upstream with the call; None when the client sent one.
+MADE_REQUEST_ID = web.RequestKey("made_request_id", str)

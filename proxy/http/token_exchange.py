@@ -25,13 +25,22 @@ from proxy.core.errors import (
 from proxy.core.reasons import Reason
 from proxy.http.forward import Fetched, end_to_end, read_limited, send_continue
 from proxy.http.logs import get_logger
-from proxy.http.state import CLOCK, METRICS, NOTES, STORE, UPSTREAM, Runtime
+from proxy.http.state import (
+    CLOCK,
+    MADE_REQUEST_ID,
+    METRICS,
+    STORE,
+    UPSTREAM,
+    Handled,
+    Runtime,
+    answered,
+)
 from proxy.stores import StoreError
 
 
 async def handle_oauth(
     request: web.Request, runtime: Runtime, canonical: CanonicalRequest
-) -> web.StreamResponse:
+) -> Handled:
     """Pass a token exchange or revocation through, learning the scopes it grants."""
     if canonical.method != "POST":
         raise MethodNotAllowed(("POST",))
@@ -41,11 +50,16 @@ async def handle_oauth(
     too_large = RequestTooLarge(f"an OAuth request body over {oauth.MAX_BODY} bytes")
     stall = runtime.config.limits.body_timeout
     form = await read_limited(request.content, oauth.MAX_BODY, too_large, stall)
+    decision = Decision("allow", Reason.OAUTH_PASSTHROUGH, canonical.method)
+    return Handled(decision, _exchange(request, runtime, canonical, form))
 
-    request[NOTES].decision = Decision("allow", Reason.OAUTH_PASSTHROUGH, canonical.method)
+
+async def _exchange(
+    request: web.Request, runtime: Runtime, canonical: CanonicalRequest, form: bytes
+) -> web.Response:
     headers = end_to_end(request.headers)
     headers["Accept-Encoding"] = oauth.ACCEPT_ENCODING
-    made = request[NOTES].made_request_id
+    made = request.get(MADE_REQUEST_ID)
     if made is not None:
         headers["X-Request-Id"] = made
     url = runtime.config.upstream.oauth_url + canonical.target
@@ -72,15 +86,15 @@ async def handle_oauth(
 
 def redirect_to_consent(
     request: web.Request, runtime: Runtime, canonical: CanonicalRequest
-) -> web.Response:
+) -> Handled:
     """``GET /oauth/authorize``: an SDK whose OAuth host is the proxy builds the browser's consent
     URL from it, and the browser must reach Pipedrive's consent page. A redirect to the OAuth
     server, path and query as they came; nothing is forwarded."""
     if canonical.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(("GET", "HEAD"))
-    request[NOTES].decision = Decision("allow", Reason.OAUTH_REDIRECT, canonical.method)
+    decision = Decision("allow", Reason.OAUTH_REDIRECT, canonical.method)
     location = runtime.config.upstream.oauth_url + canonical.target
-    return web.Response(status=302, headers={"Location": location})
+    return Handled(decision, answered(web.Response(status=302, headers={"Location": location})))
 
 
 async def _learn(request: web.Request, plain: bytes) -> None:

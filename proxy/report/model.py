@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.core.catalog import DISPLAY_PREFIX
-from proxy.core.decision import BASE, DECLARED_GRANT
+from proxy.core.decision import BASE, DECLARED_GRANT, Decision
 from proxy.core.reasons import BEFORE_DECISION, DECIDED, NOT_API_CALLS
 
 MAX_TOKENS = 100  # tokens with a report section of their own (config: limits.report_tokens)
@@ -35,7 +35,12 @@ _SHAPE_LENGTH = 400
 
 @dataclass(frozen=True, slots=True, order=True)
 class Call:
-    """One kind of decided call; a report is a count of each."""
+    """One kind of call, as the report counts it; a report is a count of each.
+
+    The one record of a call: made of a ``Decision`` (``of``) through the very fields the
+    decision log writes (``logged``), read back from a log (``from_event``) or from a store's
+    counter (``from_key``). A refusal before the scope check, or a request that is no API
+    call, is counted by its reason alone (``refused_before``)."""
 
     token_fp: str
     method: str
@@ -70,34 +75,62 @@ class Call:
                    grant[0] if grant else None)  # fmt: skip
 
     @classmethod
+    def of(cls, decision: Decision) -> Call | None:
+        """What the report counts of a decision, read from the fields its log line holds;
+        None for what the report does not count (the OAuth exchange, the proxy's own
+        endpoints)."""
+        return cls.read(logged(decision))
+
+    @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> Call | None:
-        """The call a decision-log event records (a decided call, or a refusal before the
-        decision, counted apart), or None for other events."""
-        if event.get("event") != "request":
-            return None
-        reason = event.get("reason")
+        """The call a decision-log event records, or None for other events."""
+        return cls.read(event) if event.get("event") == "request" else None
+
+    @classmethod
+    def read(cls, fields: Mapping[str, Any]) -> Call | None:
+        """The call these log fields (``logged``) record: a decided call; a refusal before
+        the scope check, or a request that is no API call, by its reason; else None."""
+        reason = fields.get("reason")
         if reason in BEFORE_DECISION or reason in NOT_API_CALLS:
             return refused_before(str(reason))
         if reason not in DECIDED:
             return None
-        fp, version = event.get("token_fp"), event.get("version")
+        fp, version = fields.get("token_fp"), fields.get("version")
         if not isinstance(fp, str) or not isinstance(version, str):
             return None
-        grant = event.get("grant")
-        endpoint = event.get("endpoint")
+        grant = fields.get("grant")
+        endpoint = fields.get("endpoint")
         if isinstance(endpoint, str) and len(endpoint) > _SHAPE_LENGTH:
             endpoint = endpoint[:_SHAPE_LENGTH] + "/..."
         return cls(
             fp,
-            str(event.get("method")),
+            str(fields.get("method")),
             version,
             endpoint,
-            str(event.get("decision")),
-            str(event.get("reason")),
-            tuple(sorted(event.get("accepted_scopes") or ())),
-            event.get("token_cost"),
+            str(fields.get("decision")),
+            str(reason),
+            tuple(sorted(fields.get("accepted_scopes") or ())),
+            fields.get("token_cost"),
             grant if isinstance(grant, str) else None,
         )
+
+
+def logged(decision: Decision) -> dict[str, Any]:
+    """What the decision log says of a decision, under the names ``Call.read`` reads (the
+    request event's fields: see README, "Decision log")."""
+    endpoint, grant = decision.endpoint, decision.grant
+    return {
+        "decision": decision.verdict,
+        "reason": decision.reason,
+        "method": decision.method,
+        "endpoint": decision.label,
+        "version": decision.version,
+        "token_fp": decision.token_fp,
+        "grant": grant.name if grant is not None else None,
+        "accepted_scopes": decision.accepted_scopes,
+        "granted_scopes": decision.granted_scopes,
+        "token_cost": endpoint.token_cost if endpoint is not None else None,
+    }
 
 
 # Refusals before the decision (and requests that are no API calls) are counted under this
@@ -220,7 +253,7 @@ def other_paths(method: str, version: str) -> str:
     return f"{method} {DISPLAY_PREFIX.get(version, '/' + version)}/{OTHER_PATHS}"
 
 
-def _unknown_shape(call: Call) -> bool:
+def unknown_shape(call: Call) -> bool:
     """A call to a path no catalogue entry matches, named by its shape (not yet folded)."""
     return (
         call.reason in _UNKNOWN
@@ -236,13 +269,13 @@ def fold_shapes(
     ``other_paths``; of those kept, at most ``pairs`` (token, shape) entries, the busiest."""
     shapes: Counter[str] = Counter()
     for call, count in calls.items():
-        if _unknown_shape(call):
+        if unknown_shape(call):
             shapes[str(call.endpoint)] += count
     ranked = sorted(shapes.items(), key=lambda item: (-item[1], item[0]))
     kept = {shape for shape, _ in ranked[:keep]}
     per_token: Counter[tuple[str, str]] = Counter()
     for call, count in calls.items():
-        if _unknown_shape(call) and call.endpoint in kept:
+        if unknown_shape(call) and call.endpoint in kept:
             per_token[(call.token_fp, str(call.endpoint))] += count
     if len(shapes) <= keep and len(per_token) <= pairs:
         return Counter(calls)
@@ -250,7 +283,7 @@ def fold_shapes(
     kept_pairs = {pair for pair, _ in ranked_pairs[:pairs]}
     folded: Counter[Call] = Counter()
     for call, count in calls.items():
-        if _unknown_shape(call) and (call.token_fp, call.endpoint) not in kept_pairs:
+        if unknown_shape(call) and (call.token_fp, call.endpoint) not in kept_pairs:
             call = replace(call, endpoint=other_paths(call.method, call.version))
         folded[call] += count
     return folded

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.core.decision import DECLARED_GRANT
+from proxy.core.why import why
 from proxy.report.model import endpoint_label
 
 
@@ -17,22 +18,9 @@ def findings(section: Mapping[str, Any], app_scopes: list[str] | None) -> list[s
     sentences = []
     for entry in section["denied"]:
         times = "once" if entry["count"] == 1 else f"{entry['count']} times"
-        label = endpoint_label(entry)
         refused = "was refused" if entry["decision"] == "deny" else "would be refused"
-        if not entry["accepted_scopes"]:
-            sentences.append(
-                f"{label} was called {times}: no catalogue entry matches it, so it {refused} "
-                "(unknown_endpoints: allow forwards such calls)."
-            )
-            continue
-        accepted = entry["accepted_scopes"]
-        needs = accepted[0] if len(accepted) == 1 else "one of " + ", ".join(accepted)
-        lacking = (
-            "the app does not declare"
-            if entry["reason"] == "outside_app_scopes"
-            else "the token does not hold"
-        )
-        sentences.append(f"{label} {refused} {times}: it needs {needs}, which {lacking}.")
+        said = why(entry["reason"], entry["accepted_scopes"])
+        sentences.append(f"{endpoint_label(entry)} {refused} {times}: {said}.")
     for scope in section["unused_app_scopes"]:
         sentences.append(
             f"The app declares {scope}, which the recommended scopes make unnecessary."
