@@ -13,13 +13,10 @@ import functools
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from aiohttp import StreamReader, web
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.helpers import TimerNoop
-from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
@@ -32,6 +29,8 @@ from proxy.core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from proxy.http import private
+from proxy.http.private import HttpProcessingError, ResponsesBase
 
 HOP_BY_HOP = tuple(  # istr: looked up without being case-folded again on every request
     istr(name)
@@ -49,10 +48,6 @@ HOP_BY_HOP = tuple(  # istr: looked up without being case-folded again on every 
         "host",
     )
 )
-# Headers aiohttp's client would add on its own; the app's request goes up without them.
-_NOT_ADDED: CIMultiDict[None] = CIMultiDict(
-    (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
-)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _UPSTREAM_FAILURES = (aiohttp.ClientError, ConnectionError, TimeoutError)
@@ -61,10 +56,9 @@ _UPSTREAM_FAILURES = (aiohttp.ClientError, ConnectionError, TimeoutError)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # How an upstream answer is read (aiohttp's defaults): its body as it comes, never decompressed,
 # to the end of the connection where it declares no length; a head of at most 128 lines of at
-# most 8190 bytes. ``read_timeout`` and ``skip_payload`` are set per call.
-_NO_TIMER = TimerNoop()  # the read timeout is ``_ReadDeadlines``'; there is no total timeout
+# most 8190 bytes. ``read_timeout`` and ``skip_payload`` are set per call; there is no total
+# timeout, and the read timeout is ``_ReadDeadlines``'.
 _READING: dict[str, Any] = {
-    "timer": _NO_TIMER,
     "read_until_eof": True,
     "auto_decompress": False,
     "read_bufsize": 2**16,
@@ -78,7 +72,7 @@ _READING: dict[str, Any] = {
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-class _ExactResponses(ResponseHandler):
+class _ExactResponses(ResponsesBase):
     """An upstream connection that reads only the answers it asked for.
 
     aiohttp's pool keeps a connection on which the upstream writes while it is idle (an
@@ -104,14 +98,14 @@ class _ExactResponses(ResponseHandler):
         self._deadlines.forget(self)
         super().connection_lost(exc)
 
-    def _reschedule_timeout(self) -> None:
+    def rearm(self) -> None:
         # Only while an answer is due: aiohttp also re-arms it when a paused connection resumes
         # reading, even where what it then parses completes the answer and the connection is
         # back in the pool, idle, where the timeout would fail the next call sent on it.
-        timeout = self._read_timeout
-        self.read_deadline = self._loop.time() + timeout if timeout and self._awaiting else None
+        timeout = self.read_timeout
+        self.read_deadline = self.loop.time() + timeout if timeout and self._awaiting else None
 
-    def _drop_timeout(self) -> None:
+    def disarm(self) -> None:
         self.read_deadline = None
 
     def set_response_params(self, **params: Any) -> None:
@@ -123,24 +117,20 @@ class _ExactResponses(ResponseHandler):
             if data:
                 self._refuse()
             return
-        ResponseHandler.data_received(self, data)
-        queued = self._buffer  # ((message, payload), size) of the answers not yet read
+        ResponsesBase.data_received(self, data)
+        queued = self.answers_queued()
         if len(queued) > 1 and sum(not _interim(answer[0].code) for answer, _ in queued) > 1:
             self._refuse()
             return
-        payload = self._payload
+        payload = self.answer_body()
         if payload is not None and payload.is_eof():
             if not (queued and _interim(queued[-1][0][0].code)):
                 self._awaiting = False  # the final answer is whole: nothing more is due
                 self.read_deadline = None
-            elif self.read_deadline is None and not self._reading_held():
+            elif self.read_deadline is None and not self.reading_held():
                 # aiohttp drops the timeout with an interim answer's (empty) body, but the
                 # final answer is still due: an upstream that stalls now must still time out.
-                self._reschedule_timeout()
-
-    def _reading_held(self) -> bool:
-        """Paused (a slow client), or failed: the silence would not be the upstream's."""
-        return self._reading_paused or self._buffer_paused or self._exception is not None
+                self.rearm()
 
     def _refuse(self) -> None:
         self.force_close()
@@ -176,7 +166,7 @@ class _ReadDeadlines:
         for connection in list(self._connections):  # a timeout may close, and forget, one
             deadline = connection.read_deadline
             if deadline is not None and deadline <= now:
-                connection._on_read_timeout()  # clears the deadline, as it drops aiohttp's timer
+                connection.time_out()  # clears the deadline, as it drops aiohttp's timer
         self._timer = self._loop.call_later(self._every, self._sweep)
 
 
@@ -185,25 +175,14 @@ def _interim(code: int) -> bool:
     return 100 <= code < 200 and code != 101
 
 
-class _AsSent(aiohttp.ClientRequest):
-    """A request that goes upstream with the app's headers only (aiohttp adds none of its own);
-    the set it skips is built once, not per request as ``skip_auto_headers`` would."""
-
-    def update_auto_headers(self, skip_auto_headers: Any) -> None:
-        self._skip_auto_headers = _NOT_ADDED
-
-
 class _Connector(aiohttp.TCPConnector):
     """aiohttp's pooled connector, with connections that read only what they asked for."""
 
     def __init__(self, read_timeout: float | None, **options: Any) -> None:
         super().__init__(**options)
-        self._factory = cast(
-            "functools.partial[ResponseHandler]",
-            functools.partial(
-                _ExactResponses, loop=self._loop, deadlines=_ReadDeadlines(self._loop, read_timeout)
-            ),
-        )
+        loop = asyncio.get_running_loop()
+        deadlines = _ReadDeadlines(loop, read_timeout)
+        private.use_protocol(self, functools.partial(_ExactResponses, loop, deadlines))
 
 
 class IncompleteBody(Exception):
@@ -435,41 +414,10 @@ class UpstreamClient:
         assert connector is not None
         again = method in _IDEMPOTENT and not isinstance(data, AsyncIterator)  # a body sent once
         while True:
-            request = _AsSent(
-                method,
-                url,
-                headers=headers,
-                data=data,
-                loop=self._loop,
-                response_class=aiohttp.ClientResponse,
-                timer=_NO_TIMER,
-                session=session,
-            )
             try:
-                try:
-                    connection = await connector.connect(request, [], self._timeout)
-                except TimeoutError as error:
-                    raise aiohttp.ConnectionTimeoutError(
-                        f"Connection timeout to {url.host}"
-                    ) from error
-                protocol = connection.protocol
-                assert protocol is not None
-                protocol.set_response_params(
-                    skip_payload=method == "HEAD",
-                    read_timeout=self._timeout.sock_read,
-                    **_READING,
+                return await private.send(
+                    session, self._loop, method, url, headers, data, self._timeout, _READING
                 )
-                try:
-                    response = await request.send(connection)
-                    try:
-                        await response.start(connection)
-                    except BaseException:
-                        response.close()
-                        raise
-                except BaseException:
-                    connection.close()
-                    raise
-                return response
             except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError):
                 raise  # no connection was made: nothing to send again
             except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):

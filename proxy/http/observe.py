@@ -17,15 +17,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from aiohttp import web
-from aiohttp.http_exceptions import (
-    BadHttpMethod,
-    BadStatusLine,
-    HttpProcessingError,
-    InvalidHeader,
-    InvalidURLError,
-    LineTooLong,
-    PayloadEncodingError,
-)
 
 from proxy.core.canonical import canonicalize
 from proxy.core.catalog import CHECK_PATH
@@ -34,6 +25,15 @@ from proxy.core.errors import MalformedRequest, NotFound, ProxyError, UpstreamFa
 from proxy.core.reasons import BEFORE_DECISION, NOT_API_CALLS, Reason
 from proxy.http.forward import StreamAborted
 from proxy.http.logs import get_logger, log_request
+from proxy.http.private import (
+    BadHttpMethod,
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    PayloadEncodingError,
+)
 from proxy.http.responses import DECISION_HEADER, error_response
 from proxy.http.state import MADE_REQUEST_ID, METRICS, RECORDER, Handled
 from proxy.report.model import Call, logged, refused_before

@@ -33,14 +33,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine, InvalidHeader, InvalidURLError
-from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
-from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from proxy.config import Limits
 from proxy.core.errors import HeaderTimeout, TooManyConnections
+from proxy.http import private
 from proxy.http.logs import get_logger
 from proxy.http.observe import refuse_unparsed
+from proxy.http.private import BadHttpMethod, BadStatusLine, InvalidHeader, InvalidURLError
 from proxy.http.responses import raw_refusal
 from proxy.http.state import METRICS, RUNTIME
 
@@ -54,50 +53,45 @@ LLHTTP_METHODS = frozenset(
 _TOO_MANY = raw_refusal(TooManyConnections("try again when other calls have finished"))
 _HEAD_TOO_SLOW = raw_refusal(HeaderTimeout("the request head did not arrive in time"))
 _LOG_EVERY = 10.0  # seconds between two log lines about dropped connections
+_Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-class ProxyRunner(web.AppRunner):
+class ProxyRunner(private.RunnerBase):
     """``web.AppRunner`` whose connections speak the proxy's protocol (see the module doc)."""
 
-    async def _make_server(self) -> web.Server:
-        made = await super()._make_server()
+    def make_server(self, made: private.ServerOptions) -> web.Server:
         return _ProxyServer(self.app, made)
 
 
 class _ProxyServer(web.Server):
-    def __init__(self, app: web.Application, made: web.Server) -> None:
+    def __init__(self, app: web.Application, made: private.ServerOptions) -> None:
         self.limits: Limits = app[RUNTIME].current.config.limits
-        options = {
-            **made._kwargs,
+        self.options = {
+            **made.options,
             "keepalive_timeout": self.limits.keepalive_timeout,
             # After an answer, what is left of a request body is read and dropped for at most
             # this long (then the connection closes): a stalled upload holds nothing longer.
             "lingering_time": self.limits.body_timeout,
         }
-        # The app has one route, which takes every request: it is matched once, here, rather
-        # than by aiohttp's router on every request.
-        [route] = app.router.routes()
-        matched = UrlMappingMatchInfo({}, route)
-        matched.add_app(app)
-        matched.freeze()
-
-        def request_factory(
-            message: Any, payload: Any, protocol: Any, writer: Any, task: Any
-        ) -> web.Request:
-            request = app._make_request(message, payload, protocol, writer, task)
-            request._match_info = matched
-            return request
-
-        # proxy.http.app.serve_request (observed, rendered, recorded), given the web.Request
-        # that request_factory makes of every message.
-        handler = cast(Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], route.handler)
+        handler, request_factory = made.handler, made.request_factory
+        matched_once = private.route_once(app)
+        if matched_once is not None:
+            # The app has one route, which takes every request: it is matched once, at
+            # start-up, rather than by aiohttp's router on every request. Its handler,
+            # proxy.http.app.serve_request, is given the web.Request the factory makes.
+            [route] = app.router.routes()
+            handler = cast(
+                Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], route.handler
+            )
+            request_factory = matched_once
         super().__init__(
             handler,
             request_factory=request_factory,
             handler_cancellation=made.handler_cancellation,
-            loop=made._loop,
-            **options,
+            loop=made.loop,
+            **self.options,
         )
+        self.loop = made.loop
         self.app = app
         self._dropped: dict[str, int] = {}
         self._last_said = 0.0
@@ -107,7 +101,7 @@ class _ProxyServer(web.Server):
         """Check request heads' deadlines about four times per ``header_timeout`` (one timer
         for the server, rather than one per request)."""
         if self._sweeping is None:
-            self._sweeping = self._loop.call_later(self._sweep_every, self._sweep)
+            self._sweeping = self.loop.call_later(self._sweep_every, self._sweep)
 
     @property
     def _sweep_every(self) -> float:
@@ -115,19 +109,19 @@ class _ProxyServer(web.Server):
 
     def _sweep(self) -> None:
         self._sweeping = None
-        deadline = self._loop.time() - self.limits.header_timeout
-        for protocol in list(self._connections):
+        deadline = self.loop.time() - self.limits.header_timeout
+        for protocol in list(private.connections(self)):
             if isinstance(protocol, _ProxyProtocol) and protocol.head_late(deadline):
                 protocol.head_too_slow()
-        if self._connections:
+        if private.connections(self):
             self.watch_heads()
 
     def __call__(self) -> web.RequestHandler:
-        return _ProxyProtocol(self, loop=self._loop, **self._kwargs)
+        return _ProxyProtocol(self, loop=self.loop, **self.options)
 
     @property
     def full(self) -> bool:
-        return len(self._connections) >= self.limits.max_connections
+        return len(private.connections(self)) >= self.limits.max_connections
 
     def dropped(self, reason: str) -> None:
         """Count a connection closed by a limit; say so in the log, at most every few seconds."""
@@ -140,7 +134,7 @@ class _ProxyServer(web.Server):
             self._dropped = {}
 
 
-class _ProxyProtocol(web.RequestHandler):
+class _ProxyProtocol(private.ProtocolBase):
     __slots__ = ("_head_begun", "_head_since", "_refused")
 
     def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
@@ -148,29 +142,11 @@ class _ProxyProtocol(web.RequestHandler):
         self._head_since: float | None = None  # when the head waited for was due from
         self._head_begun = False
         self._refused = False
-        parser = self._parser
-        if isinstance(parser, HttpRequestParserPy):
-            parse_message = parser.parse_message
-
-            def parse_strictly(lines: list[bytes]) -> RawRequestMessage:
-                method, _, rest = lines[0].partition(b" ")
-                if method not in LLHTTP_METHODS:
-                    raise BadHttpMethod("method")  # generic: the message is never shown
-                if not rest.isascii():
-                    raise InvalidURLError("target")
-                if not rest.endswith((b" HTTP/1.1", b" HTTP/1.0")):
-                    raise BadStatusLine("version")
-                for line in lines[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.lower() == b"content-length" and not _LENGTH.fullmatch(value.strip()):
-                        raise InvalidHeader("Content-Length")  # llhttp refuses what overflows
-                return parse_message(lines)
-
-            parser.parse_message = parse_strictly  # type: ignore[method-assign]
+        self.hold_parser(_as_llhttp_would)
 
     @property
     def _server(self) -> _ProxyServer:
-        manager = self._manager
+        manager = self.manager
         assert isinstance(manager, _ProxyServer)
         return manager
 
@@ -184,7 +160,7 @@ class _ProxyProtocol(web.RequestHandler):
             server.dropped("too_many_connections")
             return
         super().connection_made(transport)
-        self._head_since, self._head_begun = self._loop.time(), False
+        self._head_since, self._head_begun = self.loop.time(), False
         server.watch_heads()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -193,12 +169,12 @@ class _ProxyProtocol(web.RequestHandler):
             super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if data and self._current_request is None and not self._messages:
+        if data and self.between_requests():
             if self._head_since is None:
-                self._head_since = self._loop.time()  # the first byte of a later request
+                self._head_since = self.loop.time()  # the first byte of a later request
             self._head_begun = True  # the first request's deadline runs from the connection
         web.RequestHandler.data_received(self, data)
-        if self._messages or self._current_request is not None:
+        if self.has_request():
             self._head_since = None
 
     def head_late(self, deadline: float) -> bool:
@@ -234,3 +210,20 @@ class _ProxyProtocol(web.RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("the response has started: nothing else can be sent")
         return refuse_unparsed(self._server.app, exc)
+
+
+def _as_llhttp_would(lines: list[bytes]) -> None:
+    """Refuse a request head the compiled parser (llhttp) would refuse, for the pure-Python one:
+    an unknown method, non-ASCII in the request line, a version other than HTTP/1.0 or 1.1, a
+    Content-Length that is not digits or overflows. Messages are generic: never shown."""
+    method, _, rest = lines[0].partition(b" ")
+    if method not in LLHTTP_METHODS:
+        raise BadHttpMethod("method")
+    if not rest.isascii():
+        raise InvalidURLError("target")
+    if not rest.endswith((b" HTTP/1.1", b" HTTP/1.0")):
+        raise BadStatusLine("version")
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length" and not _LENGTH.fullmatch(value.strip()):
+            raise InvalidHeader("Content-Length")

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from proxy.config import NO_OVERRIDES, Config, ConfigError, Listen, Overrides, load, load_config
 from proxy.core.catalog import Catalogue, CatalogueError
+from proxy.http import private
 from proxy.http.app import create_app
 from proxy.http.logs import SINK, configure_logging, get_logger
 from proxy.http.metrics import MULTIPROCESS_DIR
@@ -75,6 +76,7 @@ async def run_worker(
     """Serve until SIGTERM or SIGINT; finish in-flight requests (bounded); SIGHUP reloads.
     A supervised worker shares its port with its siblings, and stops if its supervisor dies."""
     configure_logging(config.logging.format, config.logging.level)
+    fenced()
     app = create_app(config, catalogue)
     app[STARTED_WITH] = _as_the_file_says(config_path, config)
     runner = ProxyRunner(
@@ -124,6 +126,18 @@ async def run_worker(
             watching.cancel()
         await runner.cleanup()
         SINK.flush()
+
+
+def fenced() -> None:
+    """Check aiohttp's private parts the proxy uses (``proxy.http.private``): a missing one it
+    needs for its guarantees stops it (exit 2, naming it); a missing speed bypass is said once
+    and the public way taken."""
+    try:
+        missing = private.verify()
+    except private.FenceError as error:
+        raise ServeError(str(error)) from None
+    for item in missing:
+        get_logger().warning("public_way_taken", name=item.name, bypass=item.key, use=item.use)
 
 
 def settle_heap() -> None:
@@ -251,6 +265,7 @@ def supervise(
             f"{error.strerror or error}; mount a writable directory there or set TMPDIR"
         ) from None
     configure_logging(config.logging.format, config.logging.level)
+    fenced()  # said once here, before any worker starts (each checks again for itself)
     log = get_logger()
     os.environ[MULTIPROCESS_DIR] = metrics_dir
     context = multiprocessing.get_context("spawn")
