@@ -34,9 +34,10 @@ def test_each_fenced_name_is_in_the_installed_library(item: private.Private) -> 
         assert (ROOT / shown).exists(), shown
 
 
-def test_speed_names_have_a_key_and_security_names_none() -> None:
+def test_speed_names_have_a_key_and_a_measured_gain_and_security_names_neither() -> None:
     for item in private.NAMES:
         assert bool(item.key) == (item.tag == "speed"), item.name
+        assert bool(item.gain) == (item.tag == "speed"), "a speed name says what it saves"
     assert {"route_once", "headers_once"} == private.SPEED_KEYS
 
 

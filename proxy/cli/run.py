@@ -83,7 +83,7 @@ def serve(
     workers: int,
     overrides: Overrides = NO_OVERRIDES,
 ) -> int:
-    """Check what was asked, then serve (see ``proxy.serving``)."""
+    """Check what was asked, then serve (see ``proxy.http.serving``)."""
     if port is not None and not 0 <= port <= 65535:
         raise UsageError(f"--port: expected a port number between 0 and 65535, not {port}")
     config, catalogue = load(config_path)

@@ -180,8 +180,9 @@ def create_app(
     config: Config, catalogue: Catalogue, store: Store | None = None, clock: Clock = time.time
 ) -> web.Application:
     """The proxy as an aiohttp application; tests and ``serve`` both start here, and both
-    serve it with ``proxy.server.ProxyRunner``, which wraps every request in ``observe``."""
-    # Request bodies are forwarded as received: never inflated (see proxy.server).
+    serve it with ``proxy.http.server.ProxyRunner``, whose one route (``serve_request``) runs
+    every request inside ``observe``."""
+    # Request bodies are forwarded as received: never inflated (see proxy.http.server).
     app = web.Application(handler_args={"auto_decompress": False})
     app[RUNTIME] = RuntimeHolder(Runtime.build(config, catalogue))
     app[METRICS] = Metrics()

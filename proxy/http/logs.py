@@ -1,4 +1,4 @@
-"""Structured logging: JSON lines on stdout, one event per request (see ``proxy.observe``).
+"""Structured logging: JSON lines on stdout, one event per request (see ``proxy.http.observe``).
 
 Tokens never reach a log: requests are identified by ``token_fp``, the first 12 hex characters
 of the token's SHA-256, and the query string (which can hold ``api_token``) is never logged.

@@ -6,7 +6,7 @@ directory before starting the workers, so that a scrape of any worker reports al
 A request's count is tallied in plain Python first and added to Prometheus' values about once a
 second and before every scrape (``labels`` looks its label set up on every call); its duration
 goes to the histogram's own ``observe`` (adding a second's durations at once would save about
-0.5 % of a call's instructions, not worth a private name of prometheus_client:
+0.5 % of a call's instructions, measured, not worth a private name of prometheus_client:
 ``bench/private_names.py``).
 """
 

@@ -1,7 +1,7 @@
 """Responses the proxy makes itself, all in Pipedrive's error envelope. Rendered only here.
 
-The decision header is not set here: ``proxy.observe`` sets it on every response the app sends,
-forwarded, streamed or refused, from the request's decision.
+The decision header is not set here: ``proxy.http.observe`` sets it on every response it
+renders or is handed, and the forwarder on the answers it streams, from the request's decision.
 """
 
 from __future__ import annotations

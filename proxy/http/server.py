@@ -3,7 +3,7 @@
 1. Requests aiohttp's own HTTP parser refuses never reach a handler or a middleware; aiohttp
    answers them in plain text that quotes the offending line, which may hold a token. Here they
    are answered like every other refusal: Pipedrive's envelope, the decision header, a generic
-   message, one log event (``proxy.observe.refuse_unparsed``).
+   message, one log event (``proxy.http.observe.refuse_unparsed``).
 2. The compiled parser and the pure-Python one (``AIOHTTP_NO_EXTENSIONS=1``, or platforms
    without the compiled extension) must not disagree on what reaches the proxy. The pure-Python
    one accepts any method token (upper-casing it), raw non-ASCII bytes in the request line,
@@ -18,7 +18,7 @@
 4. Client limits (config ``limits``): a connection past ``max_connections`` gets a 503 and is
    closed at once; a request head must arrive within ``header_timeout`` (from the connection's
    start, or from the first byte of a later request); idle keep-alive connections close after
-   ``keepalive_timeout``. (``body_timeout`` is the forwarder's: ``proxy.forward``.)
+   ``keepalive_timeout``. (``body_timeout`` is the forwarder's: ``proxy.http.forward``.)
 
 Request bodies are never decompressed (``auto_decompress=False``, set on the application by
 ``create_app``): a proxy forwards the bytes it received, with the length they were declared with.

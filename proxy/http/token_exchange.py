@@ -1,7 +1,7 @@
 """The OAuth endpoints: the token exchange passed through to Pipedrive's OAuth server and read
 on the way back; the browser's consent page redirected there.
 
-A successful exchange teaches the proxy the new access token's scopes (see ``proxy.oauth`` for
+A successful exchange teaches the proxy the new access token's scopes (see ``proxy.core.oauth`` for
 the reading itself); a revocation makes it forget the token; ``api_domain`` is pointed at the
 proxy so that clients keep calling through it. The OAuth server is asked only for content
 codings the proxy reads, and a successful token answer it cannot read is a 502: passed on

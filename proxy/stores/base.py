@@ -58,7 +58,7 @@ class CallCounts(Protocol):
     async def compact_calls(self, fold: Fold) -> None:
         """Replace the counters with what ``fold`` makes of them, as one change: no process's
         additions are lost meanwhile. What a storm of new tokens or made-up paths leaves is
-        bounded so (see ``proxy.recorder``)."""
+        bounded so (see ``proxy.http.recorder``)."""
 
 
 class Store(TokenStore, CallCounts, Protocol):

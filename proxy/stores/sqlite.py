@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_at REAL NOT NULL      -- UNIX time
 );
 CREATE TABLE IF NOT EXISTS calls (
-    key TEXT PRIMARY KEY,         -- one kind of decided call (proxy.report.Call.key)
+    key TEXT PRIMARY KEY,         -- one kind of decided call (proxy.report.model.Call.key)
     count INTEGER NOT NULL
 );
 """
