@@ -86,8 +86,6 @@ class _ExactResponses(ResponsesBase):
 
     def __init__(self, loop: Any, deadlines: _ReadDeadlines) -> None:
         super().__init__(loop)
-        self._awaiting = False  # an answer is due
-        self.read_deadline: float | None = None  # when no byte has come by then: a timeout
         self._deadlines = deadlines
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,34 +96,23 @@ class _ExactResponses(ResponsesBase):
         self._deadlines.forget(self)
         super().connection_lost(exc)
 
-    def rearm(self) -> None:
-        # Only while an answer is due: aiohttp also re-arms it when a paused connection resumes
-        # reading, even where what it then parses completes the answer and the connection is
-        # back in the pool, idle, where the timeout would fail the next call sent on it.
-        timeout = self.read_timeout
-        self.read_deadline = self.loop.time() + timeout if timeout and self._awaiting else None
-
-    def disarm(self) -> None:
-        self.read_deadline = None
-
     def set_response_params(self, **params: Any) -> None:
-        self._awaiting = True
+        self.awaiting = True
         super().set_response_params(**params)
 
     def data_received(self, data: bytes) -> None:
-        if not self._awaiting:
+        if not self.awaiting:
             if data:
                 self._refuse()
             return
         ResponsesBase.data_received(self, data)
-        queued = self.answers_queued()
+        queued, payload = self.answers()
         if len(queued) > 1 and sum(not _interim(answer[0].code) for answer, _ in queued) > 1:
             self._refuse()
             return
-        payload = self.answer_body()
         if payload is not None and payload.is_eof():
             if not (queued and _interim(queued[-1][0][0].code)):
-                self._awaiting = False  # the final answer is whole: nothing more is due
+                self.awaiting = False  # the final answer is whole: nothing more is due
                 self.read_deadline = None
             elif self.read_deadline is None and not self.reading_held():
                 # aiohttp drops the timeout with an interim answer's (empty) body, but the

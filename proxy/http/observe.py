@@ -86,29 +86,29 @@ class Outcome(NamedTuple):
     def call(self) -> Call | None:
         """What the report counts of this request, if anything: its decided call, or the reason
         it was refused before its scope check (or was no API call)."""
-        decision = self.decision
-        if decision is None:
-            reason = self.reason
-            if reason in BEFORE_DECISION or reason in NOT_API_CALLS:
-                return refused_before(reason)
-            return None
-        key = (decision, self.check)
-        decided = _DECIDED_FIELDS.get(key)
-        return decided[2] if decided is not None else Call.of(decision)
+        return self.logged()[1]
 
     def fields(self) -> dict[str, Any]:
         """The request event's fields (their names are a contract: see README, "Decision log")."""
+        return self.logged()[0]
+
+    def logged(self) -> tuple[dict[str, Any], Call | None]:
+        """The request event's fields, and what the report counts of the request."""
         decision, refusal, status = self.decision, self.refusal, self.status
         duration_ms = int(self.seconds * 1_000_000 + 0.5) / 1000  # round(ms, 3), quicker
         fields: dict[str, Any]
+        call: Call | None = None
         if decision is None:
+            reason = self.reason
             fields = dict(_UNDECIDED)
-            fields["reason"] = self.reason
+            fields["reason"] = reason
             fields["method"] = self.method
             fields["status"] = status
             fields["duration_ms"] = duration_ms
             fields["request_id"] = self.request_id
             fields["correlation_id"] = self.correlation_id
+            if reason in BEFORE_DECISION or reason in NOT_API_CALLS:
+                call = refused_before(reason)
         else:  # the common case: what the decision says is the same for each of its calls
             key = (decision, self.check)
             decided = _DECIDED_FIELDS.get(key)
@@ -117,7 +117,7 @@ class Outcome(NamedTuple):
                 if len(_DECIDED_FIELDS) >= DECIDED_FIELDS_KEPT:
                     _DECIDED_FIELDS.clear()  # decisions of a reloaded catalogue, or many tokens
                 _DECIDED_FIELDS[key] = decided
-            template, goes_upstream, _ = decided
+            template, goes_upstream, call = decided
             fields = template.copy()  # in the contract's order, as the template has it
             forwarded = goes_upstream and refusal is None and status != _CLIENT_GONE
             fields["status"] = status
@@ -130,7 +130,7 @@ class Outcome(NamedTuple):
         if self.cut_off is not None or refusal is not None:
             fields["error"] = self.error
             fields["problem"] = refusal.detail if refusal is not None else None
-        return fields
+        return fields, call
 
 
 def _decided_fields(decision: Decision, check: bool) -> _Decided:
@@ -186,7 +186,7 @@ def record(app: web.Application, outcome: Outcome) -> None:
     reason = outcome.reason
     if reason is Reason.INTERNAL:
         return  # health checks and scrapes are not traffic
-    fields = outcome.fields()
+    fields, call = outcome.logged()
     log_request(fields)
     metrics = app[METRICS]
     metrics.observe(fields["decision"], reason, fields["version"], outcome.seconds)
@@ -194,7 +194,6 @@ def record(app: web.Application, outcome: Outcome) -> None:
     kind = outcome.cut_off or (failed.kind if failed is not None else None)
     if kind is not None and kind != "client_stalled":
         metrics.upstream_errors.labels(kind).inc()
-    call = outcome.call()
     if call is not None and not (outcome.check and outcome.cut_off is not None):
         app[RECORDER].record(call)  # not a check whose answer Envoy never read
 

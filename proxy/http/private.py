@@ -23,8 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +40,7 @@ from aiohttp.http_exceptions import (
     PayloadEncodingError,
 )
 from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
+from aiohttp.streams import DataQueue
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -91,32 +91,26 @@ class FenceError(Exception):
     guarantee it rests on, so it does not start."""
 
 
-@contextmanager
-def _loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """A loop to build probe instances with, whether or not one is running."""
-    loop = asyncio.new_event_loop()
-    try:
-        yield loop
-    finally:
-        loop.close()
-
-
 def _has(owner: Any, *names: str) -> bool:
     return all(hasattr(owner, name) for name in names)
 
 
-def _server_has(*names: str) -> bool:
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        return web.Response()
-
-    with _loop() as loop:
-        server = web.Server(handler, loop=loop)
-        return _has(server, *names)
+def _sets(function: Callable[..., Any], *names: str) -> bool:
+    """Whether ``function``'s code uses these attribute names (``self._x = ...``): an instance
+    attribute looked up without building an instance, which keeps the start-up check light."""
+    return set(names) <= set(function.__code__.co_names)
 
 
 def _responses_have(*names: str) -> bool:
-    with _loop() as loop:
-        return _has(ResponseHandler(loop), *names)
+    """ResponseHandler's names: methods, slots, or attributes its (or DataQueue's) __init__
+    sets."""
+    return all(
+        hasattr(ResponseHandler, name)
+        or _slots(ResponseHandler, name)
+        or _sets(ResponseHandler.__init__, name)
+        or _sets(DataQueue.__init__, name)
+        for name in names
+    )
 
 
 def _slots(owner: type, *names: str) -> bool:
@@ -139,7 +133,7 @@ NAMES: tuple[Private, ...] = (
         "tests/test_limits.py, tests/test_refusals_raw.py",
         lambda: (
             inspect.iscoroutinefunction(web.AppRunner._make_server)
-            and _server_has("_kwargs", "_loop", "request_handler", "request_factory")
+            and _sets(web.Server.__init__, "_kwargs", "_loop", "request_handler", "request_factory")
         ),
     ),
     Private(
@@ -148,7 +142,7 @@ NAMES: tuple[Private, ...] = (
         "count the open client connections (max_connections) and find the ones whose request "
         "head is late (header_timeout)",
         "tests/test_limits.py",
-        lambda: _server_has("_connections"),
+        lambda: _sets(web.Server.__init__, "_connections"),
     ),
     Private(
         "aiohttp.web.RequestHandler._manager, ._messages, ._current_request, ._loop",
@@ -229,7 +223,7 @@ NAMES: tuple[Private, ...] = (
     ),
     Private(
         "aiohttp.client_proto.ResponseHandler._reschedule_timeout, ._drop_timeout, "
-        "._on_read_timeout",
+        "._on_read_timeout, ._read_timeout",
         "security",
         "keep the upstream read timeout armed only while an answer is due: aiohttp re-arms it "
         "on a pooled connection that resumes reading after its answer completed, and it then "
@@ -277,7 +271,7 @@ NAMES: tuple[Private, ...] = (
         "bench/private_names.py",
         lambda: (
             _has(aiohttp.ClientRequest, "update_auto_headers")
-            and "_skip_auto_headers" in inspect.getsource(aiohttp.ClientRequest.update_auto_headers)
+            and _sets(aiohttp.ClientRequest.update_auto_headers, "_skip_auto_headers")
         ),
         key="headers_once",
         gain="4.0 % of the instructions per call (3.9-4.3 % over 4 rounds), 2026-12-07",
@@ -288,9 +282,9 @@ SPEED_KEYS = frozenset(item.key for item in NAMES if item.tag == "speed")
 
 def _factory_settable() -> bool:
     """Whether aiohttp's connector still opens its connections with ``self._factory``."""
-    from aiohttp import connector
-
-    return "self._factory" in inspect.getsource(connector.BaseConnector)
+    return _sets(aiohttp.BaseConnector.__init__, "_factory") and _sets(
+        aiohttp.TCPConnector._create_direct_connection, "_factory"
+    )
 
 
 # The speed bypasses in use (``verify`` sets them), and those a benchmark turned off.
@@ -434,40 +428,40 @@ class ProtocolBase(web.RequestHandler):
 
 class ResponsesBase(ResponseHandler):
     """An upstream connection whose reading the proxy watches: the answers queued on it, its
-    answer's body, and its read timeout, which aiohttp re-arms (``rearm``) and drops
-    (``disarm``) and which the proxy fires itself (``time_out``)."""
+    answer's body, and its read timeout, kept as a deadline (``read_deadline``) that the
+    proxy checks and fires (``time_out``) rather than aiohttp's timer, and only while an answer
+    is due (``awaiting``): aiohttp also re-arms its timer when a paused connection resumes
+    reading, even where what it then parses completes the answer and the connection is back in
+    the pool, idle, where the timer would fail the next call sent on it."""
 
-    def answers_queued(self) -> deque[Any]:
-        """((message, payload), size) of the answers read and not yet taken."""
-        queued: deque[Any] = self._buffer
-        return queued
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.awaiting = False  # an answer is due
+        self.read_deadline: float | None = None  # when no byte has come by then: a timeout
 
-    def answer_body(self) -> aiohttp.StreamReader | None:
-        return self._payload
+    def answers(self) -> tuple[deque[Any], aiohttp.StreamReader | None]:
+        """((message, payload), size) of the answers read and not yet taken, and the body of
+        the answer being read."""
+        return self._buffer, self._payload
 
     def reading_held(self) -> bool:
         """Paused (a slow client), or failed: a silence would not be the upstream's."""
         return self._reading_paused or self._buffer_paused or self._exception is not None
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
     def time_out(self) -> None:
         """Fail the answer being read as aiohttp's own read timer would."""
         self._on_read_timeout()
 
-    def _reschedule_timeout(self) -> None:
-        self.rearm()
-
-    def _drop_timeout(self) -> None:
-        self.disarm()
-
     def rearm(self) -> None:
-        raise NotImplementedError
+        """Arm the read deadline again (an interim answer came; the final one is due)."""
+        self._reschedule_timeout()
 
-    def disarm(self) -> None:
-        raise NotImplementedError
+    def _reschedule_timeout(self) -> None:  # what aiohttp calls to (re)arm its timer
+        timeout = self._read_timeout
+        self.read_deadline = self._loop.time() + timeout if timeout and self.awaiting else None
+
+    def _drop_timeout(self) -> None:  # what aiohttp calls to drop it
+        self.read_deadline = None
 
 
 def use_protocol(connector: aiohttp.TCPConnector, factory: Callable[[], ResponseHandler]) -> None:

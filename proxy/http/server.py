@@ -135,13 +135,14 @@ class _ProxyServer(web.Server):
 
 
 class _ProxyProtocol(private.ProtocolBase):
-    __slots__ = ("_head_begun", "_head_since", "_refused")
+    __slots__ = ("_head_begun", "_head_since", "_now", "_refused")
 
     def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._head_since: float | None = None  # when the head waited for was due from
         self._head_begun = False
         self._refused = False
+        self._now = self.loop.time
         self.hold_parser(_as_llhttp_would)
 
     @property
@@ -160,7 +161,7 @@ class _ProxyProtocol(private.ProtocolBase):
             server.dropped("too_many_connections")
             return
         super().connection_made(transport)
-        self._head_since, self._head_begun = self.loop.time(), False
+        self._head_since, self._head_begun = self._now(), False
         server.watch_heads()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -171,10 +172,10 @@ class _ProxyProtocol(private.ProtocolBase):
     def data_received(self, data: bytes) -> None:
         if data and self.between_requests():
             if self._head_since is None:
-                self._head_since = self.loop.time()  # the first byte of a later request
+                self._head_since = self._now()  # the first byte of a later request
             self._head_begun = True  # the first request's deadline runs from the connection
         web.RequestHandler.data_received(self, data)
-        if self.has_request():
+        if self._head_since is not None and self.has_request():
             self._head_since = None
 
     def head_late(self, deadline: float) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proxy.core.catalog import DISPLAY_PREFIX
@@ -51,6 +51,16 @@ class Call:
     accepted_scopes: tuple[str, ...]
     token_cost: int | None
     grant: str | None = None  # the static grant's name, when one gave the token its scopes
+    # Counted on every request (``Counter[Call]``): hashed once, when made.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        hashed = hash((self.token_fp, self.method, self.version, self.endpoint, self.decision,
+                       self.reason, self.accepted_scopes, self.token_cost, self.grant))  # fmt: skip
+        object.__setattr__(self, "_hash", hashed)
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def refused(self) -> bool:
