@@ -155,16 +155,19 @@ async def test_stray_requests_are_counted_apart_and_never_fail_the_gate(
         outcomes = await play(port, [("alice", "GET", "/v1/deals/1")] * 2)
         for stray in ("/", "/favicon.ico", "/healthz", "/_proxy/nope"):
             assert (await fetch(port, stray))[0] == 404
+        # Refused by the proxy's own endpoints: not API calls either.
+        assert (await fetch(port, "/_proxy/report/reset", "POST", data=b"{}"))[0] == 415
+        assert (await fetch(port, "/_proxy/health", "POST"))[0] == 405
         live = json.loads((await fetch(port, "/_proxy/report"))[1])
         process.terminate()
         await asyncio.get_running_loop().run_in_executor(None, process.wait, 30)
     assert outcomes == [(200, "allow")] * 2
-    assert live["not_api_calls"] == 4
+    assert live["not_api_calls"] == 6
     assert live["refused_before_decision"] == []
     assert live["overall"]["requests"] == 2
     gate = run("report", "--log", str(log), "--fail-on", "denied")
     assert gate.returncode == 0, gate.stdout + gate.stderr
-    assert "not API calls (404, not counted above): 4" in gate.stdout
+    assert "not API calls (not counted above): 6" in gate.stdout
     assert offline_report(log, "--format", "json") == live
 
 

@@ -16,7 +16,7 @@ def check(config_path: str | None) -> int:
     print(
         f"{config.source}: ok: mode {config.policy.mode}, store {config.store.kind}, "
         f"{len(catalogue)} endpoints (v1 {catalogue.count('v1')}, v2 {catalogue.count('v2')}), "
-        f"{len(config.tokens)} static grants"
+        f"{len(config.tokens)} static grant{'' if len(config.tokens) == 1 else 's'}"
     )
     return 0
 

@@ -104,8 +104,16 @@ async def handle_admin(request: web.Request, raw_path: str) -> Handled:
 
 
 async def _internal(request: web.Request, canonical: CanonicalRequest) -> Handled:
-    """The proxy's own endpoints: not traffic, so a refusal of one is no decided call."""
-    response = await handle_internal(request, canonical)
+    """The proxy's own endpoints: not traffic when answered. A request one of them refuses (a
+    reset without its JSON type, a method it does not take) is logged naming the endpoint,
+    and counted with the requests that are no API calls, never as an API call refused."""
+    try:
+        response = await handle_internal(request, canonical)
+    except ProxyError as refusal:
+        if refusal.reason is not Reason.NOT_FOUND:  # not a mistyped path: a known endpoint
+            own = f"{canonical.method} {canonical.path}"
+            refusal.decision = Decision("deny", refusal.reason, canonical.method, shape=own)
+        raise
     return Handled(Decision("allow", Reason.INTERNAL, canonical.method), answered(response))
 
 

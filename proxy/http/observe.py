@@ -22,7 +22,7 @@ from proxy.core.canonical import canonicalize
 from proxy.core.catalog import CHECK_PATH
 from proxy.core.decision import Decision, Verdict
 from proxy.core.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
-from proxy.core.reasons import BEFORE_DECISION, NOT_API_CALLS, Reason
+from proxy.core.reasons import Reason
 from proxy.http.forward import StreamAborted
 from proxy.http.logs import get_logger, log_request
 from proxy.http.private import (
@@ -36,7 +36,7 @@ from proxy.http.private import (
 )
 from proxy.http.responses import DECISION_HEADER, error_response
 from proxy.http.state import MADE_REQUEST_ID, METRICS, RECORDER, Handled
-from proxy.report.model import Call, logged, refused_before
+from proxy.report.model import Call, logged
 
 _LOG = get_logger()  # bound once configured; cheap on the hot path
 # Answers cut off mid-body by the client's side rather than the upstream's.
@@ -107,8 +107,7 @@ class Outcome(NamedTuple):
             fields["duration_ms"] = duration_ms
             fields["request_id"] = self.request_id
             fields["correlation_id"] = self.correlation_id
-            if reason in BEFORE_DECISION or reason in NOT_API_CALLS:
-                call = refused_before(reason)
+            call = Call.read(fields)  # read as report --log reads the line
         else:  # the common case: what the decision says is the same for each of its calls
             key = (decision, self.check)
             decided = _DECIDED_FIELDS.get(key)

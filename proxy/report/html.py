@@ -199,7 +199,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     if report.get("not_api_calls"):
         refused_before += (
             f'<p class="meta" id="not-api">{report["not_api_calls"]} requests that were no API '
-            "calls (answered 404: no Pipedrive prefix, none of the proxy's own endpoints) are "
+            "calls (no Pipedrive prefix, or refused by one of the proxy's own endpoints) are "
             "not counted above.</p>"
         )
     return (

@@ -47,7 +47,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{r['reason']} {r['count']}" for r in report["refused_before_decision"]
         )]  # fmt: skip
     if report.get("not_api_calls"):
-        lines += ["", f"Not API calls (answered 404, not counted): {report['not_api_calls']}."]
+        lines += ["", f"Not API calls (not counted above): {report['not_api_calls']}."]
     lines += ["", "<details><summary>Endpoints called</summary>", ""]
     lines += ["| endpoint | calls | decision | token cost |", "|---|---:|---|---:|"]
     lines += [

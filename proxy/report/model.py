@@ -16,7 +16,7 @@ from typing import Any
 
 from proxy.core.catalog import DISPLAY_PREFIX
 from proxy.core.decision import BASE, DECLARED_GRANT, Decision
-from proxy.core.reasons import BEFORE_DECISION, DECIDED, NOT_API_CALLS
+from proxy.core.reasons import BEFORE_DECISION, DECIDED, NOT_API_CALLS, Reason
 
 MAX_TOKENS = 100  # tokens with a report section of their own (config: limits.report_tokens)
 OTHER_TOKENS = "other"  # the fingerprint under which the rest are counted together
@@ -100,8 +100,10 @@ class Call:
     def read(cls, fields: Mapping[str, Any]) -> Call | None:
         """The call these log fields (``logged``) record: a decided call; a refusal before
         the scope check, or a request that is no API call, by its reason; else None."""
-        reason = fields.get("reason")
-        if reason in BEFORE_DECISION or reason in NOT_API_CALLS:
+        reason, endpoint = fields.get("reason"), fields.get("endpoint")
+        if reason in NOT_API_CALLS or (reason in BEFORE_DECISION and _own(endpoint)):
+            return refused_before(NOT_AN_API_CALL)  # a stray request, or one to /_proxy/
+        if reason in BEFORE_DECISION:
             return refused_before(str(reason))
         if reason not in DECIDED:
             return None
@@ -109,7 +111,6 @@ class Call:
         if not isinstance(fp, str) or not isinstance(version, str):
             return None
         grant = fields.get("grant")
-        endpoint = fields.get("endpoint")
         if isinstance(endpoint, str) and len(endpoint) > _SHAPE_LENGTH:
             endpoint = endpoint[:_SHAPE_LENGTH] + "/..."
         return cls(
@@ -144,8 +145,14 @@ def logged(decision: Decision) -> dict[str, Any]:
 
 
 # Refusals before the decision (and requests that are no API calls) are counted under this
-# fingerprint, by reason only.
+# fingerprint, by reason only; requests that are no API calls under this one reason.
 BEFORE = "-"
+NOT_AN_API_CALL = str(Reason.NOT_FOUND)
+
+
+def _own(endpoint: object) -> bool:
+    """An endpoint label of the proxy's own (``POST /_proxy/report/reset``)."""
+    return isinstance(endpoint, str) and " /_proxy/" in endpoint
 
 
 def refused_before(reason: str) -> Call:

@@ -32,7 +32,7 @@ def render_text(report: Mapping[str, Any]) -> str:
             *(f"  {r['count']:6}  {r['reason']}" for r in report["refused_before_decision"]),
         ]
     if report.get("not_api_calls"):
-        lines += ["", f"not API calls (404, not counted above): {report['not_api_calls']}"]
+        lines += ["", f"not API calls (not counted above): {report['not_api_calls']}"]
     lines += [
         "",
         "endpoints:",
