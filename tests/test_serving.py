@@ -4,6 +4,7 @@ what can break it (a closed log pipe, a worker killed, Ctrl-C with a call in fli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -180,6 +181,58 @@ async def test_a_second_supervisor_on_a_served_port_exits_2_and_the_first_keeps_
                 decisions.append((response.status, response.headers["X-Scope-Proxy-Decision"]))
     assert decisions == [(403, "deny")] * 20
     assert upstream.received == []
+
+
+async def test_a_supervisor_whose_workers_all_died_does_not_join_a_server_that_took_the_port(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    """While every worker is down the port is free, and another server may take it; the
+    supervisor then stops (exit 2) rather than restart its workers into that server's port."""
+    first = tmp_path / "enforce"
+    first.mkdir()
+    document = {
+        "upstream": {"api_url": upstream.url, "oauth_url": upstream.url},
+        "tokens": grants(reader=["deals:read"]),
+    }
+    enforcing = write_config(first, **document, store=f"sqlite://{first}/t.db")
+    reporting = write_config(tmp_path, **document, mode="report", store=f"sqlite://{tmp_path}/t.db")
+    port = free_port()
+    with serving(enforcing, port, "--workers", "2") as supervisor:
+        await wait_ready(port)
+        children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children").read_text()
+        workers = [  # the supervisor's children, less multiprocessing's resource tracker
+            int(pid)
+            for pid in children.split()
+            if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(workers) == 2
+        with contextlib.ExitStack() as stack:
+            supervisor.send_signal(signal.SIGSTOP)  # it restarts nothing until the other is up
+            try:
+                for worker in workers:
+                    os.kill(worker, signal.SIGKILL)
+                await eventually(lambda: refused(port), "both workers gone", within=10)
+                second = stack.enter_context(serving(reporting, port, "--workers", "2"))
+                await wait_ready(port)
+            finally:
+                supervisor.send_signal(signal.SIGCONT)
+            code = await asyncio.get_running_loop().run_in_executor(None, supervisor.wait, 20)
+            assert code == 2
+            assert supervisor.stderr is not None
+            assert "cannot listen on 127.0.0.1" in supervisor.stderr.read()
+            assert second.poll() is None
+            decisions = []
+            for _ in range(10):
+                connector = aiohttp.TCPConnector(force_close=True)
+                async with (
+                    aiohttp.ClientSession(connector=connector) as client,
+                    client.delete(
+                        f"http://127.0.0.1:{port}/v1/deals/1",
+                        headers={"Authorization": "Bearer reader"},
+                    ) as response,
+                ):
+                    decisions.append(response.headers["X-Scope-Proxy-Decision"])
+            assert decisions == ["report"] * 10, "only the second server answers"
 
 
 async def learn_token(port: int) -> str:

@@ -323,6 +323,19 @@ def supervise(
                         restart_in=delay,
                     )
                 if slot.process is None and not stopping and now >= slot.restart_at:
+                    if not any(other.process is not None for other in slots):
+                        # Every worker is down, so the port is free for anyone: another
+                        # server may have taken it meanwhile, and would be joined.
+                        try:
+                            ensure_free(config.listen)
+                            if config.admin_listen is not None:
+                                ensure_free(config.admin_listen, " (admin_listen)")
+                        except ServeError as error:
+                            log.error("port_taken", problem=str(error))
+                            print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
+                            status = WORKER_CANNOT_START
+                            stopping.append(signal.SIGTERM)
+                            continue
                     start(slot)
             alive = [slot.process for slot in slots if slot.process is not None]
             if stopping and not alive:
