@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +17,10 @@ from proxy.core.credentials import Credential
 from proxy.core.decision import Decision
 from proxy.core.reasons import Reason
 from proxy.http.app import create_app
-from proxy.http.recorder import Recorder, compacted
+from proxy.http.recorder import COMPACT_SECONDS, Recorder, compacted
 from proxy.report.model import UNKNOWN_PAIRS, UNKNOWN_SHAPES, Call, build_report
 from proxy.stores import CachedStore, MemoryStore, RedisStore, SqliteStore, StoreError, open_store
-from proxy.stores.base import TokenStore
+from proxy.stores.base import Fold, TokenStore
 from tests.conftest import (
     CATALOGUE,
     ProxyFactory,
@@ -358,3 +361,65 @@ async def test_the_recorder_bounds_the_unknown_paths_it_stores(store_url: str) -
         assert dealz["count"] == 3_000, "the busy typo keeps its name and its count"
     finally:
         await store.close()
+
+
+class CountingStore(MemoryStore):
+    """The memory store, noting each compaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.compactions = 0
+
+    async def compact_calls(self, fold: Fold) -> None:
+        self.compactions += 1
+        await super().compact_calls(fold)
+
+
+async def test_names_past_the_bounds_are_folded_as_counted_and_compaction_waits() -> None:
+    """A flood is bounded as it is counted, at no cost that grows with the store; the
+    compaction that reads the whole store comes at most every COMPACT_SECONDS."""
+    store, now = CountingStore(), [0.0]
+    recorder = Recorder(store, shown_tokens=2, clock=lambda: now[0])  # 20 tokens named
+    endpoint = CATALOGUE.match(Route("v1", ("deals",)), "GET")
+    allowed = Decision(
+        "allow", Reason.IN_SCOPE, "GET", "v1", endpoint, Credential("oauth", "a" * 64)
+    )
+    unknown = Decision(
+        "deny", Reason.UNKNOWN_ENDPOINT, "GET", "v1", credential=Credential("oauth", "b" * 64)
+    )
+    for n in range(5_000):
+        recorder.record(counted(allowed._replace(credential=Credential("oauth", f"{n:064x}"))))
+        recorder.record(counted(unknown._replace(shape=f"GET /v1/made/up{n}")))
+        if n % 500 == 499:
+            await recorder.flush()
+    stored = await store.call_counts()
+    assert store.compactions == 0, "no compaction before COMPACT_SECONDS"
+    assert len({key.partition("\t")[0] for key in stored}) <= 20 + 1  # and "other"
+    assert sum('"unknown_endpoint"' in key for key in stored) <= UNKNOWN_SHAPES + 1
+    assert sum(stored.values()) == 10_000, "no call is lost, only folded"
+    now[0] = COMPACT_SECONDS + 1
+    recorder.record(counted(allowed))
+    await recorder.flush()
+    assert store.compactions == 1
+    recorder.record(counted(allowed))
+    await recorder.flush()
+    assert store.compactions == 1, "not again before COMPACT_SECONDS more"
+
+
+async def test_the_memory_store_folds_off_the_event_loop_and_keeps_what_came_meanwhile() -> None:
+    store = MemoryStore()
+    await store.add_calls({call_key(f"{n:012x}"): 1 for n in range(30)})
+    seen: list[bool] = []
+
+    def fold(counts: Mapping[str, int]) -> dict[str, int]:
+        seen.append(threading.current_thread() is threading.main_thread())
+        return compacted(counts, 5) or dict(counts)
+
+    compacting = asyncio.ensure_future(store.compact_calls(fold))
+    await asyncio.sleep(0)
+    await store.add_calls({call_key("f" * 12): 7})  # while the fold runs
+    await compacting
+    after = await store.call_counts()
+    assert seen == [False]
+    assert after[call_key("f" * 12)] == 7
+    assert sum(after.values()) == 30 + 7

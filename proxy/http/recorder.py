@@ -2,25 +2,40 @@
 
 Each process counts in memory and adds its counts to the store about once a second (and before
 every report it serves), so replicas sharing a Redis report together. What a storm of new
-tokens or made-up paths can leave in the store is bounded: the store keeps the calls of at most
-``STORED_TOKENS_PER_SHOWN`` times as many tokens as the report shows (the busiest; the rest are
-counted as ``other``), and of the paths no catalogue entry matches, as many as a report names
-(``report.fold_shapes``). Each bound is restored by compacting the store once that many new
-tokens, or new (token, path) pairs, have been added to it since the last compaction.
+tokens or made-up paths can leave in the store is bounded as the calls are counted, at no cost
+that grows with the store: each process names at most ``STORED_TOKENS_PER_SHOWN`` times as
+many tokens as the report shows, and as many paths no catalogue entry matches as a report names
+(``report.model.fold_shapes``), between two compactions; the rest are counted at once as
+``other`` and ``(other unknown paths)``. A compaction keeps the busiest of those the store holds
+(the report's own fold) and lets new ones be named again; it reads and rewrites the whole
+store, so it runs at most every ``COMPACT_SECONDS``, with its work off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from proxy.http.logs import get_logger, timestamp
-from proxy.report.model import UNKNOWN_PAIRS, Call, fold_shapes, fold_tokens, unknown_shape
+from proxy.report.model import (
+    BEFORE,
+    OTHER_TOKENS,
+    UNKNOWN_PAIRS,
+    UNKNOWN_SHAPES,
+    Call,
+    fold_shapes,
+    fold_tokens,
+    other_paths,
+    unknown_shape,
+)
 from proxy.stores import CallCounts, StoreError
 
 FLUSH_SECONDS = 1.0
+COMPACT_SECONDS = 300.0
 STORED_TOKENS_PER_SHOWN = 10
 
 
@@ -37,22 +52,57 @@ def compacted(counts: Mapping[str, int], keep_tokens: int) -> dict[str, int] | N
 
 
 class Recorder:
-    def __init__(self, counts: CallCounts, shown_tokens: int) -> None:
+    def __init__(
+        self, counts: CallCounts, shown_tokens: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.counts = counts
         self.stored_tokens = shown_tokens * STORED_TOKENS_PER_SHOWN
+        self.clock = clock
         self._pending: Counter[Call] = Counter()
-        # Flushed since the store was last compacted: tokens, and (token, unknown path) pairs.
-        self._new_tokens: set[str] = set()
-        self._new_shapes: set[tuple[str, str]] = set()
+        # Named since the store was last compacted: tokens, unknown paths, (token, path) pairs.
+        self._tokens: set[str] = {BEFORE, OTHER_TOKENS}
+        self._shapes: set[str] = set()
+        self._pairs: set[tuple[str, str]] = set()
+        self._compacted_at = clock()
         self._task: asyncio.Task[None] | None = None
         self.since = timestamp()  # when counting began: start-up, or the last reset through here
 
     def record(self, call: Call) -> None:
-        """Count a call (``Call.of`` a decision, or ``refused_before``); cheap on the hot path."""
+        """Count a call (``Call.of`` a decision, or ``refused_before``); cheap on the hot path.
+        A token or an unknown path past what may be named is counted as the others at once."""
+        if call.token_fp not in self._tokens:
+            if len(self._tokens) < self.stored_tokens + 2:
+                self._tokens.add(call.token_fp)
+            else:
+                call = replace(call, token_fp=OTHER_TOKENS, grant=None)
+        if unknown_shape(call):
+            call = self._named(call)
         self._pending[call] += 1
 
+    def _named(self, call: Call) -> Call:
+        shape = str(call.endpoint)
+        pair = (call.token_fp, shape)
+        if pair in self._pairs:
+            return call
+        known = shape in self._shapes
+        if len(self._pairs) >= UNKNOWN_PAIRS or (not known and len(self._shapes) >= UNKNOWN_SHAPES):
+            return replace(call, endpoint=other_paths(call.method, call.version))
+        self._pairs.add(pair)
+        self._shapes.add(shape)
+        return call
+
+    @property
+    def saturated(self) -> bool:
+        """As many tokens or unknown paths named as may be until the next compaction."""
+        return (
+            len(self._tokens) >= self.stored_tokens + 2
+            or len(self._pairs) >= UNKNOWN_PAIRS
+            or len(self._shapes) >= UNKNOWN_SHAPES
+        )
+
     async def flush(self) -> None:
-        """Add the pending counts to the store; on failure they stay pending for the next try."""
+        """Add the pending counts to the store; on failure they stay pending for the next try.
+        Compact the store when what may be named is used up, at most every COMPACT_SECONDS."""
         if not self._pending:
             return
         batch, self._pending = self._pending, Counter()
@@ -61,16 +111,17 @@ class Recorder:
         except StoreError:
             self._pending.update(batch)
             raise
-        self._new_tokens.update(call.token_fp for call in batch)
-        self._new_shapes.update(
-            (call.token_fp, str(call.endpoint)) for call in batch if unknown_shape(call)
-        )
-        shapes = len(self._new_shapes)
-        if len(self._new_tokens) > self.stored_tokens or shapes > UNKNOWN_PAIRS:
-            self._new_tokens.clear()
-            self._new_shapes.clear()
+        now = self.clock()
+        if self.saturated and now - self._compacted_at >= COMPACT_SECONDS:
+            self._compacted_at = now
             keep = self.stored_tokens
             await self.counts.compact_calls(lambda counts: compacted(counts, keep))
+            self._forget_names()
+
+    def _forget_names(self) -> None:
+        self._tokens = {BEFORE, OTHER_TOKENS}
+        self._shapes.clear()
+        self._pairs.clear()
 
     async def calls(self) -> Counter[Call]:
         """Every call counted by every process sharing the store, this one's included."""
@@ -83,6 +134,7 @@ class Recorder:
     async def reset(self) -> str:
         """Start a new run; the time it starts from, which the caller logs."""
         self._pending.clear()
+        self._forget_names()
         await self.counts.reset_calls()
         self.since = timestamp()
         return self.since

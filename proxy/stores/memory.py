@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ class MemoryStore:
         self.clock = clock
         self._tokens: dict[str, Learned] = {}
         self._calls: Counter[str] = Counter()
+        self._generation = 0  # reset_calls counts up: a compaction under way is then void
 
     async def get(self, digest: str) -> Learned | None:
         learned = self._tokens.get(digest)
@@ -39,10 +41,17 @@ class MemoryStore:
 
     async def reset_calls(self) -> None:
         self._calls.clear()
+        self._generation += 1
 
     async def compact_calls(self, fold: Fold) -> None:
-        folded = fold(self._calls)
-        if folded is not None:
+        # The fold reads every counter: done in a thread, on a copy, so that requests go on.
+        taken, generation = dict(self._calls), self._generation
+        folded = await asyncio.to_thread(fold, taken)
+        if folded is not None and generation == self._generation:  # not reset meanwhile
+            for key, count in self._calls.items():  # what was added meanwhile
+                added = count - taken.get(key, 0)
+                if added:
+                    folded[key] = folded.get(key, 0) + added
             self._calls = Counter(folded)
 
     async def ping(self) -> None:

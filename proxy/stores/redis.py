@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -89,7 +90,8 @@ class RedisStore:
                 try:
                     await pipe.watch(REPORT_KEY)
                     current = await pipe.hgetall(REPORT_KEY)
-                    folded = fold({str(key): int(value) for key, value in current.items()})
+                    counts = {str(key): int(value) for key, value in current.items()}
+                    folded = await asyncio.to_thread(fold, counts)  # off the event loop
                     if folded is None:
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return
