@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from proxy.report.model import build_report
+from proxy.report.replay import calls_from_log
 from tests.conftest import ProxyFactory, envelope, grants, raw_request, sha
 from tests.fakes import FakePipedrive, Received
 
@@ -406,3 +409,33 @@ async def test_request_ids_sent_as_raw_bytes_reach_the_upstream_as_sent(
     assert second.header("X-Request-Id") == [long_id]
     logged = [e["request_id"] for e in events if e["event"] == "request"]
     assert logged == ["first", long_id[:200]]
+
+
+async def test_calls_meant_for_the_api_count_as_refused_and_stray_requests_apart(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    """A prefix in other letter case is refused (400) and counted against the gate, as is the
+    prefix alone (404, an unknown endpoint); a stray request is counted apart even when it is
+    refused for its shape. Live and replayed from the log alike."""
+    client = await make_proxy(tokens=grants(reader=["deals:read"]))
+    sent = [(b"/V1/deals/1", 400), (b"/Api/v2/deals", 400), (b"/v1", 404),
+            (b"/favicon.ico;x", 400), (b"/", 404)]  # fmt: skip
+    with capture_logs() as events:
+        for target, status in sent:
+            answer = await raw_request(
+                client,
+                b"GET " + target + b" HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer reader\r\n"
+                b"Connection: close\r\n\r\n",
+            )
+            assert answer[0] == status, target
+    live = await (await client.get("/_proxy/report")).json()
+    assert live["refused_before_decision"] == [{"reason": "ambiguous_request", "count": 2}]
+    assert live["not_api_calls"] == 2
+    assert [d["endpoint"] for d in live["overall"]["denied"]] == ["GET /v1/"]
+    lines = [
+        json.dumps({**e, "reason": str(e["reason"])}) for e in events if e["event"] == "request"
+    ]
+    replayed = build_report(calls_from_log(lines).calls, None)
+    assert replayed["refused_before_decision"] == live["refused_before_decision"]
+    assert replayed["not_api_calls"] == live["not_api_calls"]
+    assert upstream.received == []

@@ -24,6 +24,7 @@ from proxy.core.catalog import (
     path_shape,
     shipped_document,
 )
+from proxy.core.errors import AmbiguousRequest
 from tests.conftest import CATALOGUE
 
 ROOT = Path(__file__).parent.parent
@@ -272,7 +273,20 @@ def test_api_route_is_the_path_after_one_of_the_api_prefixes(path: str) -> None:
          for prefix, version in API_PREFIXES if path.startswith(prefix)),
         None,
     )  # fmt: skip
+    bare = {prefix.rstrip("/"): version for prefix, version in API_PREFIXES}
+    if path in bare:  # the prefix alone: a route to no endpoint
+        expected = Route(bare[path], ())
+    if path.startswith("//"):
+        with pytest.raises(AmbiguousRequest):
+            api_route(path)
+        return
     assert api_route(path) == expected
+
+
+@pytest.mark.parametrize("path", ["/V1/deals", "/API/v1/deals", "/api/V2/deals", "/Api/v2"])
+def test_an_api_prefix_in_other_letter_case_is_refused(path: str) -> None:
+    with pytest.raises(AmbiguousRequest, match="spelled /v1, /api/v1 or /api/v2 exactly"):
+        api_route(path)
 
 
 @pytest.mark.parametrize(

@@ -608,9 +608,13 @@ async def test_the_admin_listener_takes_the_proxys_own_endpoints_off_the_main_po
             assert (
                 await status("POST", f"{admin_url}/_proxy/report/reset", headers=json_body) == 200
             )
-            # The admin listener serves nothing else: no API calls, no checks.
+            # The admin listener serves nothing else: no API calls, no checks; and such a call,
+            # a misdirected one, is counted as a refused call, not as a stray request.
             assert await status("GET", f"{admin_url}/v1/deals/1", headers=auth) == 404
             assert await status("GET", f"{admin_url}/_proxy/authz/v1/deals/1", headers=auth) == 404
+            async with client.get(f"{admin_url}/_proxy/report") as answer:
+                report = await answer.json()
+            assert report["refused_before_decision"] == [{"reason": "wrong_listener", "count": 2}]
         # The container's HEALTHCHECK command finds the admin port in the same config.
         healthy = await asyncio.to_thread(run, "health", "--config", config_path)
         assert healthy.returncode == 0, healthy.stderr

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from proxy.core.errors import AmbiguousRequest
 from proxy.core.matching import AmbiguousTemplates, Router
 
 VERSIONS = ("v1", "v2")
@@ -42,12 +43,30 @@ class Route(NamedTuple):
 
 
 def api_route(path: str) -> Route | None:
-    """The route of a path under one of the API prefixes (``API_PREFIXES``), else None."""
+    """The route of a path under one of the API prefixes (``API_PREFIXES``), else None. The
+    prefix alone (``/v1``) is a route to no endpoint. A prefix that differs from one only in
+    letter case (``/V1/deals``) is refused: a router that ignores case would take it for the
+    API, one that does not for another path."""
     parts = path.split("/")  # "/api/v2/deals" -> "", "api", "v2", "deals"
-    if len(parts) > 2 and parts[1] == "v1":
+    if len(parts) > 1 and parts[1] == "v1":
         return Route("v1", tuple(parts[2:]))
-    if len(parts) > 3 and parts[1] == "api" and parts[2] in _API_VERSIONS:
+    if len(parts) > 2 and parts[1] == "api" and parts[2] in _API_VERSIONS:
         return Route(parts[2], tuple(parts[3:]))
+    if api_version(path) is not None:
+        raise AmbiguousRequest("the API prefix must be spelled /v1, /api/v1 or /api/v2 exactly")
+    return None
+
+
+def api_version(target: str) -> str | None:
+    """The API version a request target was meant for, read leniently (any letter case, any
+    number of leading slashes, Envoy's check prefix, the query left out), or None for a
+    target that is no API call at all: how a request refused before it could be read is told
+    from one that was never meant for Pipedrive (``GET /favicon.ico``)."""
+    path = target.partition("?")[0].lower().lstrip("/")
+    path = path.removeprefix(AUTHZ_PREFIX.lower().lstrip("/") + "/").lstrip("/")
+    for prefix, version in (("v1", "v1"), ("api/v1", "v1"), ("api/v2", "v2")):
+        if path == prefix or path.startswith(prefix + "/"):
+            return version
     return None
 
 

@@ -84,6 +84,13 @@ class NotFound(ProxyError):
     error = "Not found"
 
 
+class WrongListener(NotFound):
+    """An API call, or Envoy's check of one, sent to the admin listener: refused (404) and
+    counted as a refused call, not as a stray request (a misdirected ``--authz``, say)."""
+
+    reason = Reason.WRONG_LISTENER
+
+
 class UnknownEndpoint(ProxyError):
     """A path under an API prefix that no catalogue entry matches, or a known path with a
     method it does not take: the app has a typo, not a scope to ask for. ``endpoint`` is the

@@ -21,6 +21,7 @@ class Reason(StrEnum):
     UNKNOWN_TOKEN = "unknown_token"
     API_TOKEN_NOT_SCOPED = "api_token_not_scoped"
     NOT_FOUND = "not_found"
+    WRONG_LISTENER = "wrong_listener"  # an API call or Envoy's check sent to the admin listener
     METHOD_NOT_ALLOWED = "method_not_allowed"
     REQUEST_TOO_LARGE = "request_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -52,6 +53,7 @@ BEFORE_DECISION = frozenset(
         Reason.UNKNOWN_TOKEN,
         Reason.API_TOKEN_NOT_SCOPED,
         Reason.METHOD_NOT_ALLOWED,
+        Reason.WRONG_LISTENER,
         Reason.REQUEST_TOO_LARGE,
         Reason.UNSUPPORTED_MEDIA_TYPE,
         Reason.STORE_UNAVAILABLE,

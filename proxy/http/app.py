@@ -21,7 +21,15 @@ from proxy import __version__
 from proxy.config import Config
 from proxy.core import oauth
 from proxy.core.canonical import BODYLESS_METHODS, CanonicalRequest, canonicalize
-from proxy.core.catalog import API_PREFIXES, AUTHZ_PREFIX, CHECK_PATH, Catalogue, Route, api_route
+from proxy.core.catalog import (
+    API_PREFIXES,
+    AUTHZ_PREFIX,
+    CHECK_PATH,
+    Catalogue,
+    Route,
+    api_route,
+    api_version,
+)
 from proxy.core.credentials import Credential, extract_credential
 from proxy.core.decision import Decision, authorize, precheck, refused_before
 from proxy.core.errors import (
@@ -30,6 +38,7 @@ from proxy.core.errors import (
     NotFound,
     ProxyError,
     StoreUnavailable,
+    WrongListener,
 )
 from proxy.core.reasons import Reason
 from proxy.http.forward import UpstreamClient
@@ -84,10 +93,13 @@ async def handle(request: web.Request) -> Handled:
         url = runtime.config.upstream.api_url + canonical.target
         made_id = request.get(MADE_REQUEST_ID)
         return Handled(decision, app[UPSTREAM].forward(request, url, made_id, decision.verdict))
-    if canonical.path in OAUTH_PATHS:
-        return await handle_oauth(request, runtime, canonical)
-    if canonical.path == oauth.AUTHORIZE_PATH:
-        return redirect_to_consent(request, runtime, canonical)
+    if canonical.path in OAUTH_PATHS or canonical.path == oauth.AUTHORIZE_PATH:
+        try:
+            if canonical.path == oauth.AUTHORIZE_PATH:
+                return redirect_to_consent(request, runtime, canonical)
+            return await handle_oauth(request, runtime, canonical)
+        except ProxyError as refusal:
+            raise at_endpoint(refusal, canonical) from None
     if canonical.path.startswith("/_proxy/"):
         if admin_ports:
             raise NotFound("the proxy's own endpoints are served on its admin listener")
@@ -97,8 +109,10 @@ async def handle(request: web.Request) -> Handled:
 
 async def handle_admin(request: web.Request, raw_path: str) -> Handled:
     """A request on the admin listener: the proxy's own endpoints, and nothing else."""
+    if api_version(raw_path) is not None:  # the API, or Envoy's check: the main port's
+        raise WrongListener("API calls and Envoy's checks go to the main port, not the admin one")
     canonical = canonicalize(request.method, raw_path, request.raw_headers)
-    if not canonical.path.startswith("/_proxy/") or raw_path.startswith(CHECK_PATH):
+    if not canonical.path.startswith("/_proxy/"):
         raise NotFound("the admin listener serves the proxy's own endpoints (/_proxy/...) only")
     return await _internal(request, canonical)
 
@@ -110,11 +124,20 @@ async def _internal(request: web.Request, canonical: CanonicalRequest) -> Handle
     try:
         response = await handle_internal(request, canonical)
     except ProxyError as refusal:
-        if refusal.reason is not Reason.NOT_FOUND:  # not a mistyped path: a known endpoint
-            own = f"{canonical.method} {canonical.path}"
-            refusal.decision = Decision("deny", refusal.reason, canonical.method, shape=own)
-        raise
+        if refusal.reason is Reason.NOT_FOUND:  # a mistyped path: no endpoint of the proxy's
+            raise
+        raise at_endpoint(refusal, canonical) from None
     return Handled(Decision("allow", Reason.INTERNAL, canonical.method), answered(response))
+
+
+def at_endpoint(refusal: ProxyError, canonical: CanonicalRequest) -> ProxyError:
+    """A refusal by one of the proxy's own endpoints (OAuth, ``/_proxy/``), carrying a decision
+    that names the endpoint (a fixed path: safe to log), so that the log and the report can
+    tell it from a refused API call."""
+    if refusal.decision is None:
+        own = f"{canonical.method} {canonical.path}"
+        refusal.decision = Decision("deny", refusal.reason, canonical.method, shape=own)
+    return refusal
 
 
 def _local_port(request: web.Request) -> int | None:

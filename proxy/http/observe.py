@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from proxy.core.canonical import canonicalize
-from proxy.core.catalog import CHECK_PATH
+from proxy.core.catalog import CHECK_PATH, api_version
 from proxy.core.decision import Decision, Verdict
 from proxy.core.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
 from proxy.core.reasons import Reason
@@ -57,6 +57,9 @@ class Outcome(NamedTuple):
     check: bool = False  # Envoy's check of a call: decided, never forwarded
     request_id: str | None = None  # the client's X-Request-Id, else the one the proxy made
     correlation_id: str | None = None  # Pipedrive's x-correlation-id, from its answer
+    # For a request refused before any decision: the API version its target was meant for,
+    # read leniently; None for one that was no API call (what the report counts apart).
+    version: str | None = None
 
     @property
     def verdict(self) -> Verdict:
@@ -103,6 +106,7 @@ class Outcome(NamedTuple):
             fields = dict(_UNDECIDED)
             fields["reason"] = reason
             fields["method"] = self.method
+            fields["version"] = self.version
             fields["status"] = status
             fields["duration_ms"] = duration_ms
             fields["request_id"] = self.request_id
@@ -312,6 +316,7 @@ def _finish(
         decision is not None and request.raw_path.startswith(CHECK_PATH),
         request_id[:_ID_LENGTH],
         correlation[:_ID_LENGTH] if correlation is not None else None,
+        api_version(request.raw_path) if decision is None else None,
     )
     record(request.app, outcome)
 

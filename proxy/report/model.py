@@ -101,10 +101,12 @@ class Call:
         """The call these log fields (``logged``) record: a decided call; a refusal before
         the scope check, or a request that is no API call, by its reason; else None."""
         reason, endpoint = fields.get("reason"), fields.get("endpoint")
-        if reason in NOT_API_CALLS or (reason in BEFORE_DECISION and _own(endpoint)):
-            return refused_before(NOT_AN_API_CALL)  # a stray request, or one to /_proxy/
+        if reason in NOT_API_CALLS:
+            return refused_before(NOT_AN_API_CALL)  # a stray request: counted apart
         if reason in BEFORE_DECISION:
-            return refused_before(str(reason))
+            if _api_call(fields):
+                return refused_before(str(reason))
+            return refused_before(NOT_AN_API_CALL)  # refused, but never meant for Pipedrive
         if reason not in DECIDED:
             return None
         fp, version = fields.get("token_fp"), fields.get("version")
@@ -150,9 +152,19 @@ BEFORE = "-"
 NOT_AN_API_CALL = str(Reason.NOT_FOUND)
 
 
-def _own(endpoint: object) -> bool:
-    """An endpoint label of the proxy's own (``POST /_proxy/report/reset``)."""
-    return isinstance(endpoint, str) and " /_proxy/" in endpoint
+def _api_call(fields: Mapping[str, Any]) -> bool:
+    """Whether a request refused before its scope check was meant for Pipedrive: an API
+    version was read from its target, or it was the OAuth exchange; not when one of the
+    proxy's own endpoints refused it (``POST /_proxy/report/reset``). A request the HTTP
+    parser refused cannot be told: it counts as one."""
+    endpoint = fields.get("endpoint")
+    if isinstance(endpoint, str) and " /_proxy/" in endpoint:
+        return False
+    if isinstance(endpoint, str) and " /oauth/" in endpoint:
+        return True
+    # A line of an earlier version, without the field, counts as a call (as it did then).
+    version = fields.get("version", "unwritten")
+    return version is not None or fields.get("reason") == Reason.MALFORMED_REQUEST
 
 
 def refused_before(reason: str) -> Call:
