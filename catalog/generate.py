@@ -9,7 +9,8 @@ Inputs, all in ``catalog/sources/`` (copies of Pipedrive's published material):
 - ``spec-scopes-history.tsv``: v1 operations Pipedrive removed from the spec that may remain
   functional, with their last known scopes and token cost.
 - ``overlay.yaml``: what Pipedrive changed that its OpenAPI files do not say (new scopes, endpoint
-  lifecycle), each change with its date and the Pipedrive page that says so. Reviewed by hand.
+  lifecycle, the v2 endpoint that replaces a v1 one: ``v2-replacements.tsv``), each change with
+  its date and the Pipedrive page that says so. Reviewed by hand.
 
 For each (version, method, path shape) the accepted scopes are the union over all sources.
 Run ``python catalog/generate.py`` to rewrite the data file, ``--check`` to compare only.
@@ -38,6 +39,7 @@ FOUNDING = "scopes-and-permissions.txt"
 OPENAPI = {"v1": "openapi-v1.yaml", "v2": "openapi-v2.yaml"}
 HISTORY = "spec-scopes-history.tsv"
 OVERLAY = "overlay.yaml"
+REPLACEMENTS = "v2-replacements.tsv"  # named by the overlay
 METHODS = ("get", "post", "put", "patch", "delete")
 
 # Corrections to the founding document, each with the reason it is made. The key is the entry as
@@ -84,7 +86,8 @@ class Entry:
     token_cost: int | None = None
     operation_id: str | None = None
     notes: list[str] = field(default_factory=list)
-    lifecycle: dict[str, str] | None = None  # {state, since, change}: from the overlay
+    lifecycle: dict[str, str | None] | None = None  # {state, since, change}; None: current
+    replacement: str | None = None  # the v2 endpoint Pipedrive names in its place
     template_rank: int = 99
 
     def as_json(self) -> dict[str, Any]:
@@ -99,6 +102,7 @@ class Entry:
             "operation_id": self.operation_id,
             "notes": self.notes,
             "lifecycle": self.lifecycle,
+            "replacement": self.replacement,
         }
 
 
@@ -198,7 +202,11 @@ def load_history(catalogue: Catalogue, path: Path) -> None:
             if row["x_token_cost"] and entry.token_cost is None:
                 entry.token_cost = int(row["x_token_cost"])
             entry.operation_id = entry.operation_id or row["operationId"]
-            entry.notes.append(f"removed from the spec: {row['status']}")
+            last = f" (last in its official Node client {row['npm_last_seen']})"
+            entry.notes.append(
+                "Pipedrive removed it from its OpenAPI file; it may still be answered"
+                + (last if row["npm_last_seen"] else "")
+            )
 
 
 def load_founding(catalogue: Catalogue, path: Path, declared: dict[str, str]) -> None:
@@ -212,9 +220,9 @@ def load_founding(catalogue: Catalogue, path: Path, declared: dict[str, str]) ->
             entry.notes.append(note)
 
 
-LIFECYCLE_STATES = ("deprecated", "out_of_support", "removed")
+LIFECYCLE_STATES = ("deprecated", "out_of_support", "removed")  # each further than the one before
 _CHANGE_KEYS = {"id", "title", "source", "announced", "since", "reviewed", "says"}
-_EFFECTS = {"scopes", "accept", "lifecycle"}
+_EFFECTS = {"scopes", "accept", "lifecycle", "replacements"}
 
 
 class OverlayError(SystemExit):
@@ -222,6 +230,16 @@ class OverlayError(SystemExit):
 
 
 def load_overlay(
+    catalogue: Catalogue, path: Path, declared: dict[str, str]
+) -> list[dict[str, str]]:
+    changes = _load_changes(catalogue, path, declared)
+    for entry in catalogue.entries.values():  # marked deprecated, and no change says more
+        if entry.deprecated and entry.lifecycle is None:
+            entry.lifecycle = {"state": "deprecated", "since": None, "change": None}
+    return changes
+
+
+def _load_changes(
     catalogue: Catalogue, path: Path, declared: dict[str, str]
 ) -> list[dict[str, str]]:
     """Merge the reviewed overlay of what Pipedrive changed; the changes, for the catalogue's
@@ -242,7 +260,9 @@ def load_overlay(
         if missing:
             raise OverlayError(f"{where}: missing {', '.join(missing)}")
         if not set(raw) & _EFFECTS:
-            raise OverlayError(f"{where}: changes nothing (give scopes, accept or lifecycle)")
+            raise OverlayError(
+                f"{where}: changes nothing (give scopes, accept, lifecycle or replacements)"
+            )
         change_id = str(raw["id"])
         where = f"{OVERLAY}: {change_id}"
         if change_id in seen:
@@ -277,21 +297,68 @@ def load_overlay(
             )
         lifecycle = raw.get("lifecycle")
         if lifecycle is not None:
-            state = lifecycle.get("state") if isinstance(lifecycle, dict) else None
-            if state not in LIFECYCLE_STATES:
-                raise OverlayError(
-                    f"{where}.lifecycle.state: expected one of {', '.join(LIFECYCLE_STATES)}"
-                )
-            for number, named in enumerate(lifecycle.get("endpoints") or []):
-                entry = _overlay_entry(catalogue, named, f"{where}.lifecycle.endpoints[{number}]")
-                if entry.lifecycle is not None:
-                    raise OverlayError(
-                        f"{where}: {entry.method} {entry.template} already has a lifecycle, "
-                        f"from {entry.lifecycle['change']}"
-                    )
-                entry.lifecycle = {"state": state, "since": since, "change": change_id}
-                entry.sources.add(f"overlay:{change_id}")
+            _set_lifecycle(catalogue, lifecycle, where, change_id, since)
+        if raw.get("replacements") is not None:
+            _set_replacements(catalogue, path.parent / str(raw["replacements"]), where, change_id)
     return changes
+
+
+def _set_lifecycle(
+    catalogue: Catalogue, lifecycle: Any, where: str, change_id: str, since: str
+) -> None:
+    """The state a change gives the endpoints it names (or selects); the further state holds
+    where another change gives one too."""
+    state = lifecycle.get("state") if isinstance(lifecycle, dict) else None
+    if state not in LIFECYCLE_STATES:
+        raise OverlayError(
+            f"{where}.lifecycle.state: expected one of {', '.join(LIFECYCLE_STATES)}"
+        )
+    selected = lifecycle.get("select")
+    if selected is not None and selected != "deprecated":
+        raise OverlayError(f"{where}.lifecycle.select: expected deprecated")
+    if selected:
+        entries = [entry for entry in catalogue.entries.values() if entry.deprecated]
+    else:
+        entries = [
+            _overlay_entry(catalogue, named, f"{where}.lifecycle.endpoints[{number}]")
+            for number, named in enumerate(lifecycle.get("endpoints") or [])
+        ]
+    for entry in entries:
+        given = {"state": state, "since": since, "change": change_id}
+        held = entry.lifecycle
+        if held is not None and held["state"] == state:
+            raise OverlayError(
+                f"{where}: {entry.method} {entry.template} is {state} already, by {held['change']}"
+            )
+        if held is None or LIFECYCLE_STATES.index(state) > LIFECYCLE_STATES.index(
+            str(held["state"])
+        ):
+            entry.lifecycle = given
+        entry.sources.add(f"overlay:{change_id}")
+
+
+def _set_replacements(catalogue: Catalogue, path: Path, where: str, change_id: str) -> None:
+    """The v2 endpoint that replaces each v1 one the file names; both must be catalogued."""
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    except OSError as error:
+        raise OverlayError(f"{where}.replacements: cannot read {path.name}: {error}") from None
+    rows = [line.split("\t") for line in lines if not line.startswith("#")][1:]  # the header
+    for number, row in enumerate(rows, start=1):
+        if len(row) != 4:
+            raise OverlayError(f"{path.name}:{number}: expected 4 tab-separated columns")
+        old_method, old_path, new_method, new_path = row
+        named = f"{path.name}:{number}"
+        entry = _overlay_entry(
+            catalogue, {"version": "v1", "method": old_method, "path": old_path}, named
+        )
+        _overlay_entry(
+            catalogue,
+            {"version": "v2", "method": new_method, "path": new_path.partition("?")[0]},
+            named,
+        )
+        entry.replacement = f"{new_method} /api/v2{new_path}"
+        entry.sources.add(f"overlay:{change_id}")
 
 
 def _overlay_entry(catalogue: Catalogue, raw: Any, where: str) -> Entry:
@@ -331,7 +398,7 @@ def build(sources: Path = SOURCES) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"entries name undeclared scopes: {sorted(unknown)}")
     entries = sorted(catalogue.entries.values(), key=lambda e: (e.version, e.template, e.method))
-    names = [FOUNDING, *OPENAPI.values(), HISTORY, OVERLAY]
+    names = [FOUNDING, *OPENAPI.values(), HISTORY, OVERLAY, REPLACEMENTS]
     return {
         "format": 2,
         "inputs": {name: digest(sources / name) for name in names},

@@ -122,7 +122,7 @@ def test_catalogue_entries_keep_sources_and_format() -> None:
     assert all(entry["sources"] for entry in document["endpoints"])
     assert set(document["inputs"]) == {
         "scopes-and-permissions.txt", "openapi-v1.yaml", "openapi-v2.yaml",
-        "spec-scopes-history.tsv", "overlay.yaml",
+        "spec-scopes-history.tsv", "overlay.yaml", "v2-replacements.tsv",
     }  # fmt: skip
 
 
@@ -153,11 +153,49 @@ def test_the_channels_api_is_removed_since_2026_02_01_with_its_source() -> None:
     for endpoint in channels:
         assert endpoint.lifecycle is not None
         assert (endpoint.lifecycle.state, endpoint.lifecycle.since) == ("removed", "2026-02-01")
+        assert endpoint.lifecycle.change is not None
         change = CATALOGUE.changes[endpoint.lifecycle.change]
         assert change.title == "Breaking change: Deprecation of Channels API"
         assert change.source.startswith("https://developers.pipedrive.com/")
         assert endpoint.scopes == {"messengers-integration"}  # the decision is unchanged
-    assert sum(1 for e in CATALOGUE.endpoints if e.lifecycle is not None) == 4
+    assert sum(1 for e in CATALOGUE.endpoints if e.state == "removed") == 4
+
+
+def test_the_deprecated_v1_endpoints_are_out_of_support_since_2026_08_01() -> None:
+    deprecated = [e for e in CATALOGUE.endpoints if e.deprecated]
+    assert len(deprecated) == 86
+    assert {e.version for e in deprecated} == {"v1"}
+    states = {(e.state, e.lifecycle.since if e.lifecycle else None) for e in deprecated}
+    assert states == {("out_of_support", "2026-08-01"), ("removed", "2026-02-01")}
+    assert all(e.state == "current" for e in CATALOGUE.endpoints if not e.deprecated)
+
+
+def test_the_v2_replacements_pipedrives_node_client_names_are_all_catalogued() -> None:
+    """56 pairs (client-nodejs 32.0.0): both ends catalogued; v2 costs 411 tokens where v1
+    cost 782; two pairs take other scopes in v2."""
+    replaced = [e for e in CATALOGUE.endpoints if e.replacement is not None]
+    assert len(replaced) == 56
+    old_cost = new_cost = 0
+    changed_scopes = []
+    for endpoint in replaced:
+        assert endpoint.version == "v1"
+        assert endpoint.replacement is not None
+        method, _, path = endpoint.replacement.partition(" ")
+        route = api_route(
+            path.partition("?")[0].replace("{id}", "7").replace("{product_attachment_id}", "8")
+        )
+        assert route is not None, endpoint.replacement
+        new = CATALOGUE.match(route, method)
+        assert new is not None, endpoint.replacement
+        assert new.state == "current"
+        old_cost += endpoint.token_cost or 0
+        new_cost += new.token_cost or 0
+        if new.scopes != endpoint.scopes:
+            changed_scopes.append(endpoint.name)
+    assert (old_cost, new_cost) == (782, 411)
+    assert sorted(changed_scopes) == [
+        "GET /v1/deals/{id}/products", "PUT /v1/deals/{id}/products/{product_attachment_id}",
+    ]  # fmt: skip
 
 
 def test_every_overlay_change_says_when_and_where_pipedrive_said_it() -> None:
@@ -304,3 +342,20 @@ def test_a_paths_shape_is_bounded_whatever_the_client_sends(path: str, shape: st
     assert route is not None
     assert path_shape("GET", route) == shape
     assert len(path_shape("DELETE", Route("v2", ("w" * 40,) * 1000))) < 400
+
+
+def test_the_further_lifecycle_holds_where_two_changes_give_one() -> None:
+    gen = generator()
+    catalogue = gen.Catalogue()
+    old = catalogue.add("v1", "POST", "/channels", {"admin"}, "openapi-v1", rank=0)
+    old.deprecated = True
+    plain = catalogue.add("v1", "GET", "/deals", {"deals:read"}, "openapi-v1", rank=0)
+    gen._set_lifecycle(catalogue, {"state": "removed", "endpoints": [
+        {"version": "v1", "method": "POST", "path": "/channels"}]}, "x", "gone", "2026-02-01")  # fmt: skip
+    gen._set_lifecycle(catalogue, {"state": "out_of_support", "select": "deprecated"}, "y",
+                       "late", "2026-08-01")  # fmt: skip
+    assert old.lifecycle == {"state": "removed", "since": "2026-02-01", "change": "gone"}
+    assert plain.lifecycle is None
+    with pytest.raises(SystemExit, match="is removed already, by gone"):
+        gen._set_lifecycle(catalogue, {"state": "removed", "select": "deprecated"}, "z", "again",
+                           "2026-03-01")  # fmt: skip

@@ -55,9 +55,9 @@ def describe(
             f"  endpoint:        {endpoint.name}",
             f"  accepted scopes: {', '.join(endpoint.scope_list)}",
             f"  token cost:      {cost if cost is not None else 'unknown'}",
-            f"  sources:         {', '.join(endpoint.sources)}",
-            f"  deprecated:      {'yes' if endpoint.deprecated else 'no'}",
-            f"  lifecycle:       {_lifecycle(endpoint, catalogue)}",
+            *(f"  source:          {catalogue.said_by(source)}" for source in _sources(endpoint)),
+            f"  lifecycle:       {catalogue.lifecycle_of(endpoint)}",
+            *_replaced(endpoint, catalogue),
             *(f"  note:            {note}" for note in endpoint.notes),
         ]
     app_scopes = config.policy.app_scopes
@@ -86,12 +86,20 @@ def describe(
     return lines, 0 if decision.verdict == "allow" else 1
 
 
-def _lifecycle(endpoint: Endpoint, catalogue: Catalogue) -> str:
-    """``current``, or ``removed since 2026-02-01``, with the Pipedrive page that says so."""
-    lifecycle = endpoint.lifecycle
-    if lifecycle is None:
-        return "current"
-    state = lifecycle.state.replace("_", " ")
-    change = catalogue.changes.get(lifecycle.change)
-    cited = f" ({change.cited()})" if change is not None else ""
-    return f"{state} since {lifecycle.since}{cited}"
+def _replaced(endpoint: Endpoint, catalogue: Catalogue) -> list[str]:
+    """The v2 endpoint Pipedrive names in this one's place, and what each costs."""
+    if endpoint.replacement is None:
+        return []
+    method, _, path = endpoint.replacement.partition(" ")
+    route = api_route(path.partition("?")[0])
+    new = catalogue.match(route, method) if route is not None else None
+    costs = ""
+    if new is not None and new.token_cost is not None and endpoint.token_cost is not None:
+        costs = f" (token cost {new.token_cost} there, {endpoint.token_cost} here)"
+    return [f"  replaced by:     {endpoint.replacement}{costs}"]
+
+
+def _sources(endpoint: Endpoint) -> list[str]:
+    """Where the entry comes from, less the change its lifecycle line cites already."""
+    cited = f"overlay:{endpoint.lifecycle.change}" if endpoint.lifecycle is not None else None
+    return [source for source in endpoint.sources if source != cited]

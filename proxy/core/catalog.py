@@ -93,6 +93,14 @@ def path_shape(method: str, route: Route) -> str:
     return f"{method} {DISPLAY_PREFIX[route.version]}/{'/'.join(shaped)}"
 
 
+_SOURCE_WORDS = {
+    "founding-document": "Pipedrive's page of scopes and permissions",
+    "openapi-v1": "Pipedrive's OpenAPI file for v1",
+    "openapi-v2": "Pipedrive's OpenAPI file for v2",
+    "removed-v1": "Pipedrive's OpenAPI file for v1, before the endpoint was removed from it",
+}
+
+
 class CatalogueError(ValueError):
     """A catalogue file that cannot be used; the message names the file and the entry."""
 
@@ -115,14 +123,18 @@ class Change:
         return f'Pipedrive, "{self.title}" ({self.source})'
 
 
+LIFECYCLE_STATES = ("current", "deprecated", "out_of_support", "removed")
+
+
 @dataclass(frozen=True, slots=True)
 class Lifecycle:
     """An endpoint that is not current: ``deprecated``, ``out_of_support`` or ``removed``, since
-    a date, by a ``Change`` of the overlay. Never part of the scope decision."""
+    a date, by a ``Change`` of the overlay (or, with neither, marked deprecated in Pipedrive's
+    OpenAPI files). Never part of the scope decision."""
 
     state: str
-    since: str
-    change: str  # the id of the Change that says so
+    since: str | None = None
+    change: str | None = None  # the id of the Change that says so
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -140,6 +152,7 @@ class Endpoint:
     operation_id: str | None = None
     notes: tuple[str, ...] = ()
     lifecycle: Lifecycle | None = None  # None: current
+    replacement: str | None = None  # the v2 endpoint Pipedrive names in its place
     # Derived once, read on every request:
     name: str = field(init=False, compare=False)  # "GET /v1/deals/{id}", as logs name it
     scope_list: tuple[str, ...] = field(init=False, compare=False)  # the scopes, sorted
@@ -149,6 +162,11 @@ class Endpoint:
             self, "name", f"{self.method} {DISPLAY_PREFIX[self.version]}{self.template}"
         )
         object.__setattr__(self, "scope_list", tuple(sorted(self.scopes)))
+
+    @property
+    def state(self) -> str:
+        """Its lifecycle state: ``current``, ``deprecated``, ``out_of_support`` or ``removed``."""
+        return self.lifecycle.state if self.lifecycle is not None else "current"
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -204,6 +222,29 @@ class Catalogue:
     def count(self, version: str) -> int:
         return sum(1 for endpoint in self.endpoints if endpoint.version == version)
 
+    def said_by(self, source: str) -> str:
+        """Where an entry's knowledge comes from, in a user's words."""
+        if source.startswith("overlay:"):
+            change = self.changes.get(source.removeprefix("overlay:"))
+            return change.cited() if change is not None else source
+        if source.startswith("extra:"):
+            return f"your catalogue file {source.removeprefix('extra:')}"
+        return _SOURCE_WORDS.get(source, source)
+
+    def lifecycle_of(self, endpoint: Endpoint) -> str:
+        """``current``, or ``out of support since 2026-08-01`` with the Pipedrive page that
+        says so, or ``deprecated`` as Pipedrive's OpenAPI files mark it."""
+        lifecycle = endpoint.lifecycle
+        if lifecycle is None:
+            return "current"
+        words = lifecycle.state.replace("_", " ")
+        if lifecycle.since is not None:
+            words += f" since {lifecycle.since}"
+        change = self.changes.get(lifecycle.change) if lifecycle.change is not None else None
+        if change is not None:
+            return f"{words}: {change.cited()}"
+        return f"{words} (marked so in Pipedrive's OpenAPI file)"
+
 
 def _endpoint(raw: Mapping[str, Any]) -> Endpoint:
     lifecycle = raw.get("lifecycle")
@@ -218,6 +259,7 @@ def _endpoint(raw: Mapping[str, Any]) -> Endpoint:
         operation_id=raw.get("operation_id"),
         notes=tuple(raw.get("notes", ())),
         lifecycle=Lifecycle(**lifecycle) if lifecycle else None,
+        replacement=raw.get("replacement"),
     )
 
 
