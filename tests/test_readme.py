@@ -70,7 +70,7 @@ def test_the_readme_has_the_blocks_these_tests_read() -> None:
 def real_request_line() -> dict[str, Any]:
     """A request event as the proxy writes it: ``Outcome.fields`` and then the three keys the
     log adds (see ``logs.log_request``)."""
-    endpoint = CATALOGUE.endpoints[0]
+    endpoint = CATALOGUE.by_name["DELETE /api/v2/deals/{id}"]  # the example's, current
     credential = Credential("oauth", "0" * 64)
     decision = Decision(
         "deny", Reason.OUT_OF_SCOPE, "DELETE", "v2", endpoint, credential,

@@ -153,6 +153,13 @@ async def test_the_readme_staging_walkthrough_from_report_mode_to_a_passing_gate
         assert code == 0
         code, text = log_report(log)
         assert readme_shows(text)
+        # The v1 endpoints Pipedrive no longer supports, in the live report and at the gate.
+        assert [(e["endpoint"], e["lifecycle"], e["since"], e["replacement"], e["count"])
+                for e in overall["lifecycle"]] == [
+            ("GET /v1/deals/{id}", "out_of_support", "2026-08-01", "GET /api/v2/deals/{id}", 3),
+            ("GET /v1/persons/{id}", "out_of_support", "2026-08-01", "GET /api/v2/persons/{id}", 1),
+        ]  # fmt: skip
+        assert log_report(log, "--fail-on", "deprecated")[0] == 1
         assert "**2 calls would be refused by Pipedrive.**" in markdown
 
         # 4. Fix the declaration as the report says, reload, start a new run.
@@ -189,6 +196,24 @@ async def test_the_readme_staging_walkthrough_from_report_mode_to_a_passing_gate
         assert second["change"] == {"add": [], "remove": [], "replace": []}
         code, _ = log_report(log, "--fail-on", "denied", "--fail-on", "unused")
         assert code == 0
+        assert log_report(log, "--fail-on", "deprecated")[0] == 1  # still v1 endpoints
+
+        # The app moved to v2: the same calls, to the endpoints that replace them.
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(
+                f"http://127.0.0.1:{port}/_proxy/report/reset",
+                headers={"Content-Type": "application/json"},
+            ) as reset,
+        ):
+            assert reset.status == 200
+        moved = [(m, p.replace("/v1/", "/api/v2/"), t) for m, p, t in TRAFFIC if t]
+        assert await traffic(port, moved) == ["allow"] * 7
+        third = await same_reports(port, log)
+        assert third["overall"]["lifecycle"] == []
+        assert third["overall"]["migration"]["endpoints"] == []
+        assert third["overall"]["token_cost"] < second["overall"]["token_cost"]
+        assert log_report(log, "--fail-on", "deprecated,denied")[0] == 0
     # 5. (enforce is the next run's config.)
 
 

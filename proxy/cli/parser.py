@@ -49,10 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         "declaration in force in the log)",
     )
     report.add_argument(
-        "--fail-on", action="append", default=[], metavar="denied|unused",
+        "--fail-on", action="append", default=[], metavar="denied|unused|deprecated",
         help="exit 1 when an API call was refused or would be (denied; requests that are no "
-        "API calls, such as GET / or a load balancer's probe, never count), or a declared "
-        "scope is not needed (unused); repeat or comma-separate for both",
+        "API calls, such as GET / or a load balancer's probe, never count), a declared "
+        "scope is not needed (unused), or a call went to an endpoint Pipedrive deprecated, "
+        "no longer supports or removed (deprecated); repeat or comma-separate for more",
     )  # fmt: skip
 
     envoy = commands.add_parser(

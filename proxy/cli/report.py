@@ -14,7 +14,7 @@ from proxy.report.model import build_report, rejudge
 from proxy.report.replay import calls_from_log
 from proxy.report.text import render_text
 
-FAIL_ON = ("denied", "unused")
+FAIL_ON = ("denied", "unused", "deprecated")
 
 
 def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str] = ()) -> int:
@@ -22,7 +22,8 @@ def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str]
     Exit 0, or 1 when a ``--fail-on`` finding is there (a CI gate)."""
     gates = {gate.strip() for text in fail_on for gate in text.split(",") if gate.strip()}
     for gate in sorted(gates - set(FAIL_ON)):
-        raise UsageError(f"--fail-on: expected denied or unused, not {gate!r}")
+        expected = ", ".join(FAIL_ON[:-1]) + f" or {FAIL_ON[-1]}"
+        raise UsageError(f"--fail-on: expected {expected}, not {gate!r}")
     source = "standard input" if log == "-" else log
     try:
         if log == "-":
@@ -53,9 +54,7 @@ def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str]
         calls = rejudge(calls, declared, run.mode)
     else:
         declared = frozenset(run.app_scopes) if run.app_scopes is not None else None
-    document = build_report(
-        calls, declared, mode=run.mode, since=run.since, breadth=catalogue.breadth
-    )
+    document = build_report(calls, declared, mode=run.mode, since=run.since, catalogue=catalogue)
     overall = document["overall"]
     refused_before = document["refused_before_decision"]
     if gates and not overall["requests"] and not refused_before:
@@ -64,7 +63,9 @@ def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str]
     renderers = {"json": lambda d: json.dumps(d, indent=2) + "\n", "text": render_text,
                  "markdown": render_markdown, "junit": render_junit}  # fmt: skip
     print(renderers[format](document), end="")
-    found = ("denied" in gates and (overall["denied"] or refused_before)) or (
-        "unused" in gates and overall["unused_app_scopes"]
+    found = (
+        ("denied" in gates and (overall["denied"] or refused_before))
+        or ("unused" in gates and overall["unused_app_scopes"])
+        or ("deprecated" in gates and overall["lifecycle"])
     )
     return 1 if found else 0

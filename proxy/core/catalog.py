@@ -185,6 +185,8 @@ class Catalogue:
         self.scopes = dict(scopes)
         self.endpoints = tuple(endpoints)
         self.changes = {change.id: change for change in changes}
+        # By the name logs and reports give it (``GET /v1/deals/{id}``).
+        self.by_name = {endpoint.name: endpoint for endpoint in self.endpoints}
         # How many endpoints each scope accepts: among scopes that would do, the report
         # recommends the narrowest (webhooks:full rather than admin).
         self.breadth: dict[str, int] = dict.fromkeys(self.scopes, 0)

@@ -79,7 +79,7 @@ async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
         config.limits.report_tokens,
         mode=config.policy.mode,
         since=recorder.since,
-        breadth=runtime.catalogue.breadth,
+        catalogue=runtime.catalogue,
     )
     if path.endswith(".html"):
         return web.Response(text=render_html(report), content_type="text/html")

@@ -63,6 +63,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.lifecycle_calls = Counter(
+            "scope_proxy_lifecycle_calls",
+            "Calls to endpoints that are not current, by lifecycle (deprecated, out_of_support, "
+            "removed): an app that Pipedrive may break without notice.",
+            ["lifecycle"],
+            registry=self.registry,
+        )
         self.log_errors = Counter(
             "scope_proxy_log_errors",
             "Log lines the sink could not write (a closed pipe, a full disk); serving goes on.",

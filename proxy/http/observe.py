@@ -154,6 +154,7 @@ def _decided_fields(decision: Decision, check: bool) -> _Decided:
         "accepted_scopes": said["accepted_scopes"],
         "granted_scopes": said["granted_scopes"],
         "token_cost": said["token_cost"],
+        **({"lifecycle": said["lifecycle"]} if "lifecycle" in said else {}),
         "error": None,
         "problem": None,
         "via": "proxy",
@@ -197,6 +198,9 @@ def record(app: web.Application, outcome: Outcome) -> None:
     kind = outcome.cut_off or (failed.kind if failed is not None else None)
     if kind is not None and kind != "client_stalled":
         metrics.upstream_errors.labels(kind).inc()
+    state = fields.get("lifecycle")
+    if state is not None:
+        metrics.lifecycle_calls.labels(state).inc()
     if call is not None and not (outcome.check and outcome.cut_off is not None):
         app[RECORDER].record(call)  # not a check whose answer Envoy never read
 

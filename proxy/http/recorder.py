@@ -74,7 +74,7 @@ class Recorder:
             if len(self._tokens) < self.stored_tokens + 2:
                 self._tokens.add(call.token_fp)
             else:
-                call = replace(call, token_fp=OTHER_TOKENS, grant=None)
+                call = replace(call, token_fp=OTHER_TOKENS, grant=None, granted_scopes=())
         if unknown_shape(call):
             call = self._named(call)
         self._pending[call] += 1

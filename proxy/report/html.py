@@ -160,6 +160,24 @@ def _cost_chart(section: Mapping[str, Any]) -> str:
     )
 
 
+def _moving(section: Mapping[str, Any]) -> str:
+    """The v1 endpoints called that v2 replaces: what each costs there, what it takes."""
+    moving = section["migration"]
+    if not moving["endpoints"]:
+        return ""
+    rows = [
+        [f"<code>{escape(e['endpoint'])}</code>", str(e["count"]),
+         f"<code>{escape(e['replacement'])}</code>",
+         f"{e['token_cost']} → {e['replacement_token_cost']}",
+         (_scopes(e["replacement_scopes"]) if e["scopes_change"] else "the same")
+         + (" <em>(not declared)</em>" if e.get("app_scopes_cover") is False else "")]
+        for e in moving["endpoints"]
+    ]  # fmt: skip
+    return '<h2 id="migration">Moving to API v2</h2>' + _table(
+        ["v1 endpoint", "calls", "v2 endpoint", "token cost per call", "scopes in v2"], rows, {1}
+    )
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The report for people: the change to make, the findings, tables, where tokens go."""
     app = report["app_scopes"]
@@ -212,7 +230,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f'<p>Declared scopes (<code>app_scopes</code>): <span id="declared">{declared}</span></p>'
         f"{_change(report)}{warnings}"
         f"{_section(report['overall'], app, 'h2')}"
-        f"{_cost_chart(report['overall'])}{refused_before}"
+        f"{_cost_chart(report['overall'])}{_moving(report['overall'])}{refused_before}"
         f"<h2>By token</h2>{tokens or '<p><em>No calls yet.</em></p>'}"
         "</body></html>"
     )

@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from proxy.report.model import endpoint_label
-from proxy.report.prose import plain_decision
+from proxy.report.prose import lifecycle_sentence, plain_decision
 
 
 def render_junit(report: Mapping[str, Any]) -> str:
@@ -47,14 +47,24 @@ def render_junit(report: Mapping[str, Any]) -> str:
             f'{escape(entry["reason"], quote=True)}"><failure message="{escape(why, quote=True)}" '
             f'type="{escape(entry["reason"], quote=True)}">{escape(why)}</failure></testcase>'
         )
+    # An endpoint that is not current: skipped, with why, so that CI systems show it without
+    # failing the run (report --fail-on deprecated is the gate for that).
+    for entry in overall["lifecycle"]:
+        said, name = lifecycle_sentence(entry), escape(entry["endpoint"], quote=True)
+        cases.append(
+            f'<testcase classname="pipedrive.lifecycle" name="{name}">'
+            f'<skipped message="{escape(said, quote=True)}"/></testcase>'
+        )
     failures = sum(1 for label in called if label in denied) + len(
         report["refused_before_decision"]
     )
-    called_count = len(called) + len(report["refused_before_decision"])
+    skipped = len(overall["lifecycle"])
+    counted = len(called) + len(report["refused_before_decision"]) + skipped
+    totals = f'tests="{counted}" failures="{failures}" skipped="{skipped}"'
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<testsuites name="pipedrive-scope-proxy" tests="{called_count}" failures="{failures}">\n'
-        f'<testsuite name="Pipedrive scopes" tests="{called_count}" failures="{failures}">\n'
+        f'<testsuites name="pipedrive-scope-proxy" {totals}>\n'
+        f'<testsuite name="Pipedrive scopes" {totals}>\n'
         + "".join(f"{case}\n" for case in cases)
         + "</testsuite>\n</testsuites>\n"
     )

@@ -6,7 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.report.model import endpoint_label
-from proxy.report.prose import change_lines, plain_decision
+from proxy.report.prose import (
+    change_lines,
+    lifecycle_words,
+    migration_sentence,
+    plain_decision,
+)
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -48,6 +53,29 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         )]  # fmt: skip
     if report.get("not_api_calls"):
         lines += ["", f"Not API calls (not counted above): {report['not_api_calls']}."]
+    if overall["lifecycle"]:
+        heading = "**Endpoints Pipedrive may change without notice, or has removed:**"
+        lines += ["", heading, "", "| endpoint | calls | lifecycle | replaced by |",
+                  "|---|---:|---|---|"]  # fmt: skip
+        lines += [
+            f"| `{e['endpoint']}` | {e['count']} | {lifecycle_words(e)} | "
+            + (f"`{e['replacement']}`" if e["replacement"] else "")
+            + " |"
+            for e in overall["lifecycle"]
+        ]
+    moving = overall["migration"]
+    if moving["endpoints"]:
+        lines += ["", migration_sentence(moving), "",
+                  "| v1 endpoint | calls | v2 endpoint | token cost per call | scopes in v2 |",
+                  "|---|---:|---|---|---|"]  # fmt: skip
+        lines += [
+            f"| `{e['endpoint']}` | {e['count']} | `{e['replacement']}` | "
+            f"{e['token_cost']} -> {e['replacement_token_cost']} | "
+            + (_md_scopes(e["replacement_scopes"]) if e["scopes_change"] else "the same")
+            + (" (not declared)" if e.get("app_scopes_cover") is False else "")
+            + " |"
+            for e in moving["endpoints"]
+        ]
     lines += ["", "<details><summary>Endpoints called</summary>", ""]
     lines += ["| endpoint | calls | decision | token cost |", "|---|---:|---|---:|"]
     lines += [

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from proxy.core.catalog import DISPLAY_PREFIX
-from proxy.core.decision import BASE, DECLARED_GRANT, Decision
+from proxy.core.catalog import DISPLAY_PREFIX, Catalogue, Endpoint, api_route
+from proxy.core.decision import BASE, DECLARED_GRANT, Decision, accepts
 from proxy.core.reasons import BEFORE_DECISION, DECIDED, NOT_API_CALLS, Reason
 
 MAX_TOKENS = 100  # tokens with a report section of their own (config: limits.report_tokens)
@@ -51,12 +51,14 @@ class Call:
     accepted_scopes: tuple[str, ...]
     token_cost: int | None
     grant: str | None = None  # the static grant's name, when one gave the token its scopes
+    granted_scopes: tuple[str, ...] = ()  # what the token held (the v2 migration plan's)
     # Counted on every request (``Counter[Call]``): hashed once, when made.
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         hashed = hash((self.token_fp, self.method, self.version, self.endpoint, self.decision,
-                       self.reason, self.accepted_scopes, self.token_cost, self.grant))  # fmt: skip
+                       self.reason, self.accepted_scopes, self.token_cost, self.grant,
+                       self.granted_scopes))  # fmt: skip
         object.__setattr__(self, "_hash", hashed)
 
     def __hash__(self) -> int:
@@ -72,7 +74,7 @@ class Call:
         the rest as JSON (a store can fold tokens together without reading JSON)."""
         rest = json.dumps(
             [self.method, self.version, self.endpoint, self.decision, self.reason,
-             list(self.accepted_scopes), self.token_cost, self.grant],
+             list(self.accepted_scopes), self.token_cost, self.grant, list(self.granted_scopes)],
             separators=(",", ":"),
         )  # fmt: skip
         return f"{self.token_fp}\t{rest}"
@@ -80,9 +82,11 @@ class Call:
     @classmethod
     def from_key(cls, key: str) -> Call:
         fp, _, rest = key.partition("\t")
-        method, version, endpoint, decision, reason, accepted, cost, *grant = json.loads(rest)
+        method, version, endpoint, decision, reason, accepted, cost, *more = json.loads(rest)
+        grant = more[0] if more else None  # keys of earlier versions end sooner
+        granted = tuple(more[1]) if len(more) > 1 else ()
         return cls(fp, method, version, endpoint, decision, reason, tuple(accepted), cost,
-                   grant[0] if grant else None)  # fmt: skip
+                   grant, granted)  # fmt: skip
 
     @classmethod
     def of(cls, decision: Decision) -> Call | None:
@@ -125,6 +129,7 @@ class Call:
             tuple(sorted(fields.get("accepted_scopes") or ())),
             fields.get("token_cost"),
             grant if isinstance(grant, str) else None,
+            tuple(sorted(fields.get("granted_scopes") or ())),
         )
 
 
@@ -132,6 +137,7 @@ def logged(decision: Decision) -> dict[str, Any]:
     """What the decision log says of a decision, under the names ``Call.read`` reads (the
     request event's fields: see README, "Decision log")."""
     endpoint, grant = decision.endpoint, decision.grant
+    lifecycle = {"lifecycle": endpoint.state} if endpoint and endpoint.lifecycle else {}
     return {
         "decision": decision.verdict,
         "reason": decision.reason,
@@ -143,6 +149,7 @@ def logged(decision: Decision) -> dict[str, Any]:
         "accepted_scopes": decision.accepted_scopes,
         "granted_scopes": decision.granted_scopes,
         "token_cost": endpoint.token_cost if endpoint is not None else None,
+        **lifecycle,  # only for an endpoint that is not current
     }
 
 
@@ -220,8 +227,11 @@ def minimal_scopes(
 def _section(
     calls: Mapping[Call, int],
     app_scopes: frozenset[str] | None,
-    breadth: Mapping[str, int] | None = None,
+    catalogue: Catalogue | None = None,
+    declared: bool = True,
 ) -> dict[str, Any]:
+    """One section of the report: overall (``declared``: judged against ``app_scopes``), or
+    one token's (judged against the scopes it was granted)."""
     endpoints: Counter[tuple[str | None, str, str, str, tuple[str, ...], int | None]] = Counter()
     denied: Counter[tuple[str | None, str, str, str, str, tuple[str, ...]]] = Counter()
     for call, count in calls.items():
@@ -234,7 +244,7 @@ def _section(
                    call.accepted_scopes)  # fmt: skip
             denied[key] += count
     needs = [frozenset(call.accepted_scopes) for call in calls if call.accepted_scopes]
-    minimal = minimal_scopes(needs, breadth)
+    minimal = minimal_scopes(needs, catalogue.breadth if catalogue is not None else None)
     unused = sorted((app_scopes or frozenset()) - set(minimal) - {BASE}) if calls else []
     return {
         "requests": sum(calls.values()),
@@ -256,7 +266,69 @@ def _section(
         ],
         "minimal_scopes": minimal,
         "unused_app_scopes": unused,
+        "lifecycle": lifecycle(calls, catalogue),
+        "migration": migration(calls, catalogue, app_scopes if declared else None, declared),
     }  # fmt: skip
+
+
+def lifecycle(calls: Mapping[Call, int], catalogue: Catalogue | None) -> list[dict[str, Any]]:
+    """The endpoints called that are not current: deprecated, out of support, or removed by
+    Pipedrive, each with its state, since when, what replaces it, and how often it was called."""
+    if catalogue is None:
+        return []
+    counted: Counter[Endpoint] = Counter()
+    for call, count in calls.items():
+        endpoint = catalogue.by_name.get(str(call.endpoint))
+        if endpoint is not None and endpoint.lifecycle is not None:
+            counted[endpoint] += count
+    return [
+        {"endpoint": endpoint.name, "lifecycle": endpoint.state,
+         "since": endpoint.lifecycle.since if endpoint.lifecycle else None,
+         "replacement": endpoint.replacement, "count": count}
+        for endpoint, count in sorted(counted.items(), key=lambda item: (-item[1], item[0].name))
+    ]  # fmt: skip
+
+
+def migration(
+    calls: Mapping[Call, int],
+    catalogue: Catalogue | None,
+    app_scopes: frozenset[str] | None,
+    declared: bool,
+) -> dict[str, Any]:
+    """The move to API v2 for the v1 endpoints called that Pipedrive names a replacement for:
+    each with its replacement, the token cost per call of each, the scopes the replacement
+    takes, and whether the app's declared scopes (``declared``), or the scopes the token held,
+    cover it; and what the calls made would have cost in v2."""
+    plan: dict[Endpoint, tuple[Endpoint, int, set[str]]] = {}
+    for call, count in calls.items():
+        old = catalogue.by_name.get(str(call.endpoint)) if catalogue is not None else None
+        if old is None or old.replacement is None:
+            continue
+        method, _, path = old.replacement.partition(" ")
+        route = api_route(path.partition("?")[0])
+        new = catalogue.match(route, method) if catalogue and route is not None else None
+        if new is None:
+            continue
+        _, seen, held = plan.get(old, (new, 0, set()))
+        plan[old] = (new, seen + count, held | set(call.granted_scopes))
+    entries: list[dict[str, Any]] = []
+    spent = spent_in_v2 = 0
+    for old, (new, count, held) in sorted(plan.items(), key=lambda item: item[0].name):
+        covered: bool | None
+        if declared:
+            covered = accepts(app_scopes, new) if app_scopes is not None else None
+        else:  # unknown when the token's scopes are (tokens counted together as ``other``)
+            covered = accepts(frozenset(held), new) if held else None
+        spent += (old.token_cost or 0) * count
+        spent_in_v2 += (new.token_cost or 0) * count
+        entries.append(
+            {"endpoint": old.name, "replacement": old.replacement, "count": count,
+             "token_cost": old.token_cost, "replacement_token_cost": new.token_cost,
+             "replacement_scopes": list(new.scope_list),
+             "scopes_change": new.scopes != old.scopes,
+             ("app_scopes_cover" if declared else "granted_scopes_cover"): covered}
+        )  # fmt: skip
+    return {"token_cost": spent, "replacement_token_cost": spent_in_v2, "endpoints": entries}
 
 
 def fold_tokens(calls: Mapping[Call, int], keep: int) -> Counter[Call]:
@@ -273,7 +345,7 @@ def fold_tokens(calls: Mapping[Call, int], keep: int) -> Counter[Call]:
         if call.token_fp in busiest:
             folded[call] += count
         else:
-            folded[replace(call, token_fp=OTHER_TOKENS, grant=None)] += count
+            folded[replace(call, token_fp=OTHER_TOKENS, grant=None, granted_scopes=())] += count
     return folded
 
 
@@ -370,13 +442,14 @@ def build_report(
     max_tokens: int = MAX_TOKENS,
     mode: str | None = None,
     since: str | None = None,
-    breadth: Mapping[str, int] | None = None,
+    catalogue: Catalogue | None = None,
 ) -> dict[str, Any]:
     """The report document (its keys are a contract: see README, "The report"). At most
     ``max_tokens`` tokens have a section of their own; the rest share one, ``other``. Refusals
     made before the scope check are counted apart, by reason, and requests that are no API
-    calls (``GET /``, a load balancer's probe) apart again. ``breadth`` (the catalogue's
-    ``Catalogue.breadth``) makes the recommended scopes the narrowest that will do."""
+    calls (``GET /``, a load balancer's probe) apart again. With the ``catalogue``, the
+    recommended scopes are the narrowest that will do, and the endpoints that are not current
+    (``lifecycle``) and the move to v2 (``migration``) are reported."""
     before: Counter[str] = Counter()
     decided: Counter[Call] = Counter()
     not_api = 0
@@ -391,7 +464,7 @@ def build_report(
     by_token: dict[str, dict[Call, int]] = {}
     for call, count in folded.items():
         by_token.setdefault(call.token_fp, {})[call] = count
-    overall = _section(folded, app_scopes, breadth)
+    overall = _section(folded, app_scopes, catalogue)
     return {
         "mode": mode,
         "since": since,
@@ -408,7 +481,7 @@ def build_report(
             {
                 "fingerprint": fp,
                 "grant": next((c.grant for c in token_calls if c.grant is not None), None),
-                **_section(token_calls, None, breadth),  # a token's calls judge no declaration
+                **_section(token_calls, None, catalogue, declared=False),
             }
             for fp, token_calls in sorted(
                 by_token.items(), key=lambda item: (item[0] == OTHER_TOKENS, item[0])

@@ -21,6 +21,10 @@ def findings(section: Mapping[str, Any], app_scopes: list[str] | None) -> list[s
         refused = "was refused" if entry["decision"] == "deny" else "would be refused"
         said = why(entry["reason"], entry["accepted_scopes"])
         sentences.append(f"{endpoint_label(entry)} {refused} {times}: {said}.")
+    sentences += [lifecycle_sentence(entry) for entry in section.get("lifecycle", ())]
+    moving = section.get("migration")
+    if moving and moving["endpoints"]:
+        sentences.append(migration_sentence(moving))
     for scope in section["unused_app_scopes"]:
         sentences.append(
             f"The app declares {scope}, which the recommended scopes make unnecessary."
@@ -29,6 +33,35 @@ def findings(section: Mapping[str, Any], app_scopes: list[str] | None) -> list[s
         needed = ", ".join(section["minimal_scopes"]) or "nothing beyond base"
         sentences.append(f"Every call seen is covered by: {needed}.")
     return sentences
+
+
+def lifecycle_words(entry: Mapping[str, Any]) -> str:
+    """``out of support since 2026-08-01``, ``removed since 2026-02-01``, ``deprecated``."""
+    words = str(entry["lifecycle"]).replace("_", " ")
+    return f"{words} since {entry['since']}" if entry.get("since") else words
+
+
+def lifecycle_sentence(entry: Mapping[str, Any]) -> str:
+    times = "once" if entry["count"] == 1 else f"{entry['count']} times"
+    sentence = f"{entry['endpoint']} was called {times}; Pipedrive has it {lifecycle_words(entry)}"
+    if entry.get("replacement"):
+        sentence += f", and names {entry['replacement']} in its place"
+    return sentence + "."
+
+
+def migration_sentence(moving: Mapping[str, Any]) -> str:
+    """What moving the calls made to v1 endpoints with a v2 replacement would change."""
+    count = len(moving["endpoints"])
+    uncovered = [e["replacement"] for e in moving["endpoints"] if e.get("app_scopes_cover") is False
+                 or e.get("granted_scopes_cover") is False]  # fmt: skip
+    sentence = (
+        f"Moving the {count} v1 endpoint{'s' if count != 1 else ''} called that v2 replaces "
+        f"would have cost {moving['replacement_token_cost']} tokens where these calls cost "
+        f"{moving['token_cost']}"
+    )
+    if uncovered:
+        sentence += f"; the scopes do not cover {', '.join(uncovered)}"
+    return sentence + "."
 
 
 def change_lines(report: Mapping[str, Any]) -> list[str]:

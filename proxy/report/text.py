@@ -6,7 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.report.model import endpoint_label
-from proxy.report.prose import change_lines, findings, grant_label, plain_decision
+from proxy.report.prose import (
+    change_lines,
+    findings,
+    grant_label,
+    lifecycle_words,
+    plain_decision,
+)
 
 
 def render_text(report: Mapping[str, Any]) -> str:
@@ -33,6 +39,24 @@ def render_text(report: Mapping[str, Any]) -> str:
         ]
     if report.get("not_api_calls"):
         lines += ["", f"not API calls (not counted above): {report['not_api_calls']}"]
+    if overall["lifecycle"]:
+        lines += ["", "endpoints Pipedrive may change without notice, or has removed:"]
+        lines += [
+            f"  {e['count']:6}  {e['endpoint']}  {lifecycle_words(e)}"
+            + (f"  -> {e['replacement']}" if e["replacement"] else "")
+            for e in overall["lifecycle"]
+        ]
+    moving = overall["migration"]
+    if moving["endpoints"]:
+        lines += ["", f"moving to v2: token cost {moving['token_cost']} -> "
+                      f"{moving['replacement_token_cost']} for these calls"]  # fmt: skip
+        lines += [
+            f"  {e['count']:6}  {e['endpoint']} -> {e['replacement']}  cost "
+            f"{e['token_cost']} -> {e['replacement_token_cost']} per call"
+            + (f"  [{', '.join(e['replacement_scopes'])}]" if e["scopes_change"] else "")
+            + ("  not covered by the declared scopes" if e.get("app_scopes_cover") is False else "")
+            for e in moving["endpoints"]
+        ]
     lines += [
         "",
         "endpoints:",
