@@ -19,9 +19,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.config import load
+from proxy.core.drift import PEEK_BYTES
 from proxy.core.errors import DECISION_HEADER, UpstreamTimeout, UpstreamUnavailable
 from proxy.http.app import create_app
-from proxy.http.forward import Fetched, end_to_end
+from proxy.http.forward import PEEKED, Fetched, end_to_end
 from proxy.http.logs import configure_logging
 from proxy.http.server import ProxyRunner
 from proxy.http.state import UPSTREAM
@@ -50,6 +51,7 @@ class HttpxUpstream:
         url: str,
         request_id: str | None = None,
         verdict: str = "allow",
+        peek: bool = False,
     ) -> web.StreamResponse:
         body = request.content.iter_any() if request.body_exists else None
         headers = end_to_end(request.headers)
@@ -71,7 +73,12 @@ class HttpxUpstream:
             headers[DECISION_HEADER] = verdict
             response = web.StreamResponse(status=answer.status_code, headers=headers)
             await response.prepare(request)
+            peek = peek and answer.status_code == 403
+            if peek:
+                request[PEEKED] = b""
             async for chunk in answer.aiter_raw():
+                if peek and len(request[PEEKED]) < PEEK_BYTES:
+                    request[PEEKED] = (request[PEEKED] + chunk)[:PEEK_BYTES]
                 await response.write(chunk)
             await response.write_eof()
             return response

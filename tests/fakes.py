@@ -246,3 +246,83 @@ _ENCODERS = {
     "deflate": zlib.compress,
     "br": lambda body: os.urandom(len(body)),  # brotli the proxy cannot read, whatever it holds
 }
+
+
+# Pipedrive's own refusal for want of a scope (observed 2024; see ../shared/pipedrive/FACTS.md).
+SCOPE_MISMATCH = (
+    b'{"success":false,"error":"Scope and URL mismatch","errorCode":403,'
+    b'"error_info":"Please check developers.pipedrive.com"}'
+)
+
+
+class ScopedPipedrive:
+    """Pipedrive deciding as it does: each token holds the scopes Pipedrive gave it (through
+    ``oauth``'s token endpoint, or ``held`` for a personal API token or a token a test says
+    was granted elsewhere), and a call is answered 403 "Scope and URL mismatch" when none of
+    them accepts the endpoint, 404 when there is no such endpoint, and 200 otherwise.
+
+    Which scopes accept an endpoint is the shipped catalogue's, as ``differs`` overrides it
+    (``"GET /v1/goals/find": {"admin"}``; a path of its own adds an endpoint the catalogue does
+    not know): the catalogue as Pipedrive proves it wrong. ``encoding`` compresses refusals
+    (``gzip``, ``deflate``, ``raw-deflate``) as a server does for a client that accepts it.
+    """
+
+    def __init__(
+        self,
+        oauth: FakeOAuth | None = None,
+        held: dict[str, frozenset[str]] | None = None,
+        differs: dict[str, set[str]] | None = None,
+        encoding: str = "identity",
+    ) -> None:
+        from proxy.core.catalog import load_catalogue
+
+        self.oauth = oauth or FakeOAuth()
+        self.held = dict(held or {})
+        self.differs = differs or {}
+        self.encoding = encoding
+        self.catalogue = load_catalogue()
+        self.answered: list[tuple[str, int]] = []  # (method and path, status)
+
+    def accepting(self, method: str, path: str) -> set[str] | None:
+        from proxy.core.catalog import api_route
+
+        if f"{method} {path}" in self.differs:
+            return self.differs[f"{method} {path}"]
+        route = api_route(path)
+        endpoint = self.catalogue.match(route, method) if route is not None else None
+        if endpoint is None:
+            return None
+        return self.differs.get(endpoint.name, set(endpoint.scopes))
+
+    async def respond(self, request: web.Request, seen: Received) -> web.StreamResponse:
+        if seen.raw_path.startswith("/oauth/"):
+            answer = await self.oauth.respond(request, seen)
+            for token in self.oauth.issued:
+                self.held.setdefault(token, frozenset(self.oauth.scope.split(",")))
+            return answer
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        token = request.query.get("api_token") or request.headers.get("x-api-token") or bearer
+        path = seen.raw_path.partition("?")[0]
+        accepting = self.accepting(request.method, path)
+        if accepting is None:
+            status, body = 404, b'{"success":false,"error":"Unknown method ."}'
+        elif "base" in accepting or accepting & self.held.get(token, frozenset()):
+            status, body = 200, b'{"success":true,"data":{"id":1}}'
+        else:
+            status, body = 403, SCOPE_MISMATCH
+        self.answered.append((f"{request.method} {path}", status))
+        headers = {"Content-Type": "application/json", "x-correlation-id": "scoped-1"}
+        if status == 403 and self.encoding != "identity":
+            body = _REFUSAL_ENCODERS[self.encoding](body)
+            headers["Content-Encoding"] = self.encoding.removeprefix("raw-")
+        return web.Response(status=status, body=body, headers=headers)
+
+
+def _raw_deflate(body: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(body) + compressor.flush()
+
+
+_REFUSAL_ENCODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress, "deflate": zlib.compress, "raw-deflate": _raw_deflate,
+}  # fmt: skip

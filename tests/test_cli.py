@@ -296,7 +296,7 @@ def test_report_refuses_what_is_not_a_decision_log_and_unknown_scope_names(tmp_p
     gate = run("report", "--log", str(log), "--fail-on", "denid")
     assert (gate.returncode, gate.stderr) == (
         2,
-        "pipedrive-scope-proxy: --fail-on: expected denied, unused or deprecated, not 'denid'\n",
+        "pipedrive-scope-proxy: --fail-on: expected denied, unused, deprecated or drift, not 'denid'\n",
     )
     # A declaration that leaves deals out: the call would now be refused, and the gate says so.
     judged = run("report", "--log", str(log), "--app-scopes", "contacts:read", "--fail-on",

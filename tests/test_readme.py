@@ -7,6 +7,7 @@ staging walkthrough in tests/test_staging.py; the Quickstart's curl calls here.)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import shlex
@@ -97,6 +98,9 @@ def test_the_report_example_has_the_keys_of_a_real_report() -> None:
     assert set(shown["overall"]) == set(real["overall"])
     assert set(shown["overall"]["endpoints"][0]) == set(real["overall"]["endpoints"][0])
     assert set(shown["tokens"][0]) - {"..."} <= set(real["tokens"][0])
+    drifted = dataclasses.replace(call, drift="too_generous", granted_scopes=("deals:read",))
+    [real_drift] = build_report({drifted: 1}, None)["overall"]["drift"]
+    assert set(shown["overall"]["drift"][0]) == set(real_drift)
 
 
 def test_explain_prints_what_the_readme_shows() -> None:

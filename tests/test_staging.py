@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from tests.fakes import FakePipedrive
+from tests.fakes import FakePipedrive, ScopedPipedrive
 from tests.processes import ROOT, run, serving, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -111,6 +111,11 @@ async def test_the_readme_staging_walkthrough_from_report_mode_to_a_passing_gate
 ) -> None:
     document = readme_config()
     assert document["mode"] == "report"
+    # Pipedrive as it decides: the app's tokens hold the scopes the app declares (here they are
+    # taken to, unknown_tokens: app_scopes), so a call they do not cover is refused upstream too.
+    tokens = {token for _, _, token in TRAFFIC if token}
+    pipedrive = ScopedPipedrive(held=dict.fromkeys(tokens, frozenset(document["app_scopes"])))
+    upstream.respond = pipedrive.respond
     port = free_port()
     document["upstream"] = {"api_url": upstream.url, "oauth_url": upstream.url}
     config, log = tmp_path / "staging-report.yaml", tmp_path / "decisions.jsonl"
@@ -164,6 +169,7 @@ async def test_the_readme_staging_walkthrough_from_report_mode_to_a_passing_gate
 
         # 4. Fix the declaration as the report says, reload, start a new run.
         document["app_scopes"] = sorted({"base", *first["overall"]["minimal_scopes"]})
+        pipedrive.held = dict.fromkeys(tokens, frozenset(document["app_scopes"]))  # installed anew
         step_4 = re.search(r"here: `app_scopes: \[(.*?)\]`", README, re.DOTALL)
         assert step_4 is not None
         assert [s.strip() for s in step_4.group(1).split(",")] == document["app_scopes"]
@@ -192,6 +198,7 @@ async def test_the_readme_staging_walkthrough_from_report_mode_to_a_passing_gate
         assert decisions == ["allow"] * 7
         second = await same_reports(port, log)
         assert second["overall"]["denied"] == []
+        assert first["overall"]["drift"] == second["overall"]["drift"] == []  # Pipedrive agreed
         assert second["overall"]["unused_app_scopes"] == []
         assert second["change"] == {"add": [], "remove": [], "replace": []}
         code, _ = log_report(log, "--fail-on", "denied", "--fail-on", "unused")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from proxy.core.decision import Decision
 from proxy.core.reasons import Reason
 from proxy.http.app import create_app
 from proxy.http.recorder import COMPACT_SECONDS, Recorder, compacted
-from proxy.report.model import UNKNOWN_PAIRS, UNKNOWN_SHAPES, Call, build_report
+from proxy.report.model import UNKNOWN_PAIRS, UNKNOWN_SHAPES, Call, build_report, seen_key
 from proxy.stores import CachedStore, MemoryStore, RedisStore, SqliteStore, StoreError, open_store
 from proxy.stores.base import Fold, TokenStore
 from tests.conftest import (
@@ -423,3 +424,45 @@ async def test_the_memory_store_folds_off_the_event_loop_and_keeps_what_came_mea
     assert seen == [False]
     assert after[call_key("f" * 12)] == 7
     assert sum(after.values()) == 30 + 7
+
+
+async def test_drift_sightings_keep_the_earliest_first_and_the_latest_last(store_url: str) -> None:
+    """Replicas add their sightings in any order; a reset starts them over."""
+    store = open_store(StoreUrl(store_url))
+    try:
+        key = "too_generous\tGET /v1/goals/find"
+        await store.add_seen({key: ("2026-12-01T10:00:00.000000Z", "2026-12-01T10:05:00.000000Z")})
+        await store.add_seen({key: ("2026-12-01T09:59:00.000000Z", "2026-12-01T10:01:00.000000Z"),
+                              "missing\tGET /v1/x": ("2026-12-01T11:00:00.000000Z",) * 2})  # fmt: skip
+        assert await store.seen_times() == {
+            key: ("2026-12-01T09:59:00.000000Z", "2026-12-01T10:05:00.000000Z"),
+            "missing\tGET /v1/x": ("2026-12-01T11:00:00.000000Z",) * 2,
+        }
+        await store.forget_seen(["missing\tGET /v1/x", "never\tseen"])
+        assert set(await store.seen_times()) == {key}
+        await store.reset_calls()
+        assert await store.seen_times() == {}
+    finally:
+        await store.close()
+
+
+async def test_the_recorder_forgets_the_sightings_of_drifts_a_compaction_folded() -> None:
+    """A flood of made-up paths that Pipedrive answers leaves no more sightings than names."""
+    store, now = CountingStore(), [0.0]
+    recorder = Recorder(store, shown_tokens=2, clock=lambda: now[0])
+    found = Decision("allow", Reason.UNKNOWN_ENDPOINT_ALLOWED, "GET", "v1",
+                     credential=Credential("oauth", "b" * 64))  # fmt: skip
+    for n in range(3 * UNKNOWN_SHAPES):
+        call = counted(found._replace(shape=f"GET /v1/made/up{n}"))
+        recorder.record(dataclasses.replace(call, drift="missing"), f"2026-12-01T10:{n // 60:02}Z")
+        if n % 50 == 49:
+            await recorder.flush()
+            now[0] += COMPACT_SECONDS + 1  # a compaction may come at every flush
+    assert store.compactions >= 1
+    named = {seen_key(c.drift, c.endpoint) for c in await recorder.calls() if c.drift}
+    sightings = await store.seen_times()
+    assert set(sightings) <= named
+    assert len(sightings) <= 2 * UNKNOWN_SHAPES
+    report = build_report(await recorder.calls(), None, seen=sightings)
+    assert sum(e["count"] for e in report["overall"]["drift"]) == 3 * UNKNOWN_SHAPES
+    assert all(e["first_seen"] for e in report["overall"]["drift"]), "every entry is dated"

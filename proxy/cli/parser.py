@@ -49,11 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         "declaration in force in the log)",
     )
     report.add_argument(
-        "--fail-on", action="append", default=[], metavar="denied|unused|deprecated",
+        "--fail-on", action="append", default=[], metavar="denied|unused|deprecated|drift",
         help="exit 1 when an API call was refused or would be (denied; requests that are no "
         "API calls, such as GET / or a load balancer's probe, never count), a declared "
-        "scope is not needed (unused), or a call went to an endpoint Pipedrive deprecated, "
-        "no longer supports or removed (deprecated); repeat or comma-separate for more",
+        "scope is not needed (unused), a call went to an endpoint Pipedrive deprecated, "
+        "no longer supports or removed (deprecated), or Pipedrive's answers disagreed with the "
+        "catalogue (drift; grant_mismatch never fails); repeat or comma-separate for more",
     )  # fmt: skip
 
     envoy = commands.add_parser(

@@ -8,13 +8,14 @@ from collections.abc import Sequence
 
 from proxy.cli.usage import UsageError, parse_scopes
 from proxy.core.catalog import load_catalogue
+from proxy.core.drift import GATING
 from proxy.report.junit import render_junit
 from proxy.report.markdown import render_markdown
 from proxy.report.model import build_report, rejudge
 from proxy.report.replay import calls_from_log
 from proxy.report.text import render_text
 
-FAIL_ON = ("denied", "unused", "deprecated")
+FAIL_ON = ("denied", "unused", "deprecated", "drift")
 
 
 def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str] = ()) -> int:
@@ -54,7 +55,8 @@ def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str]
         calls = rejudge(calls, declared, run.mode)
     else:
         declared = frozenset(run.app_scopes) if run.app_scopes is not None else None
-    document = build_report(calls, declared, mode=run.mode, since=run.since, catalogue=catalogue)
+    document = build_report(calls, declared, mode=run.mode, since=run.since, catalogue=catalogue,
+                            seen=run.seen)  # fmt: skip
     overall = document["overall"]
     refused_before = document["refused_before_decision"]
     if gates and not overall["requests"] and not refused_before:
@@ -67,5 +69,6 @@ def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str]
         ("denied" in gates and (overall["denied"] or refused_before))
         or ("unused" in gates and overall["unused_app_scopes"])
         or ("deprecated" in gates and overall["lifecycle"])
+        or ("drift" in gates and any(entry["kind"] in GATING for entry in overall["drift"]))
     )
     return 1 if found else 0

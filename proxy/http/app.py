@@ -32,6 +32,7 @@ from proxy.core.catalog import (
 )
 from proxy.core.credentials import Credential, extract_credential
 from proxy.core.decision import Decision, authorize, precheck, refused_before
+from proxy.core.drift import peeks
 from proxy.core.errors import (
     AmbiguousRequest,
     MalformedRequest,
@@ -92,7 +93,8 @@ async def handle(request: web.Request) -> Handled:
         decision = await authorize_call(request, runtime, canonical, route)
         url = runtime.config.upstream.api_url + canonical.target
         made_id = request.get(MADE_REQUEST_ID)
-        return Handled(decision, app[UPSTREAM].forward(request, url, made_id, decision.verdict))
+        forwarding = app[UPSTREAM].forward(request, url, made_id, decision.verdict, peeks(decision))
+        return Handled(decision, forwarding)
     if canonical.path in OAUTH_PATHS or canonical.path == oauth.AUTHORIZE_PATH:
         try:
             if canonical.path == oauth.AUTHORIZE_PATH:

@@ -21,6 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from proxy.config import UpstreamSettings
+from proxy.core.drift import PEEK_BYTES
 from proxy.core.errors import (
     DECISION_HEADER,
     MalformedRequest,
@@ -70,6 +71,10 @@ _READING: dict[str, Any] = {
 # Control characters an upstream header may not carry (HTAB aside): the server would refuse to
 # send them on, after the status was already decided.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A copy of the first bytes (``PEEK_BYTES``) of an upstream 403 answer, kept when the forwarder
+# is asked to (``peek``): whether Pipedrive refused the call for want of a scope is read from
+# it once the answer is sent (``proxy.core.drift``).
+PEEKED = web.RequestKey("peeked", bytes)
 
 
 class _ExactResponses(ResponsesBase):
@@ -318,10 +323,12 @@ class UpstreamClient:
         url: str,
         request_id: str | None = None,
         verdict: str = "allow",
+        peek: bool = False,
     ) -> web.StreamResponse:
         """Send the request to ``url`` (origin + target, byte for byte) and stream the answer
         back, with ``X-Request-Id: request_id`` added when given (the client sent none), and
         ``X-Scope-Proxy-Decision: verdict`` on the answer (in place of any the upstream sent).
+        With ``peek``, a copy of a 403 answer's first bytes is kept as ``request[PEEKED]``.
         Raises ``UpstreamFailure`` before the answer starts, ``StreamAborted`` after."""
         target = URL(url, encoded=True)
         body: ClientBody | None = None
@@ -339,9 +346,12 @@ class UpstreamClient:
             async with upstream:  # then its connection goes back to the pool, or is closed
                 answered = answer_headers(upstream)
                 answered[DECISION_HEADER] = verdict
+                peek = peek and upstream.status == 403
                 if upstream.content.is_eof():
                     # The whole body has already arrived with the headers: send both at once.
                     whole = upstream.content.read_nowait() or None
+                    if peek:
+                        request[PEEKED] = (whole or b"")[:PEEK_BYTES]
                     return web.Response(
                         status=upstream.status, reason=upstream.reason, headers=answered, body=whole
                     )
@@ -349,7 +359,11 @@ class UpstreamClient:
                     status=upstream.status, reason=upstream.reason, headers=answered
                 )
                 await response.prepare(request)
+                if peek:
+                    request[PEEKED] = b""
                 async for chunk in upstream.content.iter_any():
+                    if peek and len(request[PEEKED]) < PEEK_BYTES:
+                        request[PEEKED] = (request[PEEKED] + chunk)[:PEEK_BYTES]
                     await response.write(chunk)
                 await response.write_eof()
                 return response

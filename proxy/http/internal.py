@@ -68,6 +68,7 @@ async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
             get_logger().info("report_reset", since=since)  # report --log starts over here too
             return json_response({"reset": True, "since": since})
         calls = await recorder.calls()
+        seen = await recorder.seen()
     except StoreError as error:
         request.app[METRICS].store_errors.labels("report").inc()
         raise StoreUnavailable("cannot read the report's counters now") from error
@@ -80,6 +81,7 @@ async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
         mode=config.policy.mode,
         since=recorder.since,
         catalogue=runtime.catalogue,
+        seen=seen,
     )
     if path.endswith(".html"):
         return web.Response(text=render_html(report), content_type="text/html")

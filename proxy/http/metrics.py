@@ -70,6 +70,13 @@ class Metrics:
             ["lifecycle"],
             registry=self.registry,
         )
+        self.drift = Counter(
+            "scope_proxy_drift",
+            "Pipedrive's answers that disagree with the catalogue, by kind (too_generous, "
+            "too_strict, missing; grant_mismatch for a grant the proxy did not learn).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.log_errors = Counter(
             "scope_proxy_log_errors",
             "Log lines the sink could not write (a closed pipe, a full disk); serving goes on.",

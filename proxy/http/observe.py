@@ -14,6 +14,7 @@ import os
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from aiohttp import web
@@ -21,10 +22,11 @@ from aiohttp import web
 from proxy.core.canonical import canonicalize
 from proxy.core.catalog import CHECK_PATH, api_version
 from proxy.core.decision import Decision, Verdict
+from proxy.core.drift import Drift, drift, is_scope_refusal
 from proxy.core.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
-from proxy.core.reasons import Reason
-from proxy.http.forward import StreamAborted
-from proxy.http.logs import get_logger, log_request
+from proxy.core.reasons import DECIDED, Reason
+from proxy.http.forward import PEEKED, StreamAborted
+from proxy.http.logs import get_logger, log_request, timestamp
 from proxy.http.private import (
     BadHttpMethod,
     BadStatusLine,
@@ -60,6 +62,7 @@ class Outcome(NamedTuple):
     # For a request refused before any decision: the API version its target was meant for,
     # read leniently; None for one that was no API call (what the report counts apart).
     version: str | None = None
+    drift: Drift | None = None  # what Pipedrive's answer says of the catalogue (core.drift)
 
     @property
     def verdict(self) -> Verdict:
@@ -130,6 +133,9 @@ class Outcome(NamedTuple):
             fields["correlation_id"] = self.correlation_id
         if self.check:
             fields["via"] = "ext_authz"
+        if self.drift is not None:
+            fields["drift"] = self.drift
+            call = replace(call, drift=self.drift) if call is not None else None
         if self.cut_off is not None or refusal is not None:
             fields["error"] = self.error
             fields["problem"] = refusal.detail if refusal is not None else None
@@ -201,8 +207,12 @@ def record(app: web.Application, outcome: Outcome) -> None:
     state = fields.get("lifecycle")
     if state is not None:
         metrics.lifecycle_calls.labels(state).inc()
+    if outcome.drift is not None:
+        metrics.drift.labels(outcome.drift).inc()
     if call is not None and not (outcome.check and outcome.cut_off is not None):
-        app[RECORDER].record(call)  # not a check whose answer Envoy never read
+        # A drift is dated as its log line is (report --log reads that): first and last seen.
+        seen = (fields.get("timestamp") or timestamp()) if call.drift is not None else None
+        app[RECORDER].record(call, seen)  # not a check whose answer Envoy never read
 
 
 async def observe(
@@ -243,8 +253,27 @@ async def observe(
     if not response.prepared:  # a failure after a call was let through keeps its verdict
         response.headers[DECISION_HEADER] = decision.verdict if decision is not None else "deny"
     correlation = response.headers.get(_CORRELATION_ID) if refusal is None else None
-    _finish(request, decision, request_id, refusal, response.status, started, cut_off, correlation)
+    drifted = (
+        _drift(request, decision, response)
+        if decision is not None and refusal is None and decision.forwards
+        else None
+    )
+    _finish(
+        request, decision, request_id, refusal, response.status, started, cut_off, correlation,
+        drifted,
+    )  # fmt: skip
     return response
+
+
+def _drift(request: web.Request, decision: Decision, response: web.StreamResponse) -> Drift | None:
+    """What the upstream's answer to a forwarded call says of the catalogue (``core.drift``).
+    Envoy's check answers for itself: Pipedrive's answer never reaches it."""
+    if request.raw_path.startswith(CHECK_PATH) or decision.reason not in DECIDED:
+        return None
+    status = response.status
+    peeked = request.get(PEEKED) if status == 403 else None
+    said = peeked is not None and is_scope_refusal(peeked, response.headers.get(_ENCODING))
+    return drift(decision, status, said)
 
 
 # What each of aiohttp's parser errors means, in words that never quote the request.
@@ -297,6 +326,7 @@ _new_id_source()
 os.register_at_fork(after_in_child=_new_id_source)
 _REQUEST_ID = "X-Request-Id"
 _CORRELATION_ID = "X-Correlation-Id"
+_ENCODING = "Content-Encoding"
 _ID_LENGTH = 200  # what a log line keeps of an id a client or Pipedrive sent
 
 
@@ -309,6 +339,7 @@ def _finish(
     started: float,
     cut_off: str | None = None,
     correlation: str | None = None,
+    drifted: Drift | None = None,
 ) -> None:
     outcome = Outcome(
         request.method,
@@ -321,6 +352,7 @@ def _finish(
         request_id[:_ID_LENGTH],
         correlation[:_ID_LENGTH] if correlation is not None else None,
         api_version(request.raw_path) if decision is None else None,
+        drifted,
     )
     record(request.app, outcome)
 

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
+from proxy.core.drift import merge_seen
 from proxy.http.logs import get_logger, timestamp
 from proxy.report.model import (
     BEFORE,
@@ -30,6 +31,8 @@ from proxy.report.model import (
     fold_shapes,
     fold_tokens,
     other_paths,
+    other_paths_of,
+    seen_key,
     unknown_shape,
 )
 from proxy.stores import CallCounts, StoreError
@@ -59,6 +62,7 @@ class Recorder:
         self.stored_tokens = shown_tokens * STORED_TOKENS_PER_SHOWN
         self.clock = clock
         self._pending: Counter[Call] = Counter()
+        self._seen: dict[str, tuple[str, str]] = {}  # drifts' first and last sightings, pending
         # Named since the store was last compacted: tokens, unknown paths, (token, path) pairs.
         self._tokens: set[str] = {BEFORE, OTHER_TOKENS}
         self._shapes: set[str] = set()
@@ -67,9 +71,10 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self.since = timestamp()  # when counting began: start-up, or the last reset through here
 
-    def record(self, call: Call) -> None:
+    def record(self, call: Call, seen: str | None = None) -> None:
         """Count a call (``Call.of`` a decision, or ``refused_before``); cheap on the hot path.
-        A token or an unknown path past what may be named is counted as the others at once."""
+        A token or an unknown path past what may be named is counted as the others at once.
+        A drift is noted as ``seen`` at that time (its log line's)."""
         if call.token_fp not in self._tokens:
             if len(self._tokens) < self.stored_tokens + 2:
                 self._tokens.add(call.token_fp)
@@ -78,6 +83,8 @@ class Recorder:
         if unknown_shape(call):
             call = self._named(call)
         self._pending[call] += 1
+        if call.drift is not None and seen is not None:
+            merge_seen(self._seen, {seen_key(call.drift, call.endpoint): (seen, seen)})
 
     def _named(self, call: Call) -> Call:
         shape = str(call.endpoint)
@@ -106,10 +113,18 @@ class Recorder:
         if not self._pending:
             return
         batch, self._pending = self._pending, Counter()
+        seen, self._seen = self._seen, {}
         try:
             await self.counts.add_calls({call.key(): count for call, count in batch.items()})
         except StoreError:
             self._pending.update(batch)
+            merge_seen(self._seen, seen)
+            raise
+        try:
+            if seen:
+                await self.counts.add_seen(seen)
+        except StoreError:
+            merge_seen(self._seen, seen)  # the counts are in: only the times wait
             raise
         now = self.clock()
         if self.saturated and now - self._compacted_at >= COMPACT_SECONDS:
@@ -117,23 +132,51 @@ class Recorder:
             keep = self.stored_tokens
             await self.counts.compact_calls(lambda counts: compacted(counts, keep))
             self._forget_names()
+            await self._forget_folded_sightings()
+
+    async def _forget_folded_sightings(self) -> None:
+        """The sightings of drifts at unknown paths a compaction folded away go to what they
+        were folded into (``other_paths``), so that they do not pile up and stay dated."""
+        sightings = await self.counts.seen_times()
+        if not sightings:
+            return
+        counted = {seen_key(call.drift, call.endpoint) for call in (await self.calls(flush=False))
+                   if call.drift is not None}  # fmt: skip
+        stale = sightings.keys() - counted
+        if not stale:
+            return
+        moved: dict[str, tuple[str, str]] = {}
+        for key in stale:
+            kind, _, shape = key.partition("\t")
+            into = seen_key(kind, other_paths_of(shape))
+            if into in counted:
+                merge_seen(moved, {into: sightings[key]})
+        if moved:
+            await self.counts.add_seen(moved)
+        await self.counts.forget_seen(stale)
 
     def _forget_names(self) -> None:
         self._tokens = {BEFORE, OTHER_TOKENS}
         self._shapes.clear()
         self._pairs.clear()
 
-    async def calls(self) -> Counter[Call]:
+    async def calls(self, flush: bool = True) -> Counter[Call]:
         """Every call counted by every process sharing the store, this one's included."""
-        await self.flush()
+        if flush:
+            await self.flush()
         found: Counter[Call] = Counter()
         for key, count in (await self.counts.call_counts()).items():
             found[Call.from_key(key)] += count
         return found
 
+    async def seen(self) -> dict[str, tuple[str, str]]:
+        """When each drift was first and last seen, by every process (``calls`` flushed)."""
+        return await self.counts.seen_times()
+
     async def reset(self) -> str:
         """Start a new run; the time it starts from, which the caller logs."""
         self._pending.clear()
+        self._seen.clear()
         self._forget_names()
         await self.counts.reset_calls()
         self.since = timestamp()

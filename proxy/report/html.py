@@ -7,7 +7,7 @@ from html import escape
 from typing import Any
 
 from proxy.report.model import OTHER_TOKENS, endpoint_label
-from proxy.report.prose import change_lines, findings, grant_label, plain_decision
+from proxy.report.prose import change_lines, drift_words, findings, grant_label, plain_decision
 
 SHOWN_TOKENS = 20  # token sections on the page; the JSON has every one
 
@@ -178,6 +178,22 @@ def _moving(section: Mapping[str, Any]) -> str:
     )
 
 
+def _drift(section: Mapping[str, Any]) -> str:
+    """Where Pipedrive's answers disagreed with the catalogue."""
+    entries = section.get("drift") or []
+    if not entries:
+        return ""
+    rows = [
+        [escape(drift_words(e)), f"<code>{escape(str(e['endpoint']))}</code>", str(e["count"]),
+         _scopes(e["granted_scopes"]), escape(str(e["first_seen"] or "?")),
+         escape(str(e["last_seen"] or "?"))]
+        for e in entries
+    ]  # fmt: skip
+    return '<h2 id="drift">Pipedrive disagreed with the catalogue</h2>' + _table(
+        ["kind", "endpoint", "calls", "scopes held", "first seen", "last seen"], rows, {2}
+    )
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The report for people: the change to make, the findings, tables, where tokens go."""
     app = report["app_scopes"]
@@ -230,7 +246,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         f'<p>Declared scopes (<code>app_scopes</code>): <span id="declared">{declared}</span></p>'
         f"{_change(report)}{warnings}"
         f"{_section(report['overall'], app, 'h2')}"
-        f"{_cost_chart(report['overall'])}{_moving(report['overall'])}{refused_before}"
+        f"{_drift(report['overall'])}{_cost_chart(report['overall'])}{_moving(report['overall'])}"
+        f"{refused_before}"
         f"<h2>By token</h2>{tokens or '<p><em>No calls yet.</em></p>'}"
         "</body></html>"
     )

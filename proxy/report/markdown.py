@@ -8,6 +8,7 @@ from typing import Any
 from proxy.report.model import endpoint_label
 from proxy.report.prose import (
     change_lines,
+    drift_words,
     lifecycle_words,
     migration_sentence,
     plain_decision,
@@ -53,6 +54,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         )]  # fmt: skip
     if report.get("not_api_calls"):
         lines += ["", f"Not API calls (not counted above): {report['not_api_calls']}."]
+    if overall.get("drift"):
+        lines += ["", "**Pipedrive disagreed with the catalogue:**", "",
+                  "| kind | endpoint | calls | scopes held | first seen | last seen |",
+                  "|---|---|---:|---|---|---|"]  # fmt: skip
+        lines += [
+            f"| {drift_words(e)} | `{e['endpoint']}` | {e['count']} | "
+            f"{_md_scopes(e['granted_scopes'])} | {e['first_seen'] or '?'} | "
+            f"{e['last_seen'] or '?'} |"
+            for e in overall["drift"]
+        ]
     if overall["lifecycle"]:
         heading = "**Endpoints Pipedrive may change without notice, or has removed:**"
         lines += ["", heading, "", "| endpoint | calls | lifecycle | replaced by |",

@@ -16,6 +16,7 @@ from typing import Any
 
 from proxy.core.catalog import DISPLAY_PREFIX, Catalogue, Endpoint, api_route
 from proxy.core.decision import BASE, DECLARED_GRANT, Decision, accepts
+from proxy.core.drift import KINDS
 from proxy.core.reasons import BEFORE_DECISION, DECIDED, NOT_API_CALLS, Reason
 
 MAX_TOKENS = 100  # tokens with a report section of their own (config: limits.report_tokens)
@@ -52,13 +53,14 @@ class Call:
     token_cost: int | None
     grant: str | None = None  # the static grant's name, when one gave the token its scopes
     granted_scopes: tuple[str, ...] = ()  # what the token held (the v2 migration plan's)
+    drift: str | None = None  # what Pipedrive's answer said of the catalogue (core.drift)
     # Counted on every request (``Counter[Call]``): hashed once, when made.
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         hashed = hash((self.token_fp, self.method, self.version, self.endpoint, self.decision,
                        self.reason, self.accepted_scopes, self.token_cost, self.grant,
-                       self.granted_scopes))  # fmt: skip
+                       self.granted_scopes, self.drift))  # fmt: skip
         object.__setattr__(self, "_hash", hashed)
 
     def __hash__(self) -> int:
@@ -74,7 +76,8 @@ class Call:
         the rest as JSON (a store can fold tokens together without reading JSON)."""
         rest = json.dumps(
             [self.method, self.version, self.endpoint, self.decision, self.reason,
-             list(self.accepted_scopes), self.token_cost, self.grant, list(self.granted_scopes)],
+             list(self.accepted_scopes), self.token_cost, self.grant, list(self.granted_scopes),
+             *((self.drift,) if self.drift is not None else ())],
             separators=(",", ":"),
         )  # fmt: skip
         return f"{self.token_fp}\t{rest}"
@@ -85,8 +88,9 @@ class Call:
         method, version, endpoint, decision, reason, accepted, cost, *more = json.loads(rest)
         grant = more[0] if more else None  # keys of earlier versions end sooner
         granted = tuple(more[1]) if len(more) > 1 else ()
+        drift = more[2] if len(more) > 2 else None
         return cls(fp, method, version, endpoint, decision, reason, tuple(accepted), cost,
-                   grant, granted)  # fmt: skip
+                   grant, granted, drift)  # fmt: skip
 
     @classmethod
     def of(cls, decision: Decision) -> Call | None:
@@ -130,6 +134,7 @@ class Call:
             fields.get("token_cost"),
             grant if isinstance(grant, str) else None,
             tuple(sorted(fields.get("granted_scopes") or ())),
+            kind if isinstance(kind := fields.get("drift"), str) and kind in KINDS else None,
         )
 
 
@@ -245,7 +250,13 @@ def _section(
             denied[key] += count
     needs = [frozenset(call.accepted_scopes) for call in calls if call.accepted_scopes]
     minimal = minimal_scopes(needs, catalogue.breadth if catalogue is not None else None)
-    unused = sorted((app_scopes or frozenset()) - set(minimal) - {BASE}) if calls else []
+    # Scopes with which Pipedrive answered a call the catalogue says they do not cover: the
+    # catalogue may be what is wrong, so they are not called unnecessary.
+    succeeded = {scope for call in calls if call.drift == "too_strict"
+                 for scope in call.granted_scopes}  # fmt: skip
+    unused = (
+        sorted((app_scopes or frozenset()) - set(minimal) - succeeded - {BASE}) if calls else []
+    )
     return {
         "requests": sum(calls.values()),
         "token_cost": sum((call.token_cost or 0) * count for call, count in calls.items()),
@@ -409,10 +420,78 @@ def change(declared: frozenset[str] | None, recommended: list[str]) -> dict[str,
     return {"add": add, "remove": remove, "replace": replace_pairs}
 
 
+def drift_entries(
+    calls: Mapping[Call, int], seen: Mapping[str, tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Where Pipedrive's answers disagreed with the catalogue (``proxy.core.drift``): by kind,
+    endpoint, and the scopes the token held, with when that kind was first and last seen there
+    (``seen``: ``seen_key`` -> (first, last), as the log lines are dated)."""
+    counted: Counter[tuple[str, str, str | None, tuple[str, ...], str | None]] = Counter()
+    for call, count in calls.items():
+        if call.drift is not None:
+            key = (call.drift, call.method, call.endpoint, call.granted_scopes, call.grant)
+            counted[key] += count
+    named = {seen_key(kind, endpoint) for kind, _, endpoint, _, _ in counted}
+    entries = []
+    order: dict[str, int] = {kind: n for n, kind in enumerate(KINDS)}
+    for (kind, method, endpoint, granted, grant), count in sorted(
+        counted.items(), key=lambda item: (order[item[0][0]], -item[1], str(item[0][2]), item[0][3])
+    ):
+        first, last = _when(seen, kind, endpoint, named)
+        entries.append(
+            {"kind": kind, "endpoint": endpoint, "method": method, "granted_scopes": list(granted),
+             "grant": grant, "count": count, "first_seen": first, "last_seen": last}
+        )  # fmt: skip
+    return entries
+
+
+def seen_key(kind: str, endpoint: str | None) -> str:
+    """What the first and last sightings of a drift are kept under: its kind and endpoint."""
+    return f"{kind}\t{endpoint}"
+
+
+def _when(
+    seen: Mapping[str, tuple[str, str]], kind: str, endpoint: str | None, named: set[str]
+) -> tuple[str | None, str | None]:
+    """First and last seen: the endpoint's own; for unknown paths counted together, the
+    earliest and latest of theirs, and of those folded into them (``other_paths_of``)."""
+    own = seen.get(seen_key(kind, endpoint))
+    if endpoint is None or not endpoint.endswith(OTHER_PATHS):
+        return own if own is not None else (None, None)
+    times = [own] if own is not None else []
+    for key, when in seen.items():
+        seen_kind, _, shape = key.partition("\t")
+        if seen_kind == kind and key not in named and other_paths_of(shape) == endpoint:
+            times.append(when)
+    if not times:
+        return None, None
+    return min(first for first, _ in times), max(last for _, last in times)
+
+
+def other_paths_of(shape: str) -> str:
+    """The ``other_paths`` an unknown path's shape is counted under once folded."""
+    method, _, path = shape.partition(" ")
+    for version, prefix in DISPLAY_PREFIX.items():
+        if path.startswith(prefix + "/"):
+            return other_paths(method, version)
+    return shape
+
+
+def uncertain(entries: list[dict[str, Any]]) -> list[str]:
+    """The endpoints where the catalogue proved too strict: Pipedrive answered a call with
+    scopes the catalogue says do not cover it, so its recommendation there may be wrong."""
+    return sorted({str(e["endpoint"]) for e in entries if e["kind"] == "too_strict"})
+
+
 def warnings(section: Mapping[str, Any]) -> list[str]:
-    """A broad scope (``admin``, any ``:full``) recommended for the sake of one endpoint."""
+    """A broad scope (``admin``, any ``:full``) recommended for the sake of one endpoint; an
+    endpoint where Pipedrive answered calls the catalogue says the scopes do not cover."""
     chosen = set(section["minimal_scopes"])
-    found = []
+    found = [
+        f"Pipedrive answered {endpoint} for scopes the catalogue says do not cover it: the "
+        "recommendation there is uncertain, and the scopes that succeeded are not called unused"
+        for endpoint in uncertain(section.get("drift", ()))
+    ]
     for scope in sorted(filter(_broad, chosen)):
         others = chosen - {scope}
         # The endpoints that need it: nothing narrower, and no other chosen scope, takes them.
@@ -443,13 +522,15 @@ def build_report(
     mode: str | None = None,
     since: str | None = None,
     catalogue: Catalogue | None = None,
+    seen: Mapping[str, tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The report document (its keys are a contract: see README, "The report"). At most
     ``max_tokens`` tokens have a section of their own; the rest share one, ``other``. Refusals
     made before the scope check are counted apart, by reason, and requests that are no API
     calls (``GET /``, a load balancer's probe) apart again. With the ``catalogue``, the
     recommended scopes are the narrowest that will do, and the endpoints that are not current
-    (``lifecycle``) and the move to v2 (``migration``) are reported."""
+    (``lifecycle``) and the move to v2 (``migration``) are reported. Where Pipedrive's answers
+    disagreed with the catalogue, ``drift`` says so, dated by ``seen`` (``drift_entries``)."""
     before: Counter[str] = Counter()
     decided: Counter[Call] = Counter()
     not_api = 0
@@ -460,11 +541,13 @@ def build_report(
             not_api += count
         else:
             before[call.reason] += count
-    folded = fold_tokens(fold_shapes(decided), max_tokens)
+    shapes_folded = fold_shapes(decided)
+    folded = fold_tokens(shapes_folded, max_tokens)
     by_token: dict[str, dict[Call, int]] = {}
     for call, count in folded.items():
         by_token.setdefault(call.token_fp, {})[call] = count
     overall = _section(folded, app_scopes, catalogue)
+    overall["drift"] = drift_entries(shapes_folded, seen or {})  # the scopes held, whichever token
     return {
         "mode": mode,
         "since": since,

@@ -21,6 +21,7 @@ def findings(section: Mapping[str, Any], app_scopes: list[str] | None) -> list[s
         refused = "was refused" if entry["decision"] == "deny" else "would be refused"
         said = why(entry["reason"], entry["accepted_scopes"])
         sentences.append(f"{endpoint_label(entry)} {refused} {times}: {said}.")
+    sentences += [drift_sentence(entry) for entry in section.get("drift", ())]
     sentences += [lifecycle_sentence(entry) for entry in section.get("lifecycle", ())]
     moving = section.get("migration")
     if moving and moving["endpoints"]:
@@ -33,6 +34,40 @@ def findings(section: Mapping[str, Any], app_scopes: list[str] | None) -> list[s
         needed = ", ".join(section["minimal_scopes"]) or "nothing beyond base"
         sentences.append(f"Every call seen is covered by: {needed}.")
     return sentences
+
+
+def drift_sentence(entry: Mapping[str, Any]) -> str:
+    """What Pipedrive's answers said of the catalogue (see ``proxy.core.drift``)."""
+    times = "once" if entry["count"] == 1 else f"{entry['count']} times"
+    endpoint, granted = entry["endpoint"], ", ".join(entry["granted_scopes"]) or "none"
+    kind = entry["kind"]
+    if kind == "too_generous":
+        return (
+            f"Pipedrive refused {endpoint} {times} (Scope and URL mismatch) for scopes "
+            f"{granted}, which the catalogue says accept it: the catalogue is too generous."
+        )
+    if kind == "too_strict":
+        return (
+            f"Pipedrive answered {endpoint} {times} for scopes {granted}, which the "
+            "catalogue says do not accept it: the catalogue is too strict."
+        )
+    if kind == "missing":
+        return f"Pipedrive answered {endpoint} {times}: an endpoint the catalogue does not know."
+    grant = entry.get("grant")
+    held = (
+        "the declared app_scopes the token was taken to hold"
+        if grant == DECLARED_GRANT
+        else f"the static grant {grant}"
+        if grant
+        else "scopes Pipedrive did not give"
+    )
+    return (f"Pipedrive's answers to {endpoint} ({times}) disagree with {held} ({granted}): "
+            "check that grant; the catalogue is not in question.")  # fmt: skip
+
+
+def drift_words(entry: Mapping[str, Any]) -> str:
+    """``too generous``, ``grant mismatch``, ..."""
+    return str(entry["kind"]).replace("_", " ")
 
 
 def lifecycle_words(entry: Mapping[str, Any]) -> str:

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.report.model import Call
+from proxy.core.drift import merge_seen
+from proxy.report.model import Call, seen_key
 
 
 @dataclass
@@ -18,6 +19,7 @@ class LogRun:
     force, when counting began, and how much of the input was what."""
 
     calls: Counter[Call] = field(default_factory=Counter)
+    seen: dict[str, tuple[str, str]] = field(default_factory=dict)  # drifts, by log line time
     app_scopes: list[str] | None = None
     mode: str | None = None
     since: str | None = None
@@ -47,13 +49,17 @@ def calls_from_log(lines: Iterable[str]) -> LogRun:
             run.mode = str(event.get("mode")) if event.get("mode") is not None else None
             if name == "startup" and event.get("store") == "memory":
                 run.calls, run.since = Counter(), _since(event)  # a new process counts anew
+                run.seen = {}
         elif name == "report_reset":
-            run.calls, run.since = Counter(), _since(event)
+            run.calls, run.since, run.seen = Counter(), _since(event), {}
         elif name == "request":
             run.request_events += 1
         call = Call.from_event(event)
         if call is not None:
             run.calls[call] += 1
+            at = event.get("timestamp")
+            if call.drift is not None and isinstance(at, str):
+                merge_seen(run.seen, {seen_key(call.drift, call.endpoint): (at, at)})
     return run
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from proxy.report.model import endpoint_label
 from proxy.report.prose import (
     change_lines,
+    drift_words,
     findings,
     grant_label,
     lifecycle_words,
@@ -39,6 +40,14 @@ def render_text(report: Mapping[str, Any]) -> str:
         ]
     if report.get("not_api_calls"):
         lines += ["", f"not API calls (not counted above): {report['not_api_calls']}"]
+    if overall.get("drift"):
+        lines += ["", "Pipedrive disagreed with the catalogue:"]
+        lines += [
+            f"  {e['count']:6}  {drift_words(e):14}  {e['endpoint']}  "
+            f"[{', '.join(e['granted_scopes'])}]  "
+            f"{e['first_seen'] or '?'} .. {e['last_seen'] or '?'}"
+            for e in overall["drift"]
+        ]
     if overall["lifecycle"]:
         lines += ["", "endpoints Pipedrive may change without notice, or has removed:"]
         lines += [

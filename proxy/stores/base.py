@@ -6,7 +6,7 @@ protocols over one connection, so replicas sharing a store share the report too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,12 +53,22 @@ class CallCounts(Protocol):
         """Every counter, as shared by all processes using this store."""
 
     async def reset_calls(self) -> None:
-        """Start a new report: drop every counter."""
+        """Start a new report: drop every counter, and every sighting."""
 
     async def compact_calls(self, fold: Fold) -> None:
         """Replace the counters with what ``fold`` makes of them, as one change: no process's
         additions are lost meanwhile. What a storm of new tokens or made-up paths leaves is
         bounded so (see ``proxy.http.recorder``)."""
+
+    async def add_seen(self, seen: Mapping[str, tuple[str, str]]) -> None:
+        """Note when things were first and last seen (ISO 8601 UTC times, which sort as
+        text): of each key, the earliest first and the latest last are kept."""
+
+    async def seen_times(self) -> dict[str, tuple[str, str]]:
+        """Every key's first and last sighting, as shared by all processes."""
+
+    async def forget_seen(self, keys: Iterable[str]) -> None:
+        """Drop these keys' sightings (their counters were folded away by a compaction)."""
 
 
 class Store(TokenStore, CallCounts, Protocol):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from proxy.stores.base import Clock, Fold, Learned, Store
 
@@ -55,6 +55,15 @@ class CachedStore:
 
     async def compact_calls(self, fold: Fold) -> None:
         await self.inner.compact_calls(fold)
+
+    async def add_seen(self, seen: Mapping[str, tuple[str, str]]) -> None:
+        await self.inner.add_seen(seen)
+
+    async def seen_times(self) -> dict[str, tuple[str, str]]:
+        return await self.inner.seen_times()
+
+    async def forget_seen(self, keys: Iterable[str]) -> None:
+        await self.inner.forget_seen(keys)
 
     async def ping(self) -> None:
         await self.inner.ping()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
+from proxy.core.drift import merge_seen
 from proxy.stores.base import Clock, Fold, Learned
 
 
@@ -15,6 +16,7 @@ class MemoryStore:
         self.clock = clock
         self._tokens: dict[str, Learned] = {}
         self._calls: Counter[str] = Counter()
+        self._seen: dict[str, tuple[str, str]] = {}
         self._generation = 0  # reset_calls counts up: a compaction under way is then void
 
     async def get(self, digest: str) -> Learned | None:
@@ -41,6 +43,7 @@ class MemoryStore:
 
     async def reset_calls(self) -> None:
         self._calls.clear()
+        self._seen.clear()
         self._generation += 1
 
     async def compact_calls(self, fold: Fold) -> None:
@@ -53,6 +56,16 @@ class MemoryStore:
                 if added:
                     folded[key] = folded.get(key, 0) + added
             self._calls = Counter(folded)
+
+    async def add_seen(self, seen: Mapping[str, tuple[str, str]]) -> None:
+        merge_seen(self._seen, seen)
+
+    async def seen_times(self) -> dict[str, tuple[str, str]]:
+        return dict(self._seen)
+
+    async def forget_seen(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._seen.pop(key, None)
 
     async def ping(self) -> None:
         return None

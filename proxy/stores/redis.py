@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,20 @@ REPORT_KEY = "pipedrive-scope-proxy:report"  # hash: Call.key() -> count, shared
 # A compaction rewrites the report's hash in a transaction that fails if another replica
 # changed it meanwhile (WATCH); it is tried again, at most this many times, else left for later.
 COMPACT_TRIES = 5
+SEEN_KEY = "pipedrive-scope-proxy:report:seen"  # hash: seen key -> "<first> <last>"
+# Of each key, the earliest first and the latest last, in one step whichever replica adds.
+_MERGE_SEEN = """
+for i = 1, #ARGV, 3 do
+  local first, last = ARGV[i + 1], ARGV[i + 2]
+  local known = redis.call('HGET', KEYS[1], ARGV[i])
+  if known then
+    local was_first, was_last = string.match(known, '^(%S+) (%S+)$')
+    if was_first and was_first < first then first = was_first end
+    if was_last and was_last > last then last = was_last end
+  end
+  redis.call('HSET', KEYS[1], ARGV[i], first .. ' ' .. last)
+end
+"""
 PREFIX = "pipedrive-scope-proxy:token:"  # value: "<expires_at> <scope>,<scope>,..."
 
 
@@ -38,6 +52,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1),
             decode_responses=True,
         )
+        self._merge_seen = self._client.register_script(_MERGE_SEEN)
 
     @asynccontextmanager
     async def _failing(self) -> AsyncIterator[None]:
@@ -82,7 +97,7 @@ class RedisStore:
 
     async def reset_calls(self) -> None:
         async with self._failing():
-            await self._client.delete(REPORT_KEY)
+            await self._client.delete(REPORT_KEY, SEEN_KEY)
 
     async def compact_calls(self, fold: Fold) -> None:
         async with self._failing(), self._client.pipeline(transaction=True) as pipe:
@@ -104,6 +119,26 @@ class RedisStore:
                     return
                 except WatchError:  # another replica added its counts: read them too
                     continue
+
+    async def add_seen(self, seen: Mapping[str, tuple[str, str]]) -> None:
+        values = [part for key, (first, last) in seen.items() for part in (key, first, last)]
+        async with self._failing():
+            await self._merge_seen(keys=[SEEN_KEY], args=values)
+
+    async def seen_times(self) -> dict[str, tuple[str, str]]:
+        async with self._failing():
+            found = await self._client.hgetall(SEEN_KEY)
+        times: dict[str, tuple[str, str]] = {}
+        for key, value in found.items():
+            first, _, last = str(value).partition(" ")
+            times[str(key)] = (first, last)
+        return times
+
+    async def forget_seen(self, keys: Iterable[str]) -> None:
+        dropped = list(keys)
+        if dropped:
+            async with self._failing():
+                await self._client.hdel(SEEN_KEY, *dropped)
 
     async def ping(self) -> None:
         async with self._failing():

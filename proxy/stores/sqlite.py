@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -28,6 +28,11 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE TABLE IF NOT EXISTS calls (
     key TEXT PRIMARY KEY,         -- one kind of decided call (proxy.report.model.Call.key)
     count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (
+    key TEXT PRIMARY KEY,         -- a drift's kind and endpoint (proxy.report.model.seen_key)
+    first TEXT NOT NULL,          -- ISO 8601 UTC: sorts as text
+    last TEXT NOT NULL
 );
 """
 
@@ -110,6 +115,7 @@ class SqliteStore:
         def delete(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("DELETE FROM calls")
+                db.execute("DELETE FROM seen")
 
         await self._run(delete)
 
@@ -123,6 +129,31 @@ class SqliteStore:
                     db.executemany("INSERT INTO calls (key, count) VALUES (?, ?)", folded.items())
 
         await self._run(compact)
+
+    async def add_seen(self, seen: Mapping[str, tuple[str, str]]) -> None:
+        def upsert(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany(
+                    "INSERT INTO seen (key, first, last) VALUES (?, ?, ?) ON CONFLICT(key) "
+                    "DO UPDATE SET first = min(first, excluded.first), "
+                    "last = max(last, excluded.last)",
+                    [(key, first, last) for key, (first, last) in seen.items()],
+                )
+
+        await self._run(upsert)
+
+    async def seen_times(self) -> dict[str, tuple[str, str]]:
+        rows = await self._run(lambda db: list(db.execute("SELECT key, first, last FROM seen")))
+        return {key: (first, last) for key, first, last in rows}
+
+    async def forget_seen(self, keys: Iterable[str]) -> None:
+        dropped = [(key,) for key in keys]
+
+        def delete(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany("DELETE FROM seen WHERE key = ?", dropped)
+
+        await self._run(delete)
 
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
