@@ -52,6 +52,18 @@ def test_every_yaml_block_parses_and_each_config_passes_check(
     document = yaml.safe_load(text)
     assert isinstance(document, dict), line
     config = tmp_path / "proxy.yaml"
+    if "changes" in document:  # an overlay change: merged by the generator into the sources
+        sources = tmp_path / "sources"
+        shutil.copytree(ROOT / "catalog" / "sources", sources)
+        overlay = yaml.safe_load((sources / "overlay.yaml").read_text())
+        overlay["changes"] += document["changes"]
+        (sources / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+        from tests.test_catalog import generator
+
+        built = generator().build(sources)
+        [change] = document["changes"]
+        assert change["id"] in {c["id"] for c in built["changes"]}, line
+        return
     if "endpoints" in document:  # a catalogue extra file: checked through a config naming it
         (tmp_path / "extra.yaml").write_text(text)
         config.write_text("catalog_extra: [extra.yaml]\n")
@@ -108,6 +120,13 @@ def test_explain_prints_what_the_readme_shows() -> None:
     command, *expected = example.rstrip("\n").splitlines()
     assert command.startswith("$ pipedrive-scope-proxy ")
     result = run(*command.removeprefix("$ pipedrive-scope-proxy ").split())
+    assert result.stdout.splitlines() == expected
+
+
+def test_check_prints_what_the_readme_shows() -> None:
+    [example] = [t for t, _ in blocks("console") if t.startswith("$ pipedrive-scope-proxy check")]
+    command, *expected = example.rstrip("\n").splitlines()
+    result = run(*shlex.split(command.removeprefix("$ pipedrive-scope-proxy ")))
     assert result.stdout.splitlines() == expected
 
 

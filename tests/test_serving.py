@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,8 @@ import pytest
 import yaml
 from aiohttp import web
 
+from proxy import __version__
+from proxy.core.catalog import load_catalogue
 from tests.conftest import free_port, grants, sha
 from tests.fakes import FakeOAuth, FakePipedrive, Received
 from tests.processes import ROOT, run, serving, session, wait_ready, write_config
@@ -312,6 +315,11 @@ async def test_workers_share_one_port_and_the_sqlite_store(
                 metrics = await response.text()
             assert 'decision="allow",reason="in_scope",version="v1"} 30.0' in metrics
             assert "scope_proxy_tokens_learned_total 1.0" in metrics
+            # Both run one catalogue: one series, 1 (the highest of the live workers').
+            version = load_catalogue().provenance.version
+            assert re.findall(r"^scope_proxy_build_info\{.*$", metrics, re.MULTILINE) == [
+                f'scope_proxy_build_info{{catalogue="{version}",version="{__version__}"}} 1.0'
+            ]
         process.send_signal(signal.SIGTERM)
         code = await asyncio.get_running_loop().run_in_executor(None, process.wait, 30)
         out, _ = process.communicate()

@@ -18,6 +18,7 @@ def check(config_path: str | None) -> int:
         f"{len(catalogue)} endpoints (v1 {catalogue.count('v1')}, v2 {catalogue.count('v2')}), "
         f"{len(config.tokens)} static grant{'' if len(config.tokens) == 1 else 's'}"
     )
+    print(f"catalogue: {catalogue.provenance.described()}")
     return 0
 
 

@@ -10,6 +10,7 @@ loads; a request only walks a trie.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -123,6 +124,47 @@ class Change:
         return f'Pipedrive, "{self.title}" ({self.source})'
 
 
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Which catalogue is running: its version (``2026-12-07.1f0c2a9b``: the date the overlay
+    was last reviewed against Pipedrive, and a digest of every source; ``+extra.<digest>`` when
+    ``catalog_extra`` files change it), and each source file with the start of its SHA-256."""
+
+    version: str
+    reviewed: str | None
+    sources: tuple[tuple[str, str], ...]  # (file, first 12 hex digits of its SHA-256)
+    extra: tuple[str, ...] = ()  # the catalog_extra files applied, in order
+
+    def described(self) -> str:
+        """One line for people: version, review date, sources."""
+        sources = ", ".join(f"{name} {digest}" for name, digest in self.sources)
+        extra = f"; extra: {', '.join(self.extra)}" if self.extra else ""
+        reviewed = f", reviewed against Pipedrive {self.reviewed}" if self.reviewed else ""
+        return f"{self.version}{reviewed} (sources: {sources}{extra})"
+
+    def document(self) -> dict[str, Any]:
+        return {"version": self.version, "reviewed": self.reviewed,
+                "sources": dict(self.sources), "extra": list(self.extra)}  # fmt: skip
+
+
+UNVERSIONED = Provenance("unversioned", None, ())
+
+
+def provenance(document: Mapping[str, Any], extra: Sequence[tuple[str, bytes]] = ()) -> Provenance:
+    """The provenance of a catalogue document (``catalog.json``), with the extra files (name,
+    bytes) applied to it."""
+    inputs: dict[str, str] = dict(document.get("inputs", {}))
+    reviewed = max((c.get("reviewed") or c.get("since") for c in document.get("changes", ())
+                    if c.get("reviewed") or c.get("since")), default=None)  # fmt: skip
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:8]
+    version = f"{reviewed or 'undated'}.{digest}"
+    if extra:
+        extras = hashlib.sha256(b"".join(hashlib.sha256(data).digest() for _, data in extra))
+        version += f"+extra.{extras.hexdigest()[:8]}"
+    sources = tuple((name, value[:12]) for name, value in sorted(inputs.items()))
+    return Provenance(version, reviewed, sources, tuple(name for name, _ in extra))
+
+
 LIFECYCLE_STATES = ("current", "deprecated", "out_of_support", "removed")
 
 
@@ -181,7 +223,9 @@ class Catalogue:
         scopes: Mapping[str, str],
         endpoints: Iterable[Endpoint],
         changes: Iterable[Change] = (),
+        provenance: Provenance = UNVERSIONED,
     ) -> None:
+        self.provenance = provenance
         self.scopes = dict(scopes)
         self.endpoints = tuple(endpoints)
         self.changes = {change.id: change for change in changes}
@@ -284,23 +328,29 @@ def load_catalogue(extra_files: Sequence[Path] = ()) -> Catalogue:
     document = shipped_document()
     scopes: dict[str, str] = dict(document["scopes"])
     endpoints = {e.key: e for e in map(_endpoint, document["endpoints"])}
+    applied: list[tuple[str, bytes]] = []
     for path in extra_files:
-        extra_scopes, extra_endpoints = read_extra(path, scopes)
+        extra_scopes, extra_endpoints, data = read_extra(path, scopes)
         scopes.update(extra_scopes)
         for endpoint in extra_endpoints:
             endpoints[endpoint.key] = endpoint
+        applied.append((str(path), data))
     changes = (Change(**change) for change in document.get("changes", ()))
-    return Catalogue(scopes, endpoints.values(), changes)
+    return Catalogue(scopes, endpoints.values(), changes, provenance(document, applied))
 
 
 def read_extra(
     path: Path, known_scopes: Mapping[str, str]
-) -> tuple[dict[str, str], list[Endpoint]]:
-    """Parse one extra catalogue file (YAML or JSON); errors name the file and the entry."""
+) -> tuple[dict[str, str], list[Endpoint], bytes]:
+    """Parse one extra catalogue file (YAML or JSON); errors name the file and the entry. Its
+    scopes, its endpoints, and its bytes (the running catalogue's version names them)."""
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        document = yaml.safe_load(data.decode("utf-8"))
     except OSError as error:
         raise CatalogueError(f"{path}: cannot read: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise CatalogueError(f"{path}: cannot read: not UTF-8 text") from None
     except yaml.YAMLError as error:
         raise CatalogueError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
     if not isinstance(document, dict) or not set(document) <= {"scopes", "endpoints"}:
@@ -347,7 +397,7 @@ def read_extra(
                 token_cost=cost,
             )
         )
-    return scopes, endpoints
+    return scopes, endpoints, data
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:

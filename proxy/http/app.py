@@ -219,6 +219,7 @@ def create_app(
     app = web.Application(handler_args={"auto_decompress": False})
     app[RUNTIME] = RuntimeHolder(Runtime.build(config, catalogue))
     app[METRICS] = Metrics()
+    app[METRICS].running(__version__, catalogue.provenance.version)
     SINK.on_error = app[METRICS].log_errors.inc
     app[UPSTREAM] = UpstreamClient(config.upstream, config.limits.body_timeout)
     app[STORE] = store if store is not None else open_store(config.store, clock)
@@ -243,6 +244,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         mode=config.policy.mode,
         app_scopes=sorted(app_scopes) if app_scopes is not None else None,
         catalogue_size=len(app[RUNTIME].current.catalogue),
+        catalogue=app[RUNTIME].current.catalogue.provenance.version,
         store=config.store.kind,
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         since=app[RECORDER].since,  # when the report's counting began

@@ -37,7 +37,10 @@ async def handle_internal(request: web.Request, canonical: CanonicalRequest) -> 
     if canonical.method not in methods:
         raise MethodNotAllowed(methods)
     if path == "/_proxy/health":
-        return json_response({"status": "ok", "version": __version__, "pid": os.getpid()})
+        catalogue = request.app[RUNTIME].current.catalogue.provenance.document()
+        return json_response(
+            {"status": "ok", "version": __version__, "pid": os.getpid(), "catalogue": catalogue}
+        )
     if path == "/_proxy/ready":
         runtime = request.app[RUNTIME].current
         try:

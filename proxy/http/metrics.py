@@ -17,7 +17,14 @@ import contextlib
 import os
 from collections import Counter as Tally
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -70,6 +77,16 @@ class Metrics:
             ["lifecycle"],
             registry=self.registry,
         )
+        # 1 for the proxy's version and the catalogue a live process runs (0 once replaced by
+        # a reload): a replica still on an old catalogue shows beside the others.
+        self.build_info = Gauge(
+            "scope_proxy_build_info",
+            "The proxy's version and the version of the catalogue it runs (value 1).",
+            ["version", "catalogue"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self._running: tuple[str, str] | None = None
         self.drift = Counter(
             "scope_proxy_drift",
             "Pipedrive's answers that disagree with the catalogue, by kind (too_generous, "
@@ -85,6 +102,15 @@ class Metrics:
         self._children: dict[tuple[str, str, str], Counter] = {}
         self._counted: Tally[tuple[str, str, str]] = Tally()
         self._task: asyncio.Task[None] | None = None
+
+    def running(self, version: str, catalogue: str) -> None:
+        """Say which version and catalogue this process runs (at start, and on every reload)."""
+        if self._running == (version, catalogue):
+            return
+        if self._running is not None:
+            self.build_info.labels(*self._running).set(0)
+        self._running = (version, catalogue)
+        self.build_info.labels(version, catalogue).set(1)
 
     def observe(self, verdict: str, reason: str, version: str | None, seconds: float) -> None:
         """Count one request (into Prometheus' values at the next flush) and its duration."""

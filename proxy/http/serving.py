@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy import __version__
 from proxy.config import NO_OVERRIDES, Config, ConfigError, Listen, Overrides, load, load_config
 from proxy.core.catalog import Catalogue, CatalogueError
 from proxy.http import private
@@ -31,7 +32,7 @@ from proxy.http.app import create_app
 from proxy.http.logs import SINK, configure_logging, get_logger
 from proxy.http.metrics import MULTIPROCESS_DIR
 from proxy.http.server import ProxyRunner
-from proxy.http.state import LISTENERS, RUNTIME, Runtime
+from proxy.http.state import LISTENERS, METRICS, RUNTIME, Runtime
 
 SHUTDOWN_SECONDS = 30.0
 
@@ -193,9 +194,13 @@ def reload(
     config = replace(config, **{key: getattr(running, key) for key in RESTART_ONLY})
     before = app[RUNTIME].current
     applied = _changed(before.config, config)
-    if len(catalogue) != len(before.catalogue) and "catalog_extra" not in applied:
+    if (
+        catalogue.provenance != before.catalogue.provenance
+        or len(catalogue) != len(before.catalogue)
+    ) and "catalog_extra" not in applied:
         applied.append("catalogue")
     app[RUNTIME].current = Runtime.build(config, catalogue)
+    app[METRICS].running(__version__, catalogue.provenance.version)
     settle_heap()
     app_scopes = config.policy.app_scopes
     get_logger().info(
@@ -203,6 +208,7 @@ def reload(
         mode=config.policy.mode,
         app_scopes=sorted(app_scopes) if app_scopes is not None else None,
         catalogue_size=len(catalogue),
+        catalogue=catalogue.provenance.version,
         applied=applied,
         needs_restart=restart_only,
     )
