@@ -37,27 +37,34 @@ PEEK_BYTES = 4096
 SCOPE_MISMATCH = "Scope and URL mismatch"
 # The grant sources whose scopes Pipedrive itself said (its token exchange): ``Grant.source``.
 LEARNED = "store"
-# A decided call whose token's scopes accept the endpoint: Pipedrive should answer it.
-_ACCEPTED = frozenset({Reason.IN_SCOPE, Reason.OUTSIDE_APP_SCOPES})
-_UNKNOWN = frozenset({Reason.UNKNOWN_ENDPOINT, Reason.UNKNOWN_ENDPOINT_ALLOWED})
+
+
+# Read on every call: module constants, compared by identity (an enum member read through its
+# class costs more than the comparison).
+_IN_SCOPE, _OUTSIDE_APP_SCOPES = Reason.IN_SCOPE, Reason.OUTSIDE_APP_SCOPES
+_OUT_OF_SCOPE = Reason.OUT_OF_SCOPE
+_UNKNOWN_ENDPOINT, _UNKNOWN_ALLOWED = Reason.UNKNOWN_ENDPOINT, Reason.UNKNOWN_ENDPOINT_ALLOWED
 
 
 def peeks(decision: Decision) -> bool:
     """Whether a 403 answer to this forwarded call is worth reading: one the catalogue says
     the token's scopes accept."""
-    return decision.reason in _ACCEPTED and decision.endpoint is not None
+    reason = decision.reason
+    return reason is _IN_SCOPE or reason is _OUTSIDE_APP_SCOPES
 
 
 def drift(decision: Decision, status: int, scope_refusal: bool) -> Drift | None:
     """What Pipedrive's answer (``status``; ``scope_refusal``: a 403 whose body is Pipedrive's
     "Scope and URL mismatch") to a forwarded call says of the catalogue, if anything."""
+    reason = decision.reason
     if 200 <= status < 300:
         if decision.endpoint is None:
-            return "missing" if decision.reason in _UNKNOWN else None
-        if decision.reason is not Reason.OUT_OF_SCOPE or decision.verdict != "report":
+            unknown = reason is _UNKNOWN_ENDPOINT or reason is _UNKNOWN_ALLOWED
+            return "missing" if unknown else None
+        if reason is not _OUT_OF_SCOPE or decision.verdict != "report":
             return None
         kind: Drift = "too_strict"
-    elif status == 403 and scope_refusal and decision.reason in _ACCEPTED:
+    elif status == 403 and scope_refusal and (reason is _IN_SCOPE or reason is _OUTSIDE_APP_SCOPES):
         kind = "too_generous"
     else:
         return None
