@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from proxy.cli import main
 from proxy.core.drift import PEEK_BYTES, drift, is_scope_refusal
+from proxy.report.html import render_html
 from tests.conftest import ProxyFactory, grants, sha
 from tests.fakes import SCOPE_MISMATCH, FakeOAuth, FakePipedrive, ScopedPipedrive
 
@@ -287,6 +288,11 @@ def test_first_and_last_seen_come_from_the_log_lines_and_start_over_at_a_reset(
         shown = capsys.readouterr().out
         assert "GET /v1/goals/find" in shown, format
         assert "too generous" in shown.replace("_", " "), format
+    assert main(["report", "--log", str(log), "--format", "json"]) == 0
+    page = render_html(json.loads(capsys.readouterr().out))
+    assert '<h2 id="drift">Pipedrive disagreed with the catalogue</h2>' in page
+    assert "<code>GET /v1/goals/find</code>" in page
+    assert "2026-12-01T11:30:00.000000Z" in page
 
 
 def test_a_refusal_is_recognised_in_the_codings_a_server_uses_and_bounded() -> None:
