@@ -539,6 +539,9 @@ async def test_ctrl_c_on_serve_piped_to_tee_drains_without_a_traceback(
             await asyncio.sleep(0.05)
         os.killpg(proxy.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
         await eventually(lambda: refused(port), "the listener closed on Ctrl-C")
+        # tee is gone before the in-flight call's line is written (else the line may sit
+        # in the pipe, unread, and neither the log nor stderr would show it)
+        await asyncio.get_running_loop().run_in_executor(None, tee.wait, 20)
         release.set()
         assert await in_flight == 200
         code = await asyncio.get_running_loop().run_in_executor(None, proxy.wait, 20)
