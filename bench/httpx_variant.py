@@ -52,8 +52,11 @@ class HttpxUpstream:
         request_id: str | None = None,
         verdict: str = "allow",
         peek: bool = False,
+        held: bytes | None = None,
     ) -> web.StreamResponse:
-        body = request.content.iter_any() if request.body_exists else None
+        body: Any = held if held is not None else None
+        if held is None and request.body_exists:
+            body = request.content.iter_any()
         headers = end_to_end(request.headers)
         if request_id is not None:
             headers["X-Request-Id"] = request_id

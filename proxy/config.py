@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from proxy.core.bodies import DEFAULT_BOUND
 from proxy.core.catalog import Catalogue, CatalogueError, load_catalogue, unknown_scope
 from proxy.core.credentials import token_digest
 from proxy.core.decision import (
@@ -77,6 +78,9 @@ class Limits:
     body_timeout: float = 30.0
     max_connections: int = 1024
     report_tokens: int = 100  # tokens with a report section of their own; the rest: "other"
+    # The largest form, multipart or JSON request body read (and held) before it is forwarded,
+    # in bytes: it is checked for method overrides and credentials (proxy.core.bodies).
+    max_checked_body: int = DEFAULT_BOUND
 
 
 @dataclass(frozen=True)
@@ -304,8 +308,17 @@ def _limits(value: Any) -> Limits:
     )
     if not 1 <= report_tokens <= 100_000:
         raise ConfigError("limits.report_tokens", "expected between 1 and 100000")
+    checked_body = _require(
+        raw.get("max_checked_body", defaults.max_checked_body),
+        int,
+        "limits.max_checked_body",
+        "a number of bytes",
+    )
+    if not 1024 <= checked_body <= 1024**3:
+        raise ConfigError("limits.max_checked_body", "expected between 1024 and 1073741824 bytes")
     return Limits(
         report_tokens=report_tokens,
+        max_checked_body=checked_body,
         header_timeout=_seconds(
             raw.get("header_timeout", defaults.header_timeout), "limits.header_timeout"
         ),

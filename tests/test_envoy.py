@@ -303,33 +303,104 @@ async def test_checks_are_counted_in_the_report_metrics_and_log_like_forwarded_c
     assert len(upstream.received) == 3
 
 
-async def test_no_answer_from_the_proxy_refuses_the_call(
+async def test_no_answer_from_the_proxy_refuses_the_call_in_the_envelope(
     tmp_path: Path, upstream: FakePipedrive
 ) -> None:
-    """Fail closed: with the proxy gone, or its store unreachable, nothing reaches Pipedrive."""
+    """Fail closed: with the proxy gone, or its store unreachable, nothing reaches Pipedrive.
+    Envoy's own answer then says so in Pipedrive's envelope, with the decision header; the
+    proxy's own refusals (503, 403) and Pipedrive's own 503 pass unchanged."""
     closed = free_port()
+
+    async def unavailable(request: web.Request, seen: Received) -> web.StreamResponse:
+        if request.path == "/v1/deals/503":
+            return web.Response(status=503, text="Pipedrive is down", headers={"X-From": "pd"})
+        return web.json_response({"success": True})
+
+    upstream.respond = unavailable
     async with envoy_front(
         tmp_path,
         upstream,
         tokens=grants(reader=["deals:read"]),
         store=f"redis://127.0.0.1:{closed}/0",
     ) as front:
+        reader = {"Authorization": "Bearer reader"}
         # A static grant needs no store; a token only the store could know is refused.
-        assert (await call(front.url, "GET", "/v1/deals", {"Authorization": "Bearer reader"}))[
-            0
-        ] == 200
-        status, _, _ = await call(
+        assert (await call(front.url, "GET", "/v1/deals", reader))[0] == 200
+        status, headers, body = await call(
             front.url, "GET", "/v1/deals", {"Authorization": "Bearer learned"}
         )
-        assert status == 503
+        # Envoy takes the proxy's 503 for a failed check: its own answer, the proxy's log why
+        assert (status, headers["X-Scope-Proxy-Decision"]) == (503, "deny")
+        assert json.loads(body)["scope_proxy"]["reason"] == "authorizer_unavailable"
+        await eventually(
+            lambda: any(
+                e["reason"] == "store_unavailable" for e in log_events(front.log, "request")
+            ),
+            "the proxy logged why",
+        )
+        status, headers, body = await call(front.url, "DELETE", "/v1/deals/1", reader)
+        assert (status, json.loads(body)["error"]) == (403, "Scope and URL mismatch")
+        status, headers, body = await call(front.url, "GET", "/v1/deals/503", reader)
+        assert (status, body, headers["X-From"]) == (503, b"Pipedrive is down", "pd")
         front.proxy.kill()
         front.proxy.wait(timeout=10)
-        status, headers, _ = await call(
-            front.url, "GET", "/v1/deals", {"Authorization": "Bearer reader"}
+        status, headers, body = await call(front.url, "GET", "/v1/deals", reader)
+    assert (status, headers["Content-Type"]) == (503, "application/json")
+    assert headers["X-Scope-Proxy-Decision"] == "deny"
+    answer = json.loads(body)
+    assert (answer["success"], answer["errorCode"]) == (False, 503)
+    assert answer["scope_proxy"]["reason"] == "authorizer_unavailable"
+    assert "could not be reached" in answer["error"]
+    assert [seen.raw_path for seen in upstream.received] == ["/v1/deals", "/v1/deals/503"]
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+async def test_form_bodies_are_read_by_the_check_and_refused_with_an_override(
+    tmp_path: Path, upstream: FakePipedrive
+) -> None:
+    """Envoy sends the body to the check, up to limits.max_checked_body: a form field that
+    overrides the method is refused (nothing forwarded), one over the bound is 413, and a
+    clean form and a large upload of another type go upstream byte for byte."""
+    clean = b"title=Big+deal&value=1000&" + b"x" * 3000
+    upload = bytes(range(256)) * 64  # 16 KiB, over the bound: not a form, not read
+    async with envoy_front(
+        tmp_path, upstream, tokens=grants(writer=["deals:full"]),
+        limits={"max_checked_body": 4096},
+    ) as front:  # fmt: skip
+        auth = {"Authorization": "Bearer writer"}
+        answers = {}
+        for name, body, headers in [
+            ("override", b"title=x&_method=DELETE", FORM),
+            ("encoded name", b"%5Fmethod=GET", FORM),
+            ("credential", b"api_token=other", FORM),
+            ("multipart", b'--b\r\nContent-Disposition: form-data; name="_method"\r\n\r\n'
+                          b"GET\r\n--b--\r\n",
+             {"Content-Type": "multipart/form-data; boundary=b"}),
+            ("json", b'{"_method": "GET"}', {"Content-Type": "application/json"}),
+            ("too large", b"a=" + b"x" * 5000, FORM),
+            ("clean", clean, FORM),
+            ("upload", upload, {"Content-Type": "application/octet-stream"}),
+        ]:  # fmt: skip
+            status, headers_back, _ = await call(
+                front.url, "POST", "/v1/deals", {**auth, **headers}, body
+            )
+            answers[name] = (status, headers_back.get("X-Scope-Proxy-Decision"))
+        # a POST with no Content-Type at all (Rack reads it as a form)
+        raw = (
+            b"POST /v1/deals HTTP/1.1\r\nHost: envoy.test\r\nAuthorization: Bearer writer\r\n"
+            b"Content-Length: 14\r\nConnection: close\r\n\r\n_method=DELETE"
         )
-        assert status == 503
-        assert "X-Scope-Proxy-Decision" not in headers
-    assert len(upstream.received) == 1
+        head = (await raw_exchange(front.envoy_port, raw)).partition(b"\r\n\r\n")[0]
+        answers["no content type"] = (int(head.split()[1]), "deny")
+    assert answers == {
+        "override": (400, "deny"), "encoded name": (400, "deny"),
+        "no content type": (400, "deny"), "credential": (400, "deny"),
+        "multipart": (400, "deny"), "json": (400, "deny"), "too large": (413, "deny"),
+        "clean": (200, "allow"), "upload": (200, "allow"),
+    }  # fmt: skip
+    assert [seen.body for seen in upstream.received] == [clean, upload]
 
 
 def h2_exchange(port: int, headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -139,6 +139,7 @@ async def test_request_body_is_streamed_to_the_upstream_as_it_arrives(
         reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
         writer.write(
             b"POST /v1/files HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer reader\r\n"
+            b"Content-Type: application/octet-stream\r\n"
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n"
         )
         await writer.drain()

@@ -16,9 +16,9 @@ TOKENS = grants(reader=["deals:read"], writer=["deals:full"])
 FAST = {"header_timeout": 0.3, "body_timeout": 0.3, "keepalive_timeout": 0.5}
 GET = b"GET /v1/deals HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer reader\r\n\r\n"
 # Slow POST: the head and 1 of the 100 body bytes it declares, then nothing.
-STALLED_UPLOAD = (
+STALLED_UPLOAD = (  # a body streamed as it comes (a form is read first: test_body_overrides)
     b"POST /v1/deals HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer writer\r\n"
-    b"Content-Length: 100\r\n\r\nx"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\nx"
 )
 
 

@@ -190,6 +190,15 @@ class UnsupportedMediaType(ProxyError):
     error = "Unsupported media type"
 
 
+class AuthorizerUnavailable(ProxyError):
+    """Envoy's own answer when its check of a call got no answer from the proxy (never the
+    proxy's: see ``proxy.envoy.bootstrap``)."""
+
+    status = 503
+    reason = Reason.AUTHORIZER_UNAVAILABLE
+    error = "Service unavailable"
+
+
 class StoreUnavailable(ProxyError):
     status = 503
     reason = Reason.STORE_UNAVAILABLE

@@ -30,6 +30,8 @@ class Reason(StrEnum):
     HEADER_TIMEOUT = "header_timeout"
     INTERNAL_ERROR = "internal_error"
     CLIENT_GONE = "client_gone"  # the client left before the decision (Envoy's check timeout)
+    # Envoy's own answer when the proxy did not answer its check (the proxy never logs it).
+    AUTHORIZER_UNAVAILABLE = "authorizer_unavailable"
     # Failures after the call was let through.
     REQUEST_TIMEOUT = "request_timeout"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"

@@ -25,7 +25,13 @@ import yaml
 
 from proxy.config import Config
 from proxy.core.catalog import API_PREFIXES, AUTHZ_PREFIX
-from proxy.core.errors import DECISION_HEADER, NotFound, UpstreamUnavailable, envelope
+from proxy.core.errors import (
+    DECISION_HEADER,
+    AuthorizerUnavailable,
+    NotFound,
+    UpstreamUnavailable,
+    envelope,
+)
 
 # Debian's and Ubuntu's bundle of trusted CAs (the envoyproxy/envoy images are Ubuntu).
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -158,7 +164,9 @@ def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
         "server_header_transformation": "PASS_THROUGH",
         # Envoy's own answer when Pipedrive cannot be reached, in the envelope the proxy alone
         # answers with (502), not Envoy's plain text.
-        "local_reply_config": {"mappers": [_upstream_unavailable(upstream)]},
+        "local_reply_config": {
+            "mappers": [_upstream_unavailable(upstream), _authorizer_unavailable()]
+        },
         "route_config": {
             "name": "pipedrive",
             "virtual_hosts": [
@@ -170,7 +178,7 @@ def bootstrap(config: Config, listen: Address, authz: Origin) -> dict[str, Any]:
             ],
         },
         "http_filters": [
-            *_verdict_required(authz),
+            *_verdict_required(authz, limits.max_checked_body),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -281,7 +289,48 @@ def _upstream_unavailable(upstream: Origin) -> dict[str, Any]:
     }
 
 
-def _verdict_required(authz: Origin) -> list[dict[str, Any]]:
+def _authorizer_unavailable() -> dict[str, Any]:
+    """Envoy's answer when the check failed: 503 in the envelope, with the decision header,
+    telling the app and its developer that the call was not checked. Told apart by
+    ext_authz's response flag (UAEX) together with the status it answers then
+    (``status_on_error``, 503). The proxy's own refusals of a check also carry UAEX, but only
+    its 4xx ones pass Envoy as refusals: Envoy takes an authorizer's 5xx (the proxy's token
+    store down, too many connections) for a failure. Pipedrive's own 503, or its outage (the
+    other mapper), never carries UAEX."""
+    failed = AuthorizerUnavailable(
+        "the authorizer (pipedrive-scope-proxy) could not be reached or could not decide "
+        "(its log says why), so the call was neither checked nor forwarded"
+    )
+    return {
+        "filter": {
+            "and_filter": {
+                "filters": [
+                    {"response_flag_filter": {"flags": ["UAEX"]}},
+                    {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {"default_value": 503, "runtime_key": _NO_RUNTIME},
+                            }
+                        }
+                    },
+                ]
+            }
+        },
+        "status_code": failed.status,
+        "body": {"inline_string": json.dumps(envelope(failed))},
+        "body_format_override": {
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        },
+        "headers_to_add": [_header(DECISION_HEADER.lower(), "deny")],
+    }
+
+
+_NO_RUNTIME = "pipedrive_scope_proxy.unused"  # Envoy requires a key; nothing sets it
+
+
+def _verdict_required(authz: Origin, checked_body: int) -> list[dict[str, Any]]:
     """The check, and what makes a 200 count only when the proxy gave it.
 
     ext_authz takes any 200 as "allowed", whoever answers it: an ``--authz`` that points at
@@ -321,25 +370,32 @@ def _verdict_required(authz: Origin) -> list[dict[str, Any]]:
             },
         },
     }
-    check = {"name": "envoy.filters.http.ext_authz", "typed_config": _ext_authz(authz)}
+    check = {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": _ext_authz(authz, checked_body),
+    }
     return [forget_clients_verdict, check, verdict_required]
 
 
-def _ext_authz(authz: Origin) -> dict[str, Any]:
+def _ext_authz(authz: Origin, checked_body: int) -> dict[str, Any]:
     return {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
         "transport_api_version": "V3",
         "failure_mode_allow": False,  # no answer from the proxy: refused
+        # Envoy's answer when the check fails: no answer in time, or a 5xx one (which Envoy
+        # takes for a failure, never passing it on); _authorizer_unavailable words it.
         "status_on_error": {"code": "ServiceUnavailable"},
         # Header values go to the check as the client sent them, not with bytes that are not
         # UTF-8 replaced (which would check one value and forward another).
         "encode_raw_headers": True,
         # Every request header goes to the check: the proxy decides on all of them.
         "allowed_headers": {"patterns": [{"safe_regex": {"regex": ".*"}}]},
-        # The check carries no body, and its Content-Length is that of what it carries. One
-        # byte of the body tells the proxy that there is one (a GET or HEAD with a body is
-        # refused: an upstream that ignores it reads it as a second request).
-        "with_request_body": {"max_request_bytes": 1, "allow_partial_message": True},
+        # The check carries the body, up to limits.max_checked_body, and its Content-Length is
+        # that of what it carries: the proxy reads form, multipart and JSON bodies for method
+        # overrides and credentials (refusing one Envoy could not send whole: 413), and a GET or
+        # HEAD with a body is refused (an upstream that ignores it reads it as a second
+        # request). Envoy holds a body until it has that much of it, or all of it.
+        "with_request_body": {"max_request_bytes": checked_body, "allow_partial_message": True},
         "http_service": {
             "server_uri": {
                 "uri": f"{authz.scheme}://{_authority(authz)}",

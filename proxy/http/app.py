@@ -19,7 +19,7 @@ from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy import __version__
 from proxy.config import Config
-from proxy.core import oauth
+from proxy.core import bodies, oauth
 from proxy.core.canonical import BODYLESS_METHODS, CanonicalRequest, canonicalize
 from proxy.core.catalog import (
     API_PREFIXES,
@@ -38,11 +38,12 @@ from proxy.core.errors import (
     MalformedRequest,
     NotFound,
     ProxyError,
+    RequestTooLarge,
     StoreUnavailable,
     WrongListener,
 )
 from proxy.core.reasons import Reason
-from proxy.http.forward import UpstreamClient
+from proxy.http.forward import UpstreamClient, read_limited, send_continue
 from proxy.http.internal import handle_internal
 from proxy.http.logs import SINK, get_logger
 from proxy.http.metrics import Metrics
@@ -90,10 +91,14 @@ async def handle(request: web.Request) -> Handled:
     canonical = canonicalize(request.method, raw_path, request.raw_headers)
     route = api_route(canonical.path)
     if route is not None:  # an API call: decided, then forwarded
+        found = bodies.readings(request.raw_headers) if request.body_exists else ()
         decision = await authorize_call(request, runtime, canonical, route)
+        held = await read_checked(request, runtime, decision, found) if found else None
         url = runtime.config.upstream.api_url + canonical.target
         made_id = request.get(MADE_REQUEST_ID)
-        forwarding = app[UPSTREAM].forward(request, url, made_id, decision.verdict, peeks(decision))
+        forwarding = app[UPSTREAM].forward(
+            request, url, made_id, decision.verdict, peeks(decision), held
+        )
         return Handled(decision, forwarding)
     if canonical.path in OAUTH_PATHS or canonical.path == oauth.AUTHORIZE_PATH:
         try:
@@ -167,11 +172,45 @@ async def handle_check(request: web.Request, runtime: Runtime, target: str) -> H
     route = api_route(canonical.path)
     if route is None:
         raise NotFound(f"not a Pipedrive API path: checks are for {_API_PATHS}")
+    found = bodies.readings(request.raw_headers) if request.body_exists else ()
     decision = await authorize_call(request, runtime, canonical, route)
+    if found:  # Envoy sends the body, up to limits.max_checked_body, to be read here
+        partial = request.headers.get(_BODY_STREAM_HEADER, "").lower() == "true"
+        await read_checked(request, runtime, decision, found, partial)
     return Handled(decision, answered(web.Response()))
 
 
 _BODY_STREAM = b"x-envoy-auth-partial-body"
+_BODY_STREAM_HEADER = _BODY_STREAM.decode()
+
+
+async def read_checked(
+    request: web.Request,
+    runtime: Runtime,
+    decision: Decision,
+    found: tuple[bodies.Reading, ...],
+    partial: bool = False,
+) -> bytes:
+    """The body of an authorized call that a server on the way may read fields from, read
+    whole (``limits.max_checked_body`` at most: else 413) and checked (``proxy.core.bodies``);
+    a refusal carries the call's decision, turned to ``deny``. ``partial``: Envoy could not
+    send the whole body to its check (it is over the bound)."""
+    limits = runtime.config.limits
+    bound = limits.max_checked_body
+    too_large = RequestTooLarge(
+        f"a {' and '.join(found)} body over {bound} bytes (limits.max_checked_body): it is read "
+        "for method overrides and credentials before it is forwarded"
+    )
+    try:
+        if partial or (request.content_length or 0) > bound:
+            raise too_large
+        await send_continue(request)  # only now that the call is authorized
+        body = await read_limited(request.content, bound, too_large, limits.body_timeout)
+        bodies.check(found, body)
+    except ProxyError as refusal:
+        refusal.decision = decision._replace(verdict="deny", reason=refusal.reason)
+        raise
+    return body
 
 
 async def authorize_call(

@@ -324,25 +324,29 @@ class UpstreamClient:
         request_id: str | None = None,
         verdict: str = "allow",
         peek: bool = False,
+        held: bytes | None = None,
     ) -> web.StreamResponse:
         """Send the request to ``url`` (origin + target, byte for byte) and stream the answer
         back, with ``X-Request-Id: request_id`` added when given (the client sent none), and
         ``X-Scope-Proxy-Decision: verdict`` on the answer (in place of any the upstream sent).
         With ``peek``, a copy of a 403 answer's first bytes is kept as ``request[PEEKED]``.
+        ``held``: the request's body, already read whole (and checked), sent as it came.
         Raises ``UpstreamFailure`` before the answer starts, ``StreamAborted`` after."""
         target = URL(url, encoded=True)
         body: ClientBody | None = None
-        if request.body_exists:
+        data: AsyncIterator[bytes] | None = None
+        if held is not None:
+            data = _once(held)  # framed as a streamed body is: the client's length, or chunks
+        elif request.body_exists:
             body = ClientBody(request.content, request.content_length, self.body_timeout)
+            data = body.chunks()
             await send_continue(request)  # only now that the call is authorized
         response: web.StreamResponse | None = None
         headers = end_to_end(request.headers)
         if request_id is not None:
             headers["X-Request-Id"] = request_id
         try:
-            upstream = await self._exchange(
-                request.method, target, headers, body.chunks() if body is not None else None
-            )
+            upstream = await self._exchange(request.method, target, headers, data)
             async with upstream:  # then its connection goes back to the pool, or is closed
                 answered = answer_headers(upstream)
                 answered[DECISION_HEADER] = verdict
@@ -441,6 +445,11 @@ class UpstreamClient:
                 f"no bytes from upstream for {self.settings.read_timeout:g} s", kind="timeout"
             )
         return UpstreamUnavailable("upstream closed the connection", kind="disconnect")
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    if body:
+        yield body
 
 
 def _mid_body_kind(request: web.Request, error: BaseException) -> str:
