@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import http.server
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,7 @@ import pytest
 
 from proxy.cli import health_url, main
 from proxy.config import parse_config
-from tests.conftest import free_port
+from tests.conftest import ProxyFactory, free_port
 from tests.processes import ROOT, run
 
 
@@ -357,3 +362,69 @@ def test_explain_says_the_proxy_refuses_a_lower_case_method() -> None:
         "GET /v1/deals/1",
         "  note:            the proxy refuses the method 'get' (400); as GET:",
     ]
+
+
+class _AnyJson(http.server.BaseHTTPRequestHandler):
+    """A server that answers every request, proxied or not, with 200 and a JSON object."""
+
+    def do_GET(self) -> None:
+        body = b'{"status": "ok", "version": "9.9.9"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def answering_any_json() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AnyJson)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_health_never_asks_through_an_http_proxy_and_wants_the_proxys_own_answer(
+    tmp_path: Path,
+) -> None:
+    """A stopped proxy is not made healthy by an HTTP proxy in the environment that answers
+    any JSON, nor by another server on its port that answers 200."""
+    port = free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(f"listen: {{port: {port}}}\n")
+    with answering_any_json() as forward_proxy:
+        hostile = f"http://127.0.0.1:{forward_proxy}"
+        env = {"http_proxy": hostile, "HTTP_PROXY": hostile, "no_proxy": "", "NO_PROXY": ""}
+        stopped = run("health", "--config", str(config), "--timeout", "1", env=env)
+        config.write_text(f"listen: {{port: {forward_proxy}}}\n")
+        impostor = run("health", "--config", str(config), "--timeout", "1")
+    assert stopped.returncode == 1
+    assert "refused" in stopped.stderr
+    assert impostor.returncode == 1
+    assert "not pipedrive-scope-proxy" in impostor.stderr
+
+
+async def test_health_of_a_running_proxy_ignores_an_unreachable_http_proxy(
+    tmp_path: Path, make_proxy: ProxyFactory
+) -> None:
+    client = await make_proxy()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(f"listen: {{port: {client.server.port}}}\n")
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    asked = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "health", "--config", str(config), "--timeout", "5",
+        env={**os.environ, "http_proxy": unreachable, "HTTP_PROXY": unreachable,
+             "no_proxy": "", "NO_PROXY": ""},
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(asked.communicate(), timeout=60)
+    assert asked.returncode == 0, err.decode()
+    assert out.decode().startswith(f"http://127.0.0.1:{client.server.port}/_proxy/health: ")
+    assert "status ok" in out.decode()

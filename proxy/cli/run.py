@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
+from typing import Any, TypeGuard
 
 from proxy.cli.usage import UsageError
 from proxy.config import NO_OVERRIDES, Config, ConfigError, Listen, Overrides, load, load_config
+from proxy.core.errors import DECISION_HEADER
 
 
 def check(config_path: str | None) -> int:
@@ -38,37 +40,61 @@ def envoy_config(config_path: str | None, listen: str, authz: str | None) -> int
 
 def health(config_path: str | None, timeout: float, ready: bool = False) -> int:
     """Exit 0 if the proxy this config describes answers ``/_proxy/health`` (or, with
-    ``ready``, ``/_proxy/ready``) with 200, else 1 with the reason on stderr: a container's
-    HEALTHCHECK or an exec probe (Docker reserves exit status 2)."""
+    ``ready``, ``/_proxy/ready``) with 200 and its own answer, else 1 with the reason on
+    stderr: a container's HEALTHCHECK or an exec probe (Docker reserves exit status 2).
+
+    It asks the address directly: never through an HTTP proxy from the environment
+    (``http_proxy``), which would answer for a stopped proxy or fail a running one, and it
+    follows no redirect. An answer counts only as the proxy's: its decision header and the
+    endpoint's own keys (``status: ok`` and ``version``; ``catalogue`` and ``store: ok``)."""
     import urllib.error
     import urllib.request
 
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None  # a redirect is answered as its own status: not healthy
+
+    what = "ready" if ready else "healthy"
     try:
         config = load_config(config_path, read_tokens=False)
         url = health_url(config, "ready" if ready else "health")
     except ConfigError as error:
         print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
         return 1
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirects())
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 (http only)
-            status, body = answer.status, answer.read(4096)
+        with direct.open(url, timeout=timeout) as answer:
+            status, body, headers = answer.status, answer.read(4096), answer.headers
     except urllib.error.HTTPError as error:
-        status, body = error.code, b""
+        status, body, headers = error.code, b"", error.headers
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", None) or error
-        what = "ready" if ready else "healthy"
         print(f"pipedrive-scope-proxy: {url}: not {what}: {reason}", file=sys.stderr)
         return 1
-    try:
-        found = json.loads(body) if status == 200 else {}
-    except ValueError:
-        found = {}
-    if status != 200 or not isinstance(found, dict):
-        what = "ready" if ready else "healthy"
+    if status != 200:
         print(f"pipedrive-scope-proxy: {url}: not {what}: HTTP {status}", file=sys.stderr)
+        return 1
+    try:
+        found = json.loads(body)
+    except ValueError:
+        found = None
+    if DECISION_HEADER not in headers or not _own_answer(found, ready):
+        print(
+            f"pipedrive-scope-proxy: {url}: not {what}: something answered there, but not "
+            "pipedrive-scope-proxy (is another server on that port?)",
+            file=sys.stderr,
+        )
         return 1
     print(f"{url}: " + ", ".join(f"{key} {value}" for key, value in found.items()))
     return 0
+
+
+def _own_answer(found: object, ready: bool) -> TypeGuard[dict[str, object]]:
+    if not isinstance(found, dict):
+        return False
+    if ready:
+        return isinstance(found.get("catalogue"), int) and found.get("store") == "ok"
+    return found.get("status") == "ok" and isinstance(found.get("version"), str)
 
 
 def health_url(config: Config, endpoint: str = "health") -> str:

@@ -200,6 +200,21 @@ else:
     _request_line = _request_line_orjson
 
 
+# Every character a client value may hold that is not printable ASCII, written as an escape;
+# and '\\' itself, so that an escape in the log cannot be faked by sending one.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)} | {ord("\\"): "\\\\"}
+
+
+def printable(value: str) -> str:
+    """``value`` (a request id a client sent, or one Pipedrive sent back) as printable ASCII:
+    control characters, C1 controls (U+009B is a terminal's CSI), U+2028 and every other
+    character past ASCII escaped (``\\x9b``, ``\\u2028``), and ``\\`` doubled; so that no log
+    format, viewer or terminal reads a client's bytes as anything but text."""
+    if value.isascii() and value.isprintable() and "\\" not in value:
+        return value  # nearly every id: nothing to escape
+    return value.translate(_ESCAPES).encode("ascii", "backslashreplace").decode("ascii")
+
+
 def timestamp() -> str:
     """UTC now as structlog's ISO stamp: ``2026-11-29T04:43:35.142136Z``."""
     global _second, _second_text

@@ -26,7 +26,7 @@ from proxy.core.drift import Drift, drift, is_scope_refusal
 from proxy.core.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
 from proxy.core.reasons import DECIDED, Reason
 from proxy.http.forward import PEEKED, StreamAborted
-from proxy.http.logs import get_logger, log_request, timestamp
+from proxy.http.logs import get_logger, log_request, printable, timestamp
 from proxy.http.private import (
     BadHttpMethod,
     BadStatusLine,
@@ -349,8 +349,8 @@ def _finish(
         time.perf_counter() - started,
         cut_off,
         decision is not None and request.raw_path.startswith(CHECK_PATH),
-        request_id[:_ID_LENGTH],
-        correlation[:_ID_LENGTH] if correlation is not None else None,
+        printable(request_id[:_ID_LENGTH]),
+        printable(correlation[:_ID_LENGTH]) if correlation is not None else None,
         api_version(request.raw_path) if decision is None else None,
         drifted,
     )
