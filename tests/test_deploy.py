@@ -147,7 +147,10 @@ def test_the_istio_provider_asks_the_way_envoy_config_does() -> None:
     assert provider["pathPrefix"] == AUTHZ_PREFIX == check["http_service"]["path_prefix"]
     assert provider["failOpen"] is check["failure_mode_allow"] is False
     body = provider["includeRequestBodyInCheck"]
-    assert (body["maxRequestBytes"], body["allowPartialMessage"]) == (1, True)
+    assert (body["maxRequestBytes"], body["allowPartialMessage"]) == (
+        check["with_request_body"]["max_request_bytes"],
+        True,
+    )
     response = check["http_service"]["authorization_response"]
     on_deny = {p["exact"].lower() for p in response["allowed_client_headers"]["patterns"]}
     on_allow = {
@@ -175,6 +178,46 @@ def test_the_istio_pieces_name_each_other() -> None:
     config = found["ConfigMap/pipedrive-scope-proxy"]["data"]["proxy.yaml"]
     parse_config(yaml.safe_load(config), env={})  # a config the proxy accepts
     assert yaml.safe_load(config)["listen"]["port"] == provider["port"]
+
+
+def test_the_istio_example_keeps_the_proxys_own_endpoints_off_the_mesh() -> None:
+    """/_proxy/* (the report and its reset among them) is served on an admin port that the
+    Service does not name, probes and metrics use it, and a DENY policy refuses the report to
+    every request that reaches that port through the sidecar."""
+    found = {d["kind"] + "/" + d["metadata"]["name"]: d for _, d in RESOURCES}
+    config = parse_config(
+        yaml.safe_load(found["ConfigMap/pipedrive-scope-proxy"]["data"]["proxy.yaml"]), env={}
+    )
+    assert config.admin_listen is not None
+    admin = config.admin_listen.port
+    assert admin != config.listen.port
+    service = found["Service/pipedrive-scope-proxy"]["spec"]["ports"]
+    assert {port["port"] for port in service} == {config.listen.port}
+    assert {port["targetPort"] for port in service} == {config.listen.port}
+    pod = found["Deployment/pipedrive-scope-proxy"]["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == admin
+        assert container[probe]["httpGet"]["path"].startswith("/_proxy/")
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(admin)
+    policy = found["AuthorizationPolicy/pipedrive-scope-proxy-admin"]["spec"]
+    assert policy["action"] == "DENY"
+    assert policy["selector"]["matchLabels"] == pod["metadata"]["labels"]
+    [rule] = policy["rules"]
+    [operation] = [to["operation"] for to in rule["to"]]
+    assert operation["ports"] == [str(admin)]
+    for path in ("/_proxy/report", "/_proxy/report.html", "/_proxy/report/reset"):
+        assert any(_istio_path_matches(pattern, path) for pattern in operation["paths"]), path
+    assert not any(_istio_path_matches(p, "/_proxy/health") for p in operation["paths"])
+
+
+def _istio_path_matches(pattern: str, path: str) -> bool:
+    """Istio's path match: exact, a prefix ending in '*', or a suffix starting with it."""
+    if pattern.endswith("*"):
+        return path.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return path.endswith(pattern[1:])
+    return path == pattern
 
 
 def test_the_envoy_sidecar_bootstrap_is_what_envoy_config_prints_and_envoy_accepts() -> None:
