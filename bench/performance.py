@@ -444,7 +444,12 @@ def streaming_memory(folder: Path) -> tuple[float, float]:
 
         async def drive() -> None:
             nonlocal peak
-            headers = {"Authorization": f"Bearer {TOKEN}"}
+            # A file's bytes: streamed through unread (a form, multipart or JSON body would be
+            # read whole, up to limits.max_checked_body, and this one refused as too large).
+            headers = {
+                "Authorization": f"Bearer {TOKEN}",
+                "Content-Type": "application/octet-stream",
+            }
 
             async def gigabyte() -> Any:
                 chunk = b"y" * (1 << 20)
