@@ -224,7 +224,8 @@ def test_workers_without_a_writable_temp_directory_is_one_line_and_status_2(
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(tempfile, "mkdtemp", read_only)
-    status = main(["serve", "--config", "config/replicas.yaml", "--workers", "2"])
+    port = str(free_port())  # not the config's 8080, which something else may hold
+    status = main(["serve", "--config", "config/replicas.yaml", "--workers", "2", "--port", port])
     assert status == 2
     err = capsys.readouterr().err
     assert err.startswith("pipedrive-scope-proxy: --workers: cannot make the workers' metrics")
