@@ -394,7 +394,7 @@ def parse_config(
         _grant(raw, f"tokens[{i}]", env if read_tokens else None, scope_lists)
         for i, raw in enumerate(tokens_raw)
     )
-    digests = [t.digest for t in tokens]
+    digests = [t.digest for t in tokens if t.digest]  # a token_env not read has none
     if len(set(digests)) != len(digests):
         raise ConfigError("tokens", "the same token is granted twice")
 

@@ -192,9 +192,10 @@ def test_commands_that_decide_on_no_token_do_not_need_its_variable(
     config = tmp_path / "proxy.yaml"
     config.write_text(
         f"listen: {{port: {free_port()}}}\n"
-        "tokens: [{name: sync, token_env: SCOPE_PROXY_TEST_UNSET, scopes: [deals:read]}]\n"
-    )
-    env = {"SCOPE_PROXY_TEST_UNSET": ""}
+        "tokens: [{name: sync, token_env: SCOPE_PROXY_TEST_UNSET, scopes: [deals:read]},\n"
+        "         {name: ci, token_env: SCOPE_PROXY_TEST_UNSET_TOO, scopes: [deals:full]}]\n"
+    )  # two of them: neither read, neither taken for the other
+    env = {"SCOPE_PROXY_TEST_UNSET": "", "SCOPE_PROXY_TEST_UNSET_TOO": ""}
     checked = run("check", "--config", str(config), env=env)
     assert checked.returncode == 2
     assert "tokens[0].token_env: environment variable SCOPE_PROXY_TEST_UNSET is not set" in (

@@ -41,7 +41,8 @@ def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str]
         )
     if run.unreadable:
         print(
-            f"pipedrive-scope-proxy: skipped {run.unreadable} lines that are not JSON",
+            f"pipedrive-scope-proxy: skipped {run.unreadable} "
+            f"{'line that is' if run.unreadable == 1 else 'lines that are'} not JSON",
             file=sys.stderr,
         )
     calls = run.calls

@@ -85,8 +85,15 @@ def health(config_path: str | None, timeout: float, ready: bool = False) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"{url}: " + ", ".join(f"{key} {value}" for key, value in found.items()))
+    print(f"{url}: " + ", ".join(f"{key} {_said(value)}" for key, value in found.items()))
     return 0
+
+
+def _said(value: object) -> object:
+    """A value of the health answer in a line: the catalogue by its version."""
+    if isinstance(value, dict):
+        return value.get("version", json.dumps(value))
+    return value
 
 
 def _own_answer(found: object, ready: bool) -> TypeGuard[dict[str, object]]:
