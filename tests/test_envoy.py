@@ -387,6 +387,24 @@ async def test_form_bodies_are_read_by_the_check_and_refused_with_an_override(
                 front.url, "POST", "/v1/deals", {**auth, **headers}, body
             )
             answers[name] = (status, headers_back.get("X-Scope-Proxy-Decision"))
+        # exactly the bound first, then an override: Envoy marks no body partial that is cut
+        # at exactly what it was asked for, so it is asked for one byte more
+        cut = b"title=" + b"a" * 4090
+        rest = b"&_method=PUT"
+        reader, writer = await asyncio.open_connection("127.0.0.1", front.envoy_port)
+        writer.write(
+            b"POST /v1/deals HTTP/1.1\r\nHost: envoy.test\r\nAuthorization: Bearer writer\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            + f"Content-Length: {len(cut) + len(rest)}\r\nConnection: close\r\n\r\n".encode()
+            + cut
+        )
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.write(rest)
+        await writer.drain()
+        head = (await asyncio.wait_for(reader.read(), timeout=10)).partition(b"\r\n\r\n")[0]
+        writer.close()
+        answers["cut at the bound"] = (int(head.split()[1]), "deny")
         # a POST with no Content-Type at all (Rack reads it as a form)
         raw = (
             b"POST /v1/deals HTTP/1.1\r\nHost: envoy.test\r\nAuthorization: Bearer writer\r\n"
@@ -398,7 +416,7 @@ async def test_form_bodies_are_read_by_the_check_and_refused_with_an_override(
         "override": (400, "deny"), "encoded name": (400, "deny"),
         "no content type": (400, "deny"), "credential": (400, "deny"),
         "multipart": (400, "deny"), "json": (400, "deny"), "too large": (413, "deny"),
-        "clean": (200, "allow"), "upload": (200, "allow"),
+        "clean": (200, "allow"), "upload": (200, "allow"), "cut at the bound": (413, "deny"),
     }  # fmt: skip
     assert [seen.body for seen in upstream.received] == [clean, upload]
 

@@ -89,7 +89,7 @@ def test_the_safety_settings_are_all_there() -> None:
     assert check["http_service"]["path_prefix"] == "/_proxy/authz"
     assert check["http_service"]["server_uri"]["timeout"] == "2s"
     assert check["with_request_body"] == {  # the body to the check, up to the bound
-        "max_request_bytes": 10 * 1024 * 1024, "allow_partial_message": True
+        "max_request_bytes": 10 * 1024 * 1024 + 1, "allow_partial_message": True
     }  # fmt: skip
     assert http["http_filters"][-1]["name"] == "envoy.filters.http.router"
 

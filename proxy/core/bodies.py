@@ -103,75 +103,79 @@ _WHERE = {FORM: "form field", MULTIPART: "multipart part", JSON: "top-level JSON
 
 
 def _check_name(name: str, where: str) -> None:
-    if not _OVERRIDES.isdisjoint(parameter_readings(name)):
-        raise AmbiguousRequest(f"a method-override {where} (_method) is not accepted")
-    if parameter_credential(name) is not None:
-        raise AmbiguousRequest(
-            f"a credential {where} (api_token, access_token) is not accepted: "
-            "send the token in the Authorization header"
-        )
+    # PHP measures a name with strlen: it ends at a NUL ("_method\0x" is "_method").
+    for reading in (name, name.partition("\0")[0]) if "\0" in name else (name,):
+        if not _OVERRIDES.isdisjoint(parameter_readings(reading)):
+            raise AmbiguousRequest(f"a method-override {where} (_method) is not accepted")
+        if parameter_credential(reading) is not None:
+            raise AmbiguousRequest(
+                f"a credential {where} (api_token, access_token) is not accepted: "
+                "send the token in the Authorization header"
+            )
 
 
 def form_names(body: bytes) -> Iterable[str]:
-    """The field names of an urlencoded body, decoded as the query's; ``;`` separates fields
-    too (older Rack and Python's ``cgi`` read it so)."""
-    text = body.decode("utf-8", "surrogateescape")
-    for field in re.split(r"[&;]", text):
-        name = field.partition("=")[0]
-        if name:
-            yield unquote_plus(name, errors="surrogateescape")
+    """The field names of an urlencoded body, decoded as the query's, each once; ``;``
+    separates fields too (older Rack and Python's ``cgi`` read it so)."""
+    raw_names = {field.partition(b"=")[0] for field in re.split(rb"[&;]", body)}
+    raw_names.discard(b"")
+    for raw in raw_names:
+        yield unquote_plus(raw.decode("utf-8", "surrogateescape"), errors="surrogateescape")
 
 
-# A Content-Disposition header anywhere in the body (at a line start or not: over-reading is
-# the safe side), its name spelled with '-', '_' or nothing between the words.
-_DISPOSITION = re.compile(rb"content[-_ ]?disposition[ \t]*:", re.IGNORECASE)
-_LINE_END = re.compile(rb"\r\n|\n|\r")
-_HEADER_BOUND = 16 * 1024  # bytes of one (folded) header line read
-# name=, name*=, name*0=, name*0*= ... and filename= (Rack names a part without a name by it).
+# A header that names a part, anywhere in the body (at a line start or not: over-reading is the
+# safe side), spelled with '-', '_' or nothing between the words: Content-Disposition, and
+# Content-ID, which Rack names a part by when it has no Content-Disposition.
+_NAMING = re.compile(rb"content[-_ ]?(disposition|id)[ \t]*:", re.IGNORECASE)
+# Where a part's headers end, for some parser: a blank line of CRLFs (Rack, busboy), or of LFs
+# (PHP splits header lines on LF only, so a bare CR is inside a line). A header is read to the
+# later of the two, through every line in between (PHP adds a line without a ':' to the one
+# before it), and never past the next naming header: each byte of the body is read once.
+_BLANK_CRLF = re.compile(rb"\r\n\r\n")
+_BLANK_LF = re.compile(rb"\n\r?\n")
+# name=, name*=, name*0=, name*0*= ...; a value quoted with '"' or "'" (PHP takes either), or
+# bare.
 _PARAMETER = re.compile(
-    r"""(?ix) (?<![a-z0-9_-]) (?P<key>(?:file)?name) (?P<star>\*[0-9]*\*?|[0-9]*\*)? \s*=\s*
-    (?P<value>"(?:[^"\\]|\\.)*"?|[^;\s]*)"""
+    r"""(?ix) (?<![a-z0-9_-]) (?P<key>name) (?P<star>\*[0-9]*\*?|[0-9]*\*)? \s*=\s*
+    (?P<value>"(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|[^;\s]*)"""
 )
 
 
 def multipart_names(body: bytes) -> Iterable[str]:
-    """Every reading of every part name (and file name) in ``body``."""
-    for match in _DISPOSITION.finditer(body):
-        line = _header_line(body, match.end())
-        text = line.decode("utf-8", "surrogateescape")
+    """Every reading of every part name in ``body``, in time linear in its size."""
+    matches = list(_NAMING.finditer(body))
+    for index, match in enumerate(matches):
+        limit = matches[index + 1].start() if index + 1 < len(matches) else len(body)
+        ends = [
+            found.start()
+            for found in (_BLANK_CRLF.search(body, match.end(), limit),
+                          _BLANK_LF.search(body, match.end(), limit))
+            if found is not None
+        ]  # fmt: skip
+        header = body[match.end() : max(ends) if ends else limit]
+        text = header.decode("utf-8", "surrogateescape")
+        if match[1].lower() == b"id":  # Rack: the name is the value, to the line's end
+            value = re.split(r"[\r\n]", text, maxsplit=1)[0].strip()
+            yield value
+            yield from _value_readings(value, extended=False)
+            continue
         continued: dict[str, list[tuple[int, str]]] = {}
         for parameter in _PARAMETER.finditer(text):
             key, star, value = parameter["key"].lower(), parameter["star"] or "", parameter["value"]
             yield from _value_readings(value, extended=star.endswith("*"))
             digits = star.strip("*")
             if digits:
-                continued.setdefault(key, []).append((int(digits), value))
+                continued.setdefault(key, []).append((int(digits[:6]), value))
         for pieces in continued.values():  # RFC 2231 continuations: name*0=_me; name*1=thod
             joined = "".join(_unquoted(value) for _, value in sorted(pieces))
             yield joined
             yield from _value_readings(joined, extended=True)
 
 
-def _header_line(body: bytes, start: int) -> bytes:
-    """The header's value from ``start``, with its folded continuation lines, bounded."""
-    end = start
-    limit = min(len(body), start + _HEADER_BOUND)
-    while end < limit:
-        found = _LINE_END.search(body, end, limit)
-        if found is None:
-            return body[start:limit]
-        following = found.end()
-        if following < len(body) and body[following] in b" \t":
-            end = following  # a folded line: the header goes on
-            continue
-        return body[start : found.start()]
-    return body[start:limit]
-
-
 def _value_readings(value: str, extended: bool) -> Iterable[str]:
     plain = _unquoted(value)
     yield plain
-    yield value.strip('"')  # escapes left as they are
+    yield value.strip("\"'")  # escapes left as they are
     if extended or "'" in plain:  # RFC 2231: charset'language'percent-encoded
         yield unquote(plain.rpartition("'")[2], errors="surrogateescape")
     if "%" in plain:
@@ -188,17 +192,20 @@ def _value_readings(value: str, extended: bool) -> Iterable[str]:
 
 
 def _unquoted(value: str) -> str:
-    if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+    if len(value) >= 2 and value[0] in "\"'" and value[-1] == value[0]:
         return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value.strip('"')
+    return value.strip("\"'")
 
 
 def json_names(body: bytes) -> Iterable[str]:
-    """The top-level keys of a JSON object body (every one, duplicates included). A body that
-    is no JSON, or no object, has none: no server reads fields from it."""
+    """The top-level keys of a JSON object body (every one, duplicates included); none for
+    JSON that is no object. A body that cannot be read as JSON (not UTF-8, -16 or -32; nested
+    past what can be read; malformed) is refused: another parser may read it (Node's decodes
+    bytes that are not UTF-8 with replacement characters, and nests deeper)."""
     lowered = body.lower()
     if (
         body.isascii()
+        and b"\0" not in body  # UTF-16 and -32 spell ASCII with NULs
         and b"\\u" not in body
         and b"method" not in lowered
         and b"token" not in lowered
@@ -208,10 +215,15 @@ def json_names(body: bytes) -> Iterable[str]:
 
     def keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
         objects.append([key for key, _ in pairs])  # inner objects first, the outermost last
-        return dict(pairs)
+        return {}  # nothing of it is kept
 
-    try:
-        value = json.loads(body, object_pairs_hook=keys)
-    except (ValueError, RecursionError):
-        return ()
+    try:  # numbers are not converted (an integer of 5,000 digits is no error)
+        value = json.loads(body, object_pairs_hook=keys, parse_int=len, parse_float=len)
+    except RecursionError:
+        raise AmbiguousRequest("a JSON body nested too deeply to be read") from None
+    except ValueError:
+        raise AmbiguousRequest(
+            "a JSON body that cannot be read as JSON (checked for method overrides and "
+            "credentials before it is forwarded)"
+        ) from None
     return objects[-1] if isinstance(value, dict) else ()

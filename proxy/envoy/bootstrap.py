@@ -390,12 +390,17 @@ def _ext_authz(authz: Origin, checked_body: int) -> dict[str, Any]:
         "encode_raw_headers": True,
         # Every request header goes to the check: the proxy decides on all of them.
         "allowed_headers": {"patterns": [{"safe_regex": {"regex": ".*"}}]},
-        # The check carries the body, up to limits.max_checked_body, and its Content-Length is
-        # that of what it carries: the proxy reads form, multipart and JSON bodies for method
-        # overrides and credentials (refusing one Envoy could not send whole: 413), and a GET or
-        # HEAD with a body is refused (an upstream that ignores it reads it as a second
-        # request). Envoy holds a body until it has that much of it, or all of it.
-        "with_request_body": {"max_request_bytes": checked_body, "allow_partial_message": True},
+        # The check carries the body, up to one byte more than limits.max_checked_body, and
+        # its Content-Length is that of what it carries: the proxy reads form, multipart and
+        # JSON bodies for method overrides and credentials (refusing one longer than the bound:
+        # 413; Envoy marks a body partial only when it holds more than it was asked for, so a
+        # body cut at exactly the bound would not show), and a GET or HEAD with a body is
+        # refused (an upstream that ignores it reads it as a second request). Envoy holds a
+        # body until it has that much of it, or all of it.
+        "with_request_body": {
+            "max_request_bytes": checked_body + 1,
+            "allow_partial_message": True,
+        },
         "http_service": {
             "server_uri": {
                 "uri": f"{authz.scheme}://{_authority(authz)}",
