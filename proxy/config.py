@@ -44,6 +44,16 @@ class ConfigError(ValueError):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"{key}: {problem}")
         self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class FromEnvironment:
+    """The ``PIPEDRIVE_SCOPE_PROXY_*`` variables read: each applied one with the key it set,
+    and each ignored one with why."""
+
+    applied: tuple[tuple[str, str], ...] = ()
+    ignored: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,6 +179,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     admin_listen: Listen | None = None  # where /_proxy/* is served instead of the main port
     source: str = "<defaults>"
+    environment: FromEnvironment = field(default_factory=FromEnvironment, compare=False)
     # Every list of scope names, with its key path, for ``check_scopes``.
     scope_lists: tuple[tuple[str, tuple[str, ...]], ...] = field(default=(), compare=False)
 
@@ -228,16 +239,28 @@ def _origin(value: Any, key: str) -> str:
     return text
 
 
+def _numeric(value: Any) -> Any:
+    """A number written as a string (``port: "8080"``, as Helm and envsubst write it, and every
+    value from the environment) as the number; anything else as it is."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        text = value.strip()
+        return float(text) if "." in text else int(text)
+    return value
+
+
+_NUMBER = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+
+
 def _listen(value: Any, key: str, defaults: Listen) -> Listen:
     raw = _mapping(value, key, {"host", "port"})
-    port = _require(raw.get("port", defaults.port), int, f"{key}.port", "a port number")
+    port = _require(_numeric(raw.get("port", defaults.port)), int, f"{key}.port", "a port number")
     if not 0 <= port <= 65535:
         raise ConfigError(f"{key}.port", "expected a port number between 0 and 65535")
     return Listen(_require(raw.get("host", defaults.host), str, f"{key}.host", "a host"), port)
 
 
 def _seconds(value: Any, key: str) -> float:
-    number: float = _require(value, (int, float), key, "a number of seconds")
+    number: float = _require(_numeric(value), (int, float), key, "a number of seconds")
     if not 0 < number <= 3600:
         raise ConfigError(key, "expected more than 0 and at most 3600 seconds")
     return float(number)
@@ -293,7 +316,7 @@ def _limits(value: Any) -> Limits:
     raw = _mapping(value, "limits", set(Limits.__dataclass_fields__))
     defaults = Limits()
     connections = _require(
-        raw.get("max_connections", defaults.max_connections),
+        _numeric(raw.get("max_connections", defaults.max_connections)),
         int,
         "limits.max_connections",
         "a number of connections",
@@ -301,7 +324,7 @@ def _limits(value: Any) -> Limits:
     if not 1 <= connections <= 1_000_000:
         raise ConfigError("limits.max_connections", "expected between 1 and 1000000")
     report_tokens = _require(
-        raw.get("report_tokens", defaults.report_tokens),
+        _numeric(raw.get("report_tokens", defaults.report_tokens)),
         int,
         "limits.report_tokens",
         "a number of tokens",
@@ -309,7 +332,7 @@ def _limits(value: Any) -> Limits:
     if not 1 <= report_tokens <= 100_000:
         raise ConfigError("limits.report_tokens", "expected between 1 and 100000")
     checked_body = _require(
-        raw.get("max_checked_body", defaults.max_checked_body),
+        _numeric(raw.get("max_checked_body", defaults.max_checked_body)),
         int,
         "limits.max_checked_body",
         "a number of bytes",
@@ -427,15 +450,135 @@ def parse_config(
     )
 
 
+ENV_PREFIX = "PIPEDRIVE_SCOPE_PROXY_"
+# What the environment may set: each key of the schema but ``tokens``, a leaf's kind (how its
+# text is read: ``list`` comma-separated, ``flag`` true or false, the rest as the file's values
+# are, numbers included), or a mapping of its keys.
+ENV_SCHEMA: dict[str, Any] = {
+    "listen": {"host": "text", "port": "number"},
+    "upstream": {"api_url": "text", "oauth_url": "text", "connect_timeout": "number",
+                 "read_timeout": "number"},
+    "mode": "text", "app_scopes": "list", "unknown_tokens": "text", "api_tokens": "text",
+    "unknown_endpoints": "text", "store": "text", "public_url": "text",
+    "rewrite_api_domain": "flag", "catalog_extra": "list",
+    "logging": {"format": "text", "level": "text"},
+    "limits": dict.fromkeys(Limits.__dataclass_fields__, "number"),
+    "admin_listen": {"host": "text", "port": "number"},
+}  # fmt: skip
+_FLAGS = {"true": True, "yes": True, "on": True, "1": True,
+          "false": False, "no": False, "off": False, "0": False}  # fmt: skip
+
+
+def environment_settings(env: Mapping[str, str]) -> tuple[dict[str, Any], FromEnvironment]:
+    """The config keys ``PIPEDRIVE_SCOPE_PROXY_<KEY>`` variables set (nested keys joined by
+    ``_`` and found by the schema: ``..._LISTEN_PORT`` is ``listen.port``, ``..._UNKNOWN_TOKENS``
+    is ``unknown_tokens``), as a document to lay over the file's; and which were read or not.
+    A variable that names no key (Kubernetes' service links: ``..._PORT=tcp://...``) is ignored
+    and said so, never fatal; ``tokens`` is never read from the environment."""
+    settings: dict[str, Any] = {}
+    applied: list[tuple[str, str]] = []
+    ignored: list[tuple[str, str]] = []
+    for variable in sorted(env):
+        if not variable.startswith(ENV_PREFIX) or variable == ENV_CONFIG:
+            continue
+        name = variable[len(ENV_PREFIX) :].lower()
+        if name == "tokens" or name.startswith("tokens_"):
+            ignored.append((variable, "tokens are never read from the environment (token_env)"))
+            continue
+        path = _env_key(name, ENV_SCHEMA)
+        if path is None:
+            ignored.append((variable, "names no config key"))
+            continue
+        *parents, leaf = path
+        kind = _schema_kind(path)
+        text = env[variable]
+        value: Any = text
+        if kind == "list":
+            value = [item.strip() for item in text.split(",") if item.strip()]
+        elif kind == "flag":
+            value = _FLAGS.get(text.strip().lower(), text)
+        elif text.strip() == "" or text.strip().lower() == "null":
+            value = None  # unset: the default
+        target = settings
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+        applied.append((variable, ".".join(path)))
+    return settings, FromEnvironment(tuple(applied), tuple(ignored))
+
+
+def _env_key(
+    name: str, schema: Mapping[str, Any], path: tuple[str, ...] = ()
+) -> tuple[str, ...] | None:
+    for key, inner in schema.items():
+        if isinstance(inner, dict):
+            if name.startswith(key + "_"):
+                found = _env_key(name[len(key) + 1 :], inner, (*path, key))
+                if found is not None:
+                    return found
+        elif name == key:
+            return (*path, key)
+    return None
+
+
+def _schema_kind(path: Sequence[str]) -> str:
+    kind: Any = ENV_SCHEMA
+    for key in path:
+        kind = kind[key]
+    return str(kind)
+
+
+def _laid_over(document: Any, settings: Mapping[str, Any]) -> Any:
+    """``document`` with ``settings`` laid over it, mapping by mapping (a value of None takes
+    the key away: its default holds). A document that is no mapping is left for the checks."""
+    if not settings:
+        return document
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        return document
+    merged = dict(document)
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            merged[key] = _laid_over(
+                merged.get(key) if isinstance(merged.get(key), dict) else {}, value
+            )
+        elif value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(
     path: str | None = None, env: Mapping[str, str] | None = None, read_tokens: bool = True
 ) -> Config:
-    """Read the config: ``--config``, else ``$PIPEDRIVE_SCOPE_PROXY_CONFIG``, else defaults."""
+    """Read the config: ``--config``, else ``$PIPEDRIVE_SCOPE_PROXY_CONFIG``, else defaults;
+    with the ``PIPEDRIVE_SCOPE_PROXY_<KEY>`` variables laid over it (``environment_settings``).
+    A value from the environment that cannot be used names its variable."""
     env = os.environ if env is None else env
+    settings, from_environment = environment_settings(env)
     path = path or env.get(ENV_CONFIG) or None
-    if path is None:
-        return parse_config({}, env=env, read_tokens=read_tokens)
-    file = Path(path)
+    base_dir, source, document = Path("."), "<defaults>", None
+    if path is not None:
+        file = Path(path)
+        document = _read_yaml(file)
+        base_dir, source = file.parent, str(file)
+    try:
+        config = parse_config(_laid_over(document, settings), base_dir, source, env, read_tokens)
+    except ConfigError as error:
+        variable = next(
+            (name for name, key in from_environment.applied
+             if error.key == key or error.key.startswith((key + ".", key + "["))),
+            None,
+        )  # fmt: skip
+        if variable is None:
+            raise
+        raise ConfigError(f"{variable} ({error.key})", error.problem) from None
+    return replace(config, environment=from_environment)
+
+
+def _read_yaml(file: Path) -> Any:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as error:
@@ -447,7 +590,7 @@ def load_config(
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(error, "problem", None) or "syntax error"
         raise ConfigError(str(file), f"malformed YAML: {where}{problem}") from None
-    return parse_config(document, file.parent, str(file), env, read_tokens)
+    return document
 
 
 def catalogue_for(

@@ -443,3 +443,15 @@ def test_every_command_the_deploy_section_shows_is_the_one_the_tests_run() -> No
 def dockerfile_args() -> dict[str, str]:
     found = re.findall(r"^ARG (\w+)=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
     return dict(found)
+
+
+def test_no_pod_gets_service_link_variables_the_proxy_would_read_as_settings() -> None:
+    """A Service named pipedrive-scope-proxy makes Kubernetes inject PIPEDRIVE_SCOPE_PROXY_PORT
+    and kin into every pod of the namespace, in the proxy's settings prefix."""
+    pods = [
+        document["spec"]["template"]["spec"]
+        for _, document in RESOURCES
+        if document["kind"] in {"Deployment", "StatefulSet", "DaemonSet"}
+    ]
+    assert len(pods) >= 4
+    assert all(pod.get("enableServiceLinks") is False for pod in pods)

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command
     try:
         if command == "check":
-            return check(args.config)
+            return check(args.config, args.no_secrets)
         if command == "explain":
             return explain(args.config, args.method, args.path, args.scopes)
         if command == "report":

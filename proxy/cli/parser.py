@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate the config and the catalogue")
     _add_config(check)
+    check.add_argument(
+        "--no-secrets",
+        action="store_true",
+        help="validate without reading the token_env variables (for CI, where they are not set)",
+    )
 
     explain = commands.add_parser("explain", help="which scopes accept a call, and why")
     _add_config(explain)

@@ -13,15 +13,27 @@ from proxy.config import NO_OVERRIDES, Config, ConfigError, Listen, Overrides, l
 from proxy.core.errors import DECISION_HEADER
 
 
-def check(config_path: str | None) -> int:
-    config, catalogue = load(config_path)
+def check(config_path: str | None, no_secrets: bool = False) -> int:
+    """Validate the config (with the environment's settings laid over it) and the catalogue;
+    say which values came from the environment, and which variables were not read."""
+    config, catalogue = load(config_path, read_tokens=not no_secrets)
     print(
         f"{config.source}: ok: mode {config.policy.mode}, store {config.store.kind}, "
         f"{len(catalogue)} endpoints (v1 {catalogue.count('v1')}, v2 {catalogue.count('v2')}), "
         f"{len(config.tokens)} static grant{'' if len(config.tokens) == 1 else 's'}"
+        + (" (token_env variables not read: --no-secrets)" if no_secrets else "")
     )
     print(f"catalogue: {catalogue.provenance.described()}")
+    for variable, key in config.environment.applied:
+        print(f"{key}: from {variable}")
+    warn_ignored(config)
     return 0
+
+
+def warn_ignored(config: Config) -> None:
+    """One line on stderr per ``PIPEDRIVE_SCOPE_PROXY_*`` variable that was not read."""
+    for variable, why in config.environment.ignored:
+        print(f"pipedrive-scope-proxy: warning: {variable} ignored: {why}", file=sys.stderr)
 
 
 def envoy_config(config_path: str | None, listen: str, authz: str | None) -> int:

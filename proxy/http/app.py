@@ -293,7 +293,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         store=config.store.kind,
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         since=app[RECORDER].since,  # when the report's counting began
+        from_environment=[key for _, key in config.environment.applied],
     )
+    for variable, why in config.environment.ignored:  # never fatal: Kubernetes' service links
+        log.warning("environment_ignored", variable=variable, why=why)
     try:
         await app[STORE].ping()
     except StoreError as error:
