@@ -178,6 +178,8 @@ class Config:
     logging: Logging = field(default_factory=Logging)
     limits: Limits = field(default_factory=Limits)
     admin_listen: Listen | None = None  # where /_proxy/* is served instead of the main port
+    # Seconds after start during which unknown tokens are taken to hold app_scopes (0: none).
+    warmup: float = 0.0
     source: str = "<defaults>"
     environment: FromEnvironment = field(default_factory=FromEnvironment, compare=False)
     # Every list of scope names, with its key path, for ``check_scopes``.
@@ -266,6 +268,26 @@ def _seconds(value: Any, key: str) -> float:
     return float(number)
 
 
+TOKEN_LIFETIME = 3600.0  # seconds: a Pipedrive access token's life, the warm-up's default
+
+
+def _warmup(value: Any) -> float:
+    """``warmup``: off (null, false, 0), one token lifetime (true), or a number of seconds."""
+    value = _numeric(value)
+    if isinstance(value, str) and value.strip().lower() in _FLAGS:  # from the environment
+        value = _FLAGS[value.strip().lower()]
+    if value is None or value is False:
+        return 0.0
+    if value is True:
+        return TOKEN_LIFETIME
+    seconds: float = _require(
+        _numeric(value), (int, float), "warmup", "true or a number of seconds"
+    )
+    if not 0 <= seconds <= 86400:
+        raise ConfigError("warmup", "expected between 0 and 86400 seconds (true: 3600)")
+    return float(seconds)
+
+
 def _scope_names(value: Any, key: str) -> tuple[str, ...]:
     names = _require(value, list, key, "a list of scope names")
     for index, name in enumerate(names):
@@ -308,7 +330,7 @@ def _grant(
 _TOP = {
     "listen", "upstream", "mode", "app_scopes", "tokens", "unknown_tokens", "api_tokens",
     "unknown_endpoints", "store", "public_url", "rewrite_api_domain", "catalog_extra", "logging",
-    "limits", "admin_listen",
+    "limits", "admin_listen", "warmup",
 }  # fmt: skip
 
 
@@ -411,6 +433,9 @@ def parse_config(
     for key in ("unknown_tokens", "api_tokens"):
         if getattr(policy, key) == "app_scopes" and app_scopes is None:
             raise ConfigError(key, "app_scopes needs the top-level app_scopes list to be set")
+    warmup = _warmup(top.get("warmup"))
+    if warmup and app_scopes is None:
+        raise ConfigError("warmup", "a warm-up takes unknown tokens to hold app_scopes: set them")
 
     tokens_raw = _require(top.get("tokens") or [], list, "tokens", "a list of static grants")
     tokens = tuple(
@@ -445,6 +470,7 @@ def parse_config(
         logging=logging,
         limits=_limits(top.get("limits")),
         admin_listen=admin_listen,
+        warmup=warmup,
         source=source,
         scope_lists=tuple(scope_lists),
     )
@@ -464,6 +490,7 @@ ENV_SCHEMA: dict[str, Any] = {
     "logging": {"format": "text", "level": "text"},
     "limits": dict.fromkeys(Limits.__dataclass_fields__, "number"),
     "admin_listen": {"host": "text", "port": "number"},
+    "warmup": "text",
 }  # fmt: skip
 _FLAGS = {"true": True, "yes": True, "on": True, "1": True,
           "false": False, "no": False, "off": False, "0": False}  # fmt: skip

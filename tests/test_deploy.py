@@ -239,7 +239,7 @@ def test_the_envoy_sidecar_bootstrap_is_what_envoy_config_prints_and_envoy_accep
     assert sorted(generator["files"]) == ["envoy.yaml", "proxy.yaml"]
     assert all((folder / name).exists() for name in kustomization["resources"])
     deployment = documents(folder / "deployment.yaml")[0]
-    [volume] = deployment["spec"]["template"]["spec"]["volumes"]
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
     assert volume["configMap"]["name"] == generator["name"]
 
 
@@ -310,7 +310,7 @@ def test_the_kubernetes_sidecar_agrees_with_its_config(variant: str) -> None:
     assert sidecar["livenessProbe"]["httpGet"] == health
     # Readiness includes the store only where the store lives in the proxy itself: a shared
     # Redis that is down must not take every replica of the app out of its Service.
-    ready = "/_proxy/ready" if config.store.kind == "memory" else "/_proxy/health"
+    ready = "/_proxy/ready" if config.store.kind in ("memory", "sqlite") else "/_proxy/health"
     assert sidecar["readinessProbe"]["httpGet"] == {"path": ready, "port": "admin"}
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"

@@ -60,6 +60,7 @@ EVERY_KEY: list[tuple[str, str, Any]] = [
     ("LIMITS_MAX_CHECKED_BODY", "2048", lambda c: c.limits.max_checked_body == 2048),
     ("ADMIN_LISTEN_PORT", "9901", lambda c: c.admin_listen is not None and c.admin_listen.port == 9901),
     ("ADMIN_LISTEN_HOST", "127.0.0.1", lambda c: c.admin_listen is None or c.admin_listen.host == "127.0.0.1"),
+    ("WARMUP", "true", lambda c: c.warmup == 3600.0),
 ]  # fmt: skip
 
 

@@ -112,7 +112,7 @@ class Decision(NamedTuple):
         """The answer to a call this decision refuses, carrying this decision."""
         error: ProxyError
         if self.reason is Reason.UNKNOWN_TOKEN:
-            error = UnknownToken("the proxy does not know this token's scopes")
+            error = UnknownToken(NOT_LEARNED_HINT)
         elif self.reason is Reason.API_TOKEN_NOT_SCOPED:
             error = ApiTokenNotScoped()
         elif self.endpoint is None:
@@ -123,6 +123,15 @@ class Decision(NamedTuple):
             )
         error.decision = self
         return error
+
+
+# What lets an unknown token through: said in the 401's scope_proxy.detail.
+NOT_LEARNED_HINT = (
+    "the proxy does not know this token's scopes: it learns them from the token's OAuth "
+    "exchange, so refresh the token through the proxy (POST /oauth/token); after a restart "
+    "that lost them, a warm-up (warmup) or unknown_tokens: app_scopes lets it through on the "
+    "app's declared scopes"
+)
 
 
 def precheck(catalogue: Catalogue, policy: Policy, route: Route, method: str) -> None:

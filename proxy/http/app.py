@@ -56,7 +56,9 @@ from proxy.http.state import (
     METRICS,
     RECORDER,
     RUNTIME,
+    STARTED_AT,
     STORE,
+    UNKNOWN_TOKENS,
     UPSTREAM,
     Handled,
     Listeners,
@@ -65,6 +67,7 @@ from proxy.http.state import (
     answered,
 )
 from proxy.http.token_exchange import handle_oauth, redirect_to_consent
+from proxy.http.unknown_tokens import UnknownTokens
 from proxy.stores import Clock, Store, StoreError, open_store
 
 OAUTH_PATHS = oauth.TOKEN_PATHS | {oauth.REVOKE_PATH}
@@ -224,6 +227,9 @@ async def authorize_call(
 ) -> Decision:
     """Decide an API call; raise its refusal, which carries the decision."""
     catalogue, policy, method = runtime.catalogue, runtime.config.policy, canonical.method
+    app = request.app
+    if runtime.warm_policy is not None and app[CLOCK]() < app[STARTED_AT] + runtime.config.warmup:
+        policy = runtime.warm_policy  # the warm-up: unknown tokens hold the declared scopes
     precheck(catalogue, policy, route, method)
     credential = None
     try:
@@ -231,10 +237,16 @@ async def authorize_call(
         static = runtime.grants.get(credential.digest)
         stored = None
         if static is None and credential.kind == "oauth":
-            stored = await _stored_scopes(request.app, credential)
+            stored = await _stored_scopes(app, credential)
     except ProxyError as refusal:  # no credential, two, the store down: which call it was for
         raise refused_before(catalogue, route, method, refusal, credential)  # noqa: B904
     decision = authorize(catalogue, policy, route, method, credential, static, stored)
+    if static is None and credential.kind == "oauth":
+        unknown = app[UNKNOWN_TOKENS]
+        if stored is None:  # refused as unknown, or let through on the declared scopes
+            unknown.saw(credential.digest)
+        elif unknown:
+            unknown.learned(credential.digest)  # learned since (here, or by another replica)
     if not decision.forwards:
         raise decision.refusal()
     return decision
@@ -270,6 +282,9 @@ def create_app(
     app[STORE] = store if store is not None else open_store(config.store, clock)
     app[RECORDER] = Recorder(app[STORE], config.limits.report_tokens)
     app[CLOCK] = clock
+    app[STARTED_AT] = clock()
+    app[UNKNOWN_TOKENS] = UnknownTokens(clock)
+    app[METRICS].unknown_tokens_count = app[UNKNOWN_TOKENS].count
     app[LISTENERS] = Listeners()
     app.cleanup_ctx.append(_resources)
     app.router.add_route("*", "/{tail:.*}", serve_request, expect_handler=_no_early_continue)
@@ -294,6 +309,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         since=app[RECORDER].since,  # when the report's counting began
         from_environment=[key for _, key in config.environment.applied],
+        warmup_seconds=config.warmup if app[RUNTIME].current.warm_policy is not None else None,
     )
     for variable, why in config.environment.ignored:  # never fatal: Kubernetes' service links
         log.warning("environment_ignored", variable=variable, why=why)

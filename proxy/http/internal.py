@@ -12,7 +12,7 @@ from proxy.core.errors import MethodNotAllowed, NotFound, StoreUnavailable, Unsu
 from proxy.http.logs import get_logger
 from proxy.http.metrics import CONTENT_TYPE
 from proxy.http.responses import json_response
-from proxy.http.state import METRICS, RECORDER, RUNTIME, STORE
+from proxy.http.state import METRICS, RECORDER, RUNTIME, STORE, UNKNOWN_TOKENS
 from proxy.report.html import render_html
 from proxy.report.model import build_report
 from proxy.stores import StoreError
@@ -85,6 +85,7 @@ async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
         since=recorder.since,
         catalogue=runtime.catalogue,
         seen=seen,
+        unknown_tokens=request.app[UNKNOWN_TOKENS].count(),
     )
     if path.endswith(".html"):
         return web.Response(text=render_html(report), content_type="text/html")

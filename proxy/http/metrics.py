@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 from collections import Counter as Tally
+from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -99,6 +100,15 @@ class Metrics:
             "Log lines the sink could not write (a closed pipe, a full disk); serving goes on.",
             registry=self.registry,
         )
+        self.unknown_tokens = Gauge(
+            "scope_proxy_unknown_tokens",
+            "Tokens seen in the last hour whose scopes the proxy has not learned (refused as "
+            "unknown, or let through on the app's declared scopes): refreshed through the "
+            "proxy, they are learned.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.unknown_tokens_count: Callable[[], int] | None = None
         self._children: dict[tuple[str, str, str], Counter] = {}
         self._counted: Tally[tuple[str, str, str]] = Tally()
         self._task: asyncio.Task[None] | None = None
@@ -119,6 +129,8 @@ class Metrics:
 
     def flush(self) -> None:
         """Add what ``observe`` counted to Prometheus' values."""
+        if self.unknown_tokens_count is not None:
+            self.unknown_tokens.set(self.unknown_tokens_count())
         for key, count in self._counted.items():
             child = self._children.get(key)
             if child is None:

@@ -218,7 +218,7 @@ def reload(
 # timeouts, its store, its logging, its connection limits.
 RESTART_ONLY = ("listen", "admin_listen", "upstream", "store", "logging", "limits")
 _POLICY = ("mode", "app_scopes", "unknown_tokens", "api_tokens", "unknown_endpoints")
-_APPLIED = ("tokens", "public_url", "rewrite_api_domain", "catalog_extra")
+_APPLIED = ("tokens", "public_url", "rewrite_api_domain", "catalog_extra", "warmup")
 
 
 def _changed(before: Config, after: Config) -> list[str]:

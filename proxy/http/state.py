@@ -4,17 +4,18 @@ what a handler returns."""
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from aiohttp import web
 
 from proxy.config import Config
 from proxy.core.catalog import Catalogue
-from proxy.core.decision import Decision, Grant
+from proxy.core.decision import Decision, Grant, Policy
 from proxy.http.forward import UpstreamClient
 from proxy.http.metrics import Metrics
 from proxy.http.recorder import Recorder
+from proxy.http.unknown_tokens import UnknownTokens
 from proxy.stores import Clock, Store
 
 
@@ -25,10 +26,17 @@ class Runtime:
     config: Config
     catalogue: Catalogue
     grants: dict[str, Grant]
+    # The policy while the warm-up lasts (``warmup``): unknown tokens taken to hold the app's
+    # declared scopes; None without one.
+    warm_policy: Policy | None = None
 
     @classmethod
     def build(cls, config: Config, catalogue: Catalogue) -> Runtime:
-        return cls(config, catalogue, config.static_grants())
+        policy = config.policy
+        warm = None
+        if config.warmup > 0 and policy.unknown_tokens == "deny" and policy.app_scopes is not None:
+            warm = replace(policy, unknown_tokens="app_scopes")
+        return cls(config, catalogue, config.static_grants(), warm)
 
 
 class RuntimeHolder:
@@ -52,6 +60,8 @@ UPSTREAM = web.AppKey("upstream", UpstreamClient)
 STORE = web.AppKey("store", Store)
 RECORDER = web.AppKey("recorder", Recorder)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")  # UNIX time now: tests give one they can move
+STARTED_AT = web.AppKey("started_at", float)  # when the app was made (the warm-up counts from it)
+UNKNOWN_TOKENS = web.AppKey("unknown_tokens", UnknownTokens)
 
 
 class Handled(NamedTuple):

@@ -30,6 +30,7 @@ from proxy.http.state import (
     MADE_REQUEST_ID,
     METRICS,
     STORE,
+    UNKNOWN_TOKENS,
     UPSTREAM,
     Handled,
     Runtime,
@@ -116,6 +117,7 @@ async def _learn(request: web.Request, plain: bytes) -> None:
         log.error("token_not_learned", token_fp=token_fp, problem=str(error))
         return
     request.app[METRICS].tokens_learned.inc()
+    request.app[UNKNOWN_TOKENS].learned(learned.digest)
     log.info(
         "token_learned",
         token_fp=token_fp,

@@ -523,6 +523,7 @@ def build_report(
     since: str | None = None,
     catalogue: Catalogue | None = None,
     seen: Mapping[str, tuple[str, str]] | None = None,
+    unknown_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The report document (its keys are a contract: see README, "The report"). At most
     ``max_tokens`` tokens have a section of their own; the rest share one, ``other``. Refusals
@@ -530,7 +531,9 @@ def build_report(
     calls (``GET /``, a load balancer's probe) apart again. With the ``catalogue``, the
     recommended scopes are the narrowest that will do, and the endpoints that are not current
     (``lifecycle``) and the move to v2 (``migration``) are reported. Where Pipedrive's answers
-    disagreed with the catalogue, ``drift`` says so, dated by ``seen`` (``drift_entries``)."""
+    disagreed with the catalogue, ``drift`` says so, dated by ``seen`` (``drift_entries``).
+    ``unknown_tokens``: how many tokens the live proxy saw in the last hour whose scopes it has
+    not learned (None from a log)."""
     before: Counter[str] = Counter()
     decided: Counter[Call] = Counter()
     not_api = 0
@@ -552,6 +555,7 @@ def build_report(
         "mode": mode,
         "since": since,
         "app_scopes": sorted(app_scopes) if app_scopes is not None else None,
+        "unknown_tokens": unknown_tokens,
         "overall": overall,
         "change": change(app_scopes, overall["minimal_scopes"]) if decided else None,
         "warnings": warnings(overall),
