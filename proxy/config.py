@@ -77,6 +77,9 @@ class UpstreamSettings:
     oauth_url: str = "https://oauth.pipedrive.com"
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
+    # A forward proxy for upstream calls: None, the environment's (HTTPS_PROXY, HTTP_PROXY,
+    # NO_PROXY, as curl reads them); "none", none whatever the environment says; else its URL.
+    proxy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,22 @@ def _origin(value: Any, key: str) -> str:
     return text
 
 
+def _forward_proxy(value: Any) -> str | None:
+    """``upstream.proxy``: null (the environment's), ``none``, or ``http://[user:pass@]host:port``
+    (an HTTP proxy; https targets go through it with CONNECT)."""
+    if value is None:
+        return None
+    text = _require(value, str, "upstream.proxy", "none or http://host:port").strip()
+    if text.lower() == "none":
+        return "none"
+    parts = urlsplit(text)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError("upstream.proxy", "expected none or http://[user:password@]host:port")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError("upstream.proxy", "a forward proxy is an origin: no path or query")
+    return text
+
+
 def _numeric(value: Any) -> Any:
     """A number written as a string (``port: "8080"``, as Helm and envsubst write it, and every
     value from the environment) as the number; anything else as it is."""
@@ -399,7 +418,9 @@ def parse_config(
             raise ConfigError("admin_listen.port", f"the main port is {listen.port} already")
 
     up = _mapping(
-        top.get("upstream"), "upstream", {"api_url", "oauth_url", "connect_timeout", "read_timeout"}
+        top.get("upstream"),
+        "upstream",
+        {"api_url", "oauth_url", "connect_timeout", "read_timeout", "proxy"},
     )
     defaults = UpstreamSettings()
     upstream = UpstreamSettings(
@@ -407,6 +428,7 @@ def parse_config(
         _origin(up.get("oauth_url", defaults.oauth_url), "upstream.oauth_url"),
         _seconds(up.get("connect_timeout", 5), "upstream.connect_timeout"),
         _seconds(up.get("read_timeout", 60), "upstream.read_timeout"),
+        _forward_proxy(up.get("proxy")),
     )
 
     extra_raw = _require(top.get("catalog_extra") or [], list, "catalog_extra", "a list of files")
@@ -483,7 +505,7 @@ ENV_PREFIX = "PIPEDRIVE_SCOPE_PROXY_"
 ENV_SCHEMA: dict[str, Any] = {
     "listen": {"host": "text", "port": "number"},
     "upstream": {"api_url": "text", "oauth_url": "text", "connect_timeout": "number",
-                 "read_timeout": "number"},
+                 "read_timeout": "number", "proxy": "text"},
     "mode": "text", "app_scopes": "list", "unknown_tokens": "text", "api_tokens": "text",
     "unknown_endpoints": "text", "store": "text", "public_url": "text",
     "rewrite_api_domain": "flag", "catalog_extra": "list",

@@ -326,3 +326,13 @@ def _raw_deflate(body: bytes) -> bytes:
 _REFUSAL_ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": gzip.compress, "deflate": zlib.compress, "raw-deflate": _raw_deflate,
 }  # fmt: skip
+
+
+class TlsUpstream:
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, str | None]] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append((request.method, request.raw_path, request.headers.get("Host")))
+        return web.json_response({"success": True, "data": {"id": 42}})

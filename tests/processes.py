@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 ROOT = Path(__file__).parent.parent
@@ -150,3 +151,20 @@ async def wait_listening(port: int, process: subprocess.Popen[str]) -> None:
                 pass
             await asyncio.sleep(0.05)
     raise AssertionError(f"nothing listens on port {port}")
+
+
+OPENSSL = shutil.which("openssl")
+
+
+def certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, and its key."""
+    cert, key = folder / "upstream.pem", folder / "upstream.key"
+    if OPENSSL is None:
+        pytest.fail("openssl is not installed (apt-get install -y openssl)")
+    subprocess.run(
+        [OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key

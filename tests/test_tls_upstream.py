@@ -5,9 +5,7 @@ and trusted (or not) through ``SSL_CERT_FILE``."""
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,35 +14,10 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import envelope, free_port, sha
-from tests.processes import serving, wait_ready, write_config
+from tests.fakes import TlsUpstream
+from tests.processes import certificate, serving, wait_ready, write_config
 
 pytestmark = pytest.mark.slow
-
-OPENSSL = shutil.which("openssl")
-
-
-def certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, and its key."""
-    cert, key = folder / "upstream.pem", folder / "upstream.key"
-    if OPENSSL is None:
-        pytest.fail("openssl is not installed (apt-get install -y openssl)")
-    subprocess.run(
-        [OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
-class TlsUpstream:
-    def __init__(self) -> None:
-        self.received: list[tuple[str, str, str | None]] = []
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.received.append((request.method, request.raw_path, request.headers.get("Host")))
-        return web.json_response({"success": True, "data": {"id": 42}})
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import AsyncIterator
+import urllib.request
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -289,6 +290,54 @@ async def read_limited(
         chunks.append(chunk)
 
 
+def forward_proxy(
+    configured: str | None, url: URL, env: Mapping[str, str] | None = None
+) -> tuple[URL | None, CIMultiDict[str] | None]:
+    """Where a call to ``url`` goes first: ``upstream.proxy`` when set (``none``: straight to
+    the upstream), else the environment as curl and requests read it: ``https_proxy`` or
+    ``HTTPS_PROXY`` for an https upstream, ``http_proxy``/``HTTP_PROXY`` for http, else
+    ``all_proxy``; none for a host ``no_proxy``/``NO_PROXY`` names. The proxy's user and password
+    (``http://user:pass@host:port``) become its ``Proxy-Authorization`` (sent to the proxy
+    alone, never to the upstream)."""
+    if configured == "none":
+        return None, None
+    text = configured
+    if text is None:
+        proxies = urllib.request.getproxies_environment() if env is None else _proxies_of(env)
+        text = proxies.get(url.scheme) or proxies.get("all")
+        if not text or (url.host and _bypassed(url.host, proxies)):
+            return None, None
+    proxy = URL(text if "://" in text else f"http://{text}")
+    headers = None
+    if proxy.user is not None:
+        credentials = aiohttp.encode_basic_auth(proxy.user, proxy.password or "")
+        headers = CIMultiDict({"Proxy-Authorization": credentials})
+        proxy = proxy.with_user(None)
+    return proxy, headers
+
+
+_BYPASS = "proxy_bypass_environment"
+
+
+def _bypassed(host: str, proxies: dict[str, str]) -> bool:
+    """Whether ``no_proxy`` names ``host`` (urllib's reading, as requests has it)."""
+    bypass: Any = getattr(urllib.request, _BYPASS)  # not in typeshed
+    return bool(bypass(host, proxies))
+
+
+def _proxies_of(env: Mapping[str, str]) -> dict[str, str]:
+    """``urllib.request.getproxies_environment`` over a given environment (tests)."""
+    found: dict[str, str] = {}
+    for name, value in env.items():
+        lowered = name.lower()
+        if value and lowered.endswith("_proxy"):
+            found.setdefault(lowered[: -len("_proxy")], value)
+    for name, value in env.items():  # the lower-case spelling wins, as urllib has it
+        if value and name.endswith("_proxy") and name.islower():
+            found[name[: -len("_proxy")]] = value
+    return found
+
+
 class UpstreamClient:
     """The pooled upstream client, owned by the app's ``cleanup_ctx``. It knows nothing of
     decisions: it sends what it is given and maps the upstream's failures to the proxy's."""
@@ -297,6 +346,7 @@ class UpstreamClient:
         self.settings = settings
         self.body_timeout = body_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str | None], tuple[URL | None, CIMultiDict[str] | None]] = {}
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=settings.connect_timeout,
@@ -418,11 +468,13 @@ class UpstreamClient:
         connector = session.connector
         assert connector is not None
         again = method in _IDEMPOTENT and not isinstance(data, AsyncIterator)  # a body sent once
+        proxy, proxy_headers = self._forward_proxy(url)
         while True:
             try:
                 return await private.send(
-                    session, self._loop, method, url, headers, data, self._timeout, _READING
-                )
+                    session, self._loop, method, url, headers, data, self._timeout, _READING,
+                    proxy, proxy_headers,
+                )  # fmt: skip
             except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError):
                 raise  # no connection was made: nothing to send again
             except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
@@ -435,6 +487,14 @@ class UpstreamClient:
                 if error.errno is None and isinstance(error, TimeoutError):
                     raise
                 raise aiohttp.ClientOSError(*error.args) from error
+
+    def _forward_proxy(self, url: URL) -> tuple[URL | None, CIMultiDict[str] | None]:
+        """The forward proxy for a call to ``url``'s origin, worked out once per origin."""
+        origin = (url.scheme, url.host)
+        found = self._proxies.get(origin)
+        if found is None:
+            found = self._proxies[origin] = forward_proxy(self.settings.proxy, url)
+        return found
 
     def _failure(self, error: BaseException, url: URL) -> UpstreamFailure:
         """The one mapping of upstream client failures to the proxy's errors."""

@@ -491,21 +491,26 @@ async def send(
     data: Any,
     limits: aiohttp.ClientTimeout,
     reading: Mapping[str, Any],
+    proxy: URL | None = None,
+    proxy_headers: CIMultiDict[str] | None = None,
 ) -> aiohttp.ClientResponse:
     """Send one request on a pooled connection of ``session`` and read its answer's head:
-    aiohttp's request and response classes, without ``ClientSession.request`` around them.
-    Raises aiohttp's errors; the connection is closed if anything fails."""
+    aiohttp's request and response classes, without ``ClientSession.request`` around them;
+    through the forward ``proxy`` when given (CONNECT for https). Raises aiohttp's errors; the
+    connection is closed if anything fails."""
     connector = session.connector
     assert connector is not None
     if in_use("headers_once"):
         request: aiohttp.ClientRequest = _AsSent(
             method, url, headers=headers, data=data, loop=loop,
             response_class=aiohttp.ClientResponse, session=session,
+            proxy=proxy, proxy_headers=proxy_headers,
         )  # fmt: skip
     else:
         request = aiohttp.ClientRequest(
             method, url, headers=headers, data=data, loop=loop, skip_auto_headers=NOT_ADDED,
             response_class=aiohttp.ClientResponse, session=session,
+            proxy=proxy, proxy_headers=proxy_headers,
         )  # fmt: skip
     try:
         connection = await connector.connect(request, [], limits)
