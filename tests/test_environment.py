@@ -61,6 +61,7 @@ EVERY_KEY: list[tuple[str, str, Any]] = [
     ("ADMIN_LISTEN_PORT", "9901", lambda c: c.admin_listen is not None and c.admin_listen.port == 9901),
     ("ADMIN_LISTEN_HOST", "127.0.0.1", lambda c: c.admin_listen is None or c.admin_listen.host == "127.0.0.1"),
     ("WARMUP", "true", lambda c: c.warmup == 3600.0),
+    ("UPSTREAM_PROXY", "http://egress:3128", lambda c: c.upstream.proxy == "http://egress:3128"),
 ]  # fmt: skip
 
 
