@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,15 +58,48 @@ class FromEnvironment:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """A listener's certificate chain and key (PEM files), read again on every SIGHUP."""
+
+    cert_file: Path
+    key_file: Path
+
+    def context(self, key: str = "listen.tls") -> ssl.SSLContext:
+        """A server context with modern defaults (TLS 1.2 and later, the system's ciphers),
+        holding this certificate; ``load_into`` swaps it in a running one."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.load_into(context, key)
+        return context
+
+    def load_into(self, context: ssl.SSLContext, key: str = "listen.tls") -> None:
+        """Load the files into ``context``: handshakes from now on present them."""
+        for name, path in (("cert_file", self.cert_file), ("key_file", self.key_file)):
+            if not path.is_file():
+                raise ConfigError(f"{key}.{name}", f"cannot read {path}: no such file")
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as error:
+            problem = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
+            raise ConfigError(
+                key, f"cannot use {self.cert_file} with {self.key_file}: {problem}"
+            ) from None
+
+
+@dataclass(frozen=True)
 class Listen:
     host: str = "0.0.0.0"
     port: int = 8080
+    tls: TlsFiles | None = None
 
     @property
     def url(self) -> str:
         """Where a client on this machine reaches it: a wildcard address is asked on loopback."""
         host = _LOOPBACK.get(self.host, self.host)
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return (
+            f"{scheme}://[{host}]:{self.port}" if ":" in host else f"{scheme}://{host}:{self.port}"
+        )
 
 
 _LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
@@ -272,12 +306,23 @@ def _numeric(value: Any) -> Any:
 _NUMBER = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 
 
-def _listen(value: Any, key: str, defaults: Listen) -> Listen:
-    raw = _mapping(value, key, {"host", "port"})
+def _listen(value: Any, key: str, defaults: Listen, base_dir: Path = Path(".")) -> Listen:
+    raw = _mapping(value, key, {"host", "port", "tls"})
     port = _require(_numeric(raw.get("port", defaults.port)), int, f"{key}.port", "a port number")
     if not 0 <= port <= 65535:
         raise ConfigError(f"{key}.port", "expected a port number between 0 and 65535")
-    return Listen(_require(raw.get("host", defaults.host), str, f"{key}.host", "a host"), port)
+    tls = None
+    if raw.get("tls") is not None:
+        files = _mapping(raw["tls"], f"{key}.tls", {"cert_file", "key_file"})
+        paths = []
+        for name in ("cert_file", "key_file"):
+            if name not in files:
+                raise ConfigError(f"{key}.tls.{name}", "missing: a PEM file")
+            paths.append(base_dir / _require(files[name], str, f"{key}.tls.{name}", "a file path"))
+        tls = TlsFiles(paths[0], paths[1])
+        tls.context(f"{key}.tls")  # the files are there and belong together: or say which not
+    host = _require(raw.get("host", defaults.host), str, f"{key}.host", "a host")
+    return Listen(host, port, tls)
 
 
 def _seconds(value: Any, key: str) -> float:
@@ -408,10 +453,12 @@ def parse_config(
     ``health``), the ``token_env`` variables are not read, so they need not be set."""
     env = os.environ if env is None else env
     top = _mapping(document, "", _TOP)
-    listen = _listen(top.get("listen"), "listen", Listen())
+    listen = _listen(top.get("listen"), "listen", Listen(), base_dir)
     admin_listen = None
     if top.get("admin_listen") is not None:
-        admin_listen = _listen(top["admin_listen"], "admin_listen", Listen("127.0.0.1", 0))
+        admin_listen = _listen(
+            top["admin_listen"], "admin_listen", Listen("127.0.0.1", 0), base_dir
+        )
         if admin_listen.port == 0:
             raise ConfigError("admin_listen.port", "expected a port number (probes must find it)")
         if admin_listen.port == listen.port:
@@ -503,7 +550,8 @@ ENV_PREFIX = "PIPEDRIVE_SCOPE_PROXY_"
 # text is read: ``list`` comma-separated, ``flag`` true or false, the rest as the file's values
 # are, numbers included), or a mapping of its keys.
 ENV_SCHEMA: dict[str, Any] = {
-    "listen": {"host": "text", "port": "number"},
+    "listen": {"host": "text", "port": "number",
+               "tls": {"cert_file": "text", "key_file": "text"}},
     "upstream": {"api_url": "text", "oauth_url": "text", "connect_timeout": "number",
                  "read_timeout": "number", "proxy": "text"},
     "mode": "text", "app_scopes": "list", "unknown_tokens": "text", "api_tokens": "text",
@@ -511,7 +559,8 @@ ENV_SCHEMA: dict[str, Any] = {
     "rewrite_api_domain": "flag", "catalog_extra": "list",
     "logging": {"format": "text", "level": "text"},
     "limits": dict.fromkeys(Limits.__dataclass_fields__, "number"),
-    "admin_listen": {"host": "text", "port": "number"},
+    "admin_listen": {"host": "text", "port": "number",
+                     "tls": {"cert_file": "text", "key_file": "text"}},
     "warmup": "text",
 }  # fmt: skip
 _FLAGS = {"true": True, "yes": True, "on": True, "1": True,

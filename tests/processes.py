@@ -157,7 +157,8 @@ OPENSSL = shutil.which("openssl")
 
 
 def certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, and its key."""
+    """A self-signed certificate for 127.0.0.1, and its key, made in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
     cert, key = folder / "upstream.pem", folder / "upstream.key"
     if OPENSSL is None:
         pytest.fail("openssl is not installed (apt-get install -y openssl)")

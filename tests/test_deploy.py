@@ -433,10 +433,11 @@ def test_every_command_the_deploy_section_shows_is_the_one_the_tests_run() -> No
     # The example app's output, as tests/test_compose.py sees it.
     [output] = code_blocks(section, "text")
     assert [line.split("| ", 1)[1] for line in output.splitlines()] == APP_LINES
-    # The admin port's snippet is a config the proxy accepts.
-    [snippet] = code_blocks(section, "yaml")
+    # The admin port's snippet is a config the proxy accepts (the TLS one: tests/test_readme.py).
+    snippet, tls = code_blocks(section, "yaml")
     config = parse_config(yaml.safe_load(snippet), env={})
     assert config.admin_listen is not None
+    assert "tls" in yaml.safe_load(tls)["listen"]
     assert dockerfile_args() == {"PYTHON_IMAGE": "python:3.11-slim"}
 
 

@@ -21,7 +21,7 @@ from proxy.http.app import create_app
 from proxy.http.serving import reload
 from proxy.http.state import RUNTIME
 from tests.conftest import free_port
-from tests.processes import ROOT, run, serving, wait_ready, write_config
+from tests.processes import ROOT, certificate, run, serving, wait_ready, write_config
 
 P = "PIPEDRIVE_SCOPE_PROXY_"
 # Kubernetes' service-link variables for a Service named pipedrive-scope-proxy.
@@ -83,12 +83,32 @@ def test_the_schema_the_environment_reads_is_the_files() -> None:
     assert set(ENV_SCHEMA) == _TOP - {"tokens"}
     assert set(ENV_SCHEMA["limits"]) == set(Limits.__dataclass_fields__)
     covered = {name for name, _, _ in EVERY_KEY}
-    leaves = {
-        f"{key}_{inner}".upper() if isinstance(kinds, dict) else key.upper()
-        for key, kinds in ENV_SCHEMA.items()
-        for inner in (kinds if isinstance(kinds, dict) else [None])
-    }
-    assert leaves - covered <= {"UNKNOWN_TOKENS", "API_TOKENS"}  # below, with app_scopes
+
+    def leaves(schema: dict[str, Any], prefix: str = "") -> set[str]:
+        found = set()
+        for key, kinds in schema.items():
+            name = f"{prefix}{key}".upper()
+            found |= leaves(kinds, name + "_") if isinstance(kinds, dict) else {name}
+        return found
+
+    below = {"UNKNOWN_TOKENS", "API_TOKENS"} | {  # below: with app_scopes, with real files
+        f"{listen}_TLS_{name}" for listen in ("LISTEN", "ADMIN_LISTEN")
+        for name in ("CERT_FILE", "KEY_FILE")
+    }  # fmt: skip
+    assert leaves(ENV_SCHEMA) - covered == below
+
+
+def test_a_listeners_tls_files_from_the_environment(tmp_path: Path) -> None:
+    cert, key = certificate(tmp_path)
+    env = {f"{P}LISTEN_TLS_CERT_FILE": str(cert), f"{P}LISTEN_TLS_KEY_FILE": str(key),
+           f"{P}ADMIN_LISTEN_PORT": "9901", f"{P}ADMIN_LISTEN_TLS_CERT_FILE": str(cert),
+           f"{P}ADMIN_LISTEN_TLS_KEY_FILE": str(key)}  # fmt: skip
+    config = load_config(write_config(tmp_path), env=env)
+    assert config.listen.tls is not None
+    assert config.admin_listen is not None
+    assert config.admin_listen.tls is not None
+    assert (config.listen.tls.cert_file, config.admin_listen.tls.key_file) == (cert, key)
+    assert config.listen.url.startswith("https://")
 
 
 def test_nested_keys_are_found_by_the_schema_and_the_policy_fallbacks_too(tmp_path: Path) -> None:

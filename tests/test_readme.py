@@ -28,7 +28,7 @@ from proxy.http.observe import Outcome
 from proxy.report.model import Call, build_report
 from tests.conftest import CATALOGUE, free_port
 from tests.fakes import FakePipedrive
-from tests.processes import ROOT, run, serving, wait_ready
+from tests.processes import ROOT, certificate, run, serving, wait_ready
 
 README = (ROOT / "README.md").read_text()
 # Fenced blocks, also those indented under a list item.
@@ -71,6 +71,13 @@ def test_every_yaml_block_parses_and_each_config_passes_check(
         assert set(document) <= _TOP, f"line {line}: not a config: {sorted(set(document) - _TOP)}"
         config.write_text(text)
     variables = {key["token_env"]: "a-token" for key in document.get("tokens", ())}
+    for listener in ("listen", "admin_listen"):  # TLS files, made where the block names them
+        tls = (document.get(listener) or {}).get("tls")
+        if tls is not None:
+            made_cert, made_key = certificate(tmp_path / "made")
+            for name, made in (("cert_file", made_cert), ("key_file", made_key)):
+                (tmp_path / tls[name]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(made, tmp_path / tls[name])
     checked = run("check", "--config", str(config), env=variables)
     assert checked.returncode == 0, f"README line {line}: {checked.stderr}"
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any, TypeGuard
 
 from proxy.cli.usage import UsageError
-from proxy.config import NO_OVERRIDES, Config, ConfigError, Listen, Overrides, load, load_config
+from proxy.config import NO_OVERRIDES, Config, ConfigError, Overrides, load, load_config
 from proxy.core.errors import DECISION_HEADER
 
 
@@ -73,7 +73,16 @@ def health(config_path: str | None, timeout: float, ready: bool = False) -> int:
     except ConfigError as error:
         print(f"pipedrive-scope-proxy: {error}", file=sys.stderr)
         return 1
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirects())
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({}), NoRedirects()]
+    tls = (config.admin_listen or config.listen).tls
+    if tls is not None:  # the listener's own certificate is what it must present
+        import ssl
+
+        pinned = ssl.create_default_context(cafile=str(tls.cert_file))
+        pinned.check_hostname = False  # asked on loopback, whatever name the certificate has
+        pinned.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        handlers.append(urllib.request.HTTPSHandler(context=pinned))
+    direct = urllib.request.build_opener(*handlers)
     try:
         with direct.open(url, timeout=timeout) as answer:
             status, body, headers = answer.status, answer.read(4096), answer.headers
@@ -134,7 +143,11 @@ def serve(
         raise UsageError(f"--port: expected a port number between 0 and 65535, not {port}")
     config, catalogue = load(config_path)
     config = overrides.apply(config)
-    listen = Listen(host or config.listen.host, config.listen.port if port is None else port)
+    listen = replace(
+        config.listen,
+        host=host or config.listen.host,
+        port=config.listen.port if port is None else port,
+    )  # its tls, if any, goes with it
     if config.admin_listen is not None and listen.port == config.admin_listen.port:
         raise UsageError(f"--port: {port} is admin_listen's port in {config.source}")
     config = replace(config, listen=listen)

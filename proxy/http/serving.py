@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -84,9 +85,11 @@ async def run_worker(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
     )
     await runner.setup()
+    contexts = app[TLS_CONTEXTS] = _tls_contexts(config)
     site = web.TCPSite(
-        runner, config.listen.host, config.listen.port, reuse_port=supervised or None
-    )
+        runner, config.listen.host, config.listen.port, reuse_port=supervised or None,
+        ssl_context=contexts.get("listen"),
+    )  # fmt: skip
     try:
         await site.start()
     except OSError as error:
@@ -97,7 +100,10 @@ async def run_worker(
     main_addresses = list(runner.addresses)
     admin = config.admin_listen
     if admin is not None:
-        admin_site = web.TCPSite(runner, admin.host, admin.port, reuse_port=supervised or None)
+        admin_site = web.TCPSite(
+            runner, admin.host, admin.port, reuse_port=supervised or None,
+            ssl_context=contexts.get("admin_listen"),
+        )  # fmt: skip
         try:
             await admin_site.start()
         except OSError as error:
@@ -162,6 +168,8 @@ async def _watch_parent(stop: asyncio.Event) -> None:
 
 # The config as its file gave it at start, before --host and --port: what a reload compares with.
 STARTED_WITH = web.AppKey("started_with", Config)
+# Each TLS listener's server context, by its config key: a reload loads renewed files into it.
+TLS_CONTEXTS: web.AppKey[dict[str, ssl.SSLContext]] = web.AppKey("tls_contexts")
 
 
 def _as_the_file_says(config_path: str | None, running: Config) -> Config:
@@ -185,6 +193,7 @@ def reload(
     ``--port`` override the file's ``listen`` for as long as the process runs.)"""
     try:
         config, catalogue = load(config_path)
+        _reload_certificates(app, running)
     except (ConfigError, CatalogueError) as error:
         get_logger().error("reload_failed", problem=str(error))
         return
@@ -212,6 +221,29 @@ def reload(
         applied=applied,
         needs_restart=restart_only,
     )
+
+
+def _tls_contexts(config: Config) -> dict[str, ssl.SSLContext]:
+    """A server context for each listener with ``tls``, by its key in the config."""
+    contexts = {}
+    for key, listen in (("listen", config.listen), ("admin_listen", config.admin_listen)):
+        if listen is not None and listen.tls is not None:
+            contexts[key] = listen.tls.context(f"{key}.tls")
+    return contexts
+
+
+def _reload_certificates(app: web.Application, running: Config) -> None:
+    """Read each listener's certificate and key files again into its running context (a
+    renewed certificate, in place): new connections present it. Both load first, so that a
+    bad pair changes neither."""
+    running_tls = [
+        (key, getattr(running, key).tls, context)
+        for key, context in app.get(TLS_CONTEXTS, {}).items()
+    ]
+    for key, tls, _ in running_tls:
+        tls.context(f"{key}.tls")  # each pair loads: or the reload fails, naming the file
+    for key, tls, context in running_tls:
+        tls.load_into(context, f"{key}.tls")
 
 
 # What a running process keeps as it started: where it listens, its upstream client and
