@@ -21,7 +21,7 @@ import yaml
 
 from proxy.core.bodies import DEFAULT_BOUND
 from proxy.core.catalog import Catalogue, CatalogueError, load_catalogue, unknown_scope
-from proxy.core.credentials import token_digest
+from proxy.core.credentials import fingerprint, token_digest
 from proxy.core.decision import (
     DECLARED_GRANT,
     ENDPOINT_FALLBACKS,
@@ -225,6 +225,57 @@ class Config:
     def static_grants(self) -> dict[str, Grant]:
         """Static grants by token digest, ready for lookup."""
         return {t.digest: Grant(t.scopes, f"static:{t.name}") for t in self.tokens}
+
+    def shown(self) -> dict[str, Any]:
+        """The config in effect as ``/_proxy/config`` shows it: every key, secrets left out
+        (a static grant by its token's fingerprint, passwords in URLs as ``***``), and where
+        the environment set a value."""
+
+        def listener(listen: Listen | None) -> dict[str, Any] | None:
+            if listen is None:
+                return None
+            tls = listen.tls
+            shown_tls = None if tls is None else {
+                "cert_file": str(tls.cert_file), "key_file": str(tls.key_file)
+            }  # fmt: skip
+            return {"host": listen.host, "port": listen.port, "tls": shown_tls}
+
+        policy = self.policy
+        proxy = self.upstream.proxy
+        return {
+            "source": self.source,
+            "listen": listener(self.listen),
+            "admin_listen": listener(self.admin_listen),
+            "upstream": {
+                "api_url": self.upstream.api_url,
+                "oauth_url": self.upstream.oauth_url,
+                "connect_timeout": self.upstream.connect_timeout,
+                "read_timeout": self.upstream.read_timeout,
+                "proxy": StoreUrl(proxy).redacted if proxy not in (None, "none") else proxy,
+            },
+            "mode": policy.mode,
+            "app_scopes": sorted(policy.app_scopes) if policy.app_scopes is not None else None,
+            "tokens": [
+                {
+                    "name": t.name,
+                    "token_fp": fingerprint(t.digest) if t.digest else None,
+                    "scopes": sorted(t.scopes),
+                }
+                for t in self.tokens
+            ],
+            "unknown_tokens": policy.unknown_tokens,
+            "api_tokens": policy.api_tokens,
+            "unknown_endpoints": policy.unknown_endpoints,
+            "warmup": self.warmup,
+            "store": self.store.redacted,
+            "public_url": self.public_url,
+            "rewrite_api_domain": self.rewrite_api_domain,
+            "catalog_extra": [str(path) for path in self.catalog_extra],
+            "logging": {"format": self.logging.format, "level": self.logging.level},
+            "limits": {name: getattr(self.limits, name) for name in Limits.__dataclass_fields__},
+            "from_environment": dict(self.environment.applied),
+            "ignored_environment": [variable for variable, _ in self.environment.ignored],
+        }
 
 
 def _require(value: Any, kind: type[T] | tuple[type, ...], key: str, expected: str) -> T:

@@ -54,6 +54,7 @@ def sink() -> Iterator[io.StringIO]:
     logs.SINK.flush()
     logs.SINK.stream = saved
     structlog.reset_defaults()
+    logs._fast_requests = False  # as before configure_logging: request events through structlog
 
 
 def test_the_request_fast_path_writes_the_line_structlog_would(

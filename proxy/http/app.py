@@ -65,6 +65,8 @@ from proxy.http.state import (
     Runtime,
     RuntimeHolder,
     answered,
+    store_answered,
+    store_failed,
 )
 from proxy.http.token_exchange import handle_oauth, redirect_to_consent
 from proxy.http.unknown_tokens import UnknownTokens
@@ -256,8 +258,9 @@ async def _stored_scopes(app: web.Application, credential: Credential) -> frozen
     try:
         learned = await app[STORE].get(credential.digest)
     except StoreError as error:
-        app[METRICS].store_errors.labels("get").inc()
+        store_failed(app, "get", str(error))
         raise StoreUnavailable("cannot resolve this token's scopes now") from error
+    store_answered(app)
     return learned.scopes if learned is not None else None
 
 
@@ -277,6 +280,7 @@ def create_app(
     app[RUNTIME] = RuntimeHolder(Runtime.build(config, catalogue))
     app[METRICS] = Metrics()
     app[METRICS].running(__version__, catalogue.provenance.version)
+    app[METRICS].last_reload.set_to_current_time()  # the config in effect was loaded now
     SINK.on_error = app[METRICS].log_errors.inc
     app[UPSTREAM] = UpstreamClient(config.upstream, config.limits.body_timeout)
     app[STORE] = store if store is not None else open_store(config.store, clock)

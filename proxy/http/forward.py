@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # is asked to (``peek``): whether Pipedrive refused the call for want of a scope is read from
 # it once the answer is sent (``proxy.core.drift``).
 PEEKED = web.RequestKey("peeked", bytes)
+# Seconds from sending a forwarded call to its answer's head (the upstream latency histogram).
+UPSTREAM_SECONDS = web.RequestKey("upstream_seconds", float)
 
 
 class _ExactResponses(ResponsesBase):
@@ -396,7 +399,9 @@ class UpstreamClient:
         if request_id is not None:
             headers["X-Request-Id"] = request_id
         try:
+            sent = time.perf_counter()
             upstream = await self._exchange(request.method, target, headers, data)
+            request[UPSTREAM_SECONDS] = time.perf_counter() - sent
             async with upstream:  # then its connection goes back to the pool, or is closed
                 answered = answer_headers(upstream)
                 answered[DECISION_HEADER] = verdict

@@ -12,7 +12,7 @@ from proxy.core.errors import MethodNotAllowed, NotFound, StoreUnavailable, Unsu
 from proxy.http.logs import get_logger
 from proxy.http.metrics import CONTENT_TYPE
 from proxy.http.responses import json_response
-from proxy.http.state import METRICS, RECORDER, RUNTIME, STORE, UNKNOWN_TOKENS
+from proxy.http.state import METRICS, RECORDER, RUNTIME, STORE, UNKNOWN_TOKENS, store_failed
 from proxy.report.html import render_html
 from proxy.report.model import build_report
 from proxy.stores import StoreError
@@ -26,6 +26,7 @@ ENDPOINTS = {
     "/_proxy/report": _READ,
     "/_proxy/report.html": _READ,
     "/_proxy/report/reset": ("POST",),
+    "/_proxy/config": _READ,
 }
 
 
@@ -50,6 +51,11 @@ async def handle_internal(request: web.Request, canonical: CanonicalRequest) -> 
             store_ok = False
         body = {"catalogue": len(runtime.catalogue), "store": "ok" if store_ok else "unavailable"}
         return json_response(body, status=200 if store_ok else 503)
+    if path == "/_proxy/config":  # the running config, as Envoy's config_dump shows its own
+        runtime = request.app[RUNTIME].current
+        shown = runtime.config.shown()
+        shown["catalogue"] = runtime.catalogue.provenance.version
+        return json_response(shown)
     if path == "/_proxy/metrics":
         response = web.Response(body=request.app[METRICS].render())
         response.headers["Content-Type"] = CONTENT_TYPE
@@ -73,7 +79,7 @@ async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
         calls = await recorder.calls()
         seen = await recorder.seen()
     except StoreError as error:
-        request.app[METRICS].store_errors.labels("report").inc()
+        store_failed(request.app, "report", str(error))
         raise StoreUnavailable("cannot read the report's counters now") from error
     runtime = request.app[RUNTIME].current
     config = runtime.config

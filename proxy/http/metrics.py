@@ -22,7 +22,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
@@ -109,6 +112,43 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self.unknown_tokens_count: Callable[[], int] | None = None
+        self.upstream_duration = Histogram(
+            "scope_proxy_upstream_duration_seconds",
+            "Time from sending a forwarded call to the upstream's answer head, by API version.",
+            ["version"],
+            registry=self.registry,
+            buckets=DURATION_BUCKETS,
+        )
+        self._upstream_children: dict[str, Histogram] = {}
+        self.reloads = Counter(
+            "scope_proxy_reloads",
+            "Config reloads (SIGHUP) by result: applied, or failed (the old config kept).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.last_reload = Gauge(
+            "scope_proxy_last_reload_success_timestamp_seconds",
+            "When the config was last loaded: at start, then each applied reload (UNIX time).",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.store_up = Gauge(
+            "scope_proxy_store_up",
+            "1 while the token store answers, 0 from a failure until it answers again.",
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        self.store_up.set(1)
+        self.store_is_up = True
+        # The process_* metrics: this process's; with workers, each worker's (by its pid,
+        # copied into the shared files at every flush), whichever worker a scrape reaches.
+        self._process: ProcessCollector | None = None
+        self._process_gauges: dict[str, Gauge] = {}
+        if os.environ.get(MULTIPROCESS_DIR):
+            self._process = ProcessCollector(registry=None)
+        else:
+            for collector in (ProcessCollector, PlatformCollector, GCCollector):
+                collector(registry=self.registry)
         self._children: dict[tuple[str, str, str], Counter] = {}
         self._counted: Tally[tuple[str, str, str]] = Tally()
         self._task: asyncio.Task[None] | None = None
@@ -127,10 +167,28 @@ class Metrics:
         self._counted[(verdict, reason, version or "none")] += 1
         self.duration.observe(seconds)
 
+    def upstream(self, version: str | None, seconds: float) -> None:
+        """One forwarded call's upstream latency."""
+        key = version or "none"
+        child = self._upstream_children.get(key)
+        if child is None:
+            child = self._upstream_children[key] = self.upstream_duration.labels(key)
+        child.observe(seconds)
+
     def flush(self) -> None:
         """Add what ``observe`` counted to Prometheus' values."""
         if self.unknown_tokens_count is not None:
             self.unknown_tokens.set(self.unknown_tokens_count())
+        if self._process is not None:
+            for family in self._process.collect():
+                for sample in family.samples:
+                    gauge = self._process_gauges.get(sample.name)
+                    if gauge is None:
+                        gauge = self._process_gauges[sample.name] = Gauge(
+                            sample.name, family.documentation, registry=self.registry,
+                            multiprocess_mode="all",
+                        )  # fmt: skip
+                    gauge.set(sample.value)
         for key, count in self._counted.items():
             child = self._children.get(key)
             if child is None:
@@ -159,5 +217,6 @@ class Metrics:
         if os.environ.get(MULTIPROCESS_DIR):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            PlatformCollector(registry=registry)
             return generate_latest(registry)
         return generate_latest(self.registry)

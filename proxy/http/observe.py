@@ -25,7 +25,7 @@ from proxy.core.decision import Decision, Verdict
 from proxy.core.drift import Drift, drift, is_scope_refusal
 from proxy.core.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
 from proxy.core.reasons import DECIDED, Reason
-from proxy.http.forward import PEEKED, StreamAborted
+from proxy.http.forward import PEEKED, UPSTREAM_SECONDS, StreamAborted
 from proxy.http.logs import get_logger, log_request, printable, timestamp
 from proxy.http.private import (
     BadHttpMethod,
@@ -63,6 +63,11 @@ class Outcome(NamedTuple):
     # read leniently; None for one that was no API call (what the report counts apart).
     version: str | None = None
     drift: Drift | None = None  # what Pipedrive's answer says of the catalogue (core.drift)
+    client_addr: str | None = None  # the socket's peer: never a header a client could write
+    user_agent: str | None = None  # as printable ASCII
+    bytes_in: int = 0  # request body bytes read from the client
+    bytes_out: int = 0  # response body bytes sent to it
+    upstream_seconds: float | None = None  # from sending the call to the upstream's answer head
 
     @property
     def verdict(self) -> Verdict:
@@ -131,6 +136,10 @@ class Outcome(NamedTuple):
             fields["duration_ms"] = duration_ms
             fields["request_id"] = self.request_id
             fields["correlation_id"] = self.correlation_id
+        fields["client_addr"] = self.client_addr
+        fields["user_agent"] = self.user_agent
+        fields["bytes_in"] = self.bytes_in
+        fields["bytes_out"] = self.bytes_out
         if self.check:
             fields["via"] = "ext_authz"
         if self.drift is not None:
@@ -209,6 +218,8 @@ def record(app: web.Application, outcome: Outcome) -> None:
         metrics.lifecycle_calls.labels(state).inc()
     if outcome.drift is not None:
         metrics.drift.labels(outcome.drift).inc()
+    if outcome.upstream_seconds is not None:
+        metrics.upstream(fields["version"], outcome.upstream_seconds)
     if call is not None and not (outcome.check and outcome.cut_off is not None):
         # A drift is dated as its log line is (report --log reads that): first and last seen.
         seen = (fields.get("timestamp") or timestamp()) if call.drift is not None else None
@@ -260,7 +271,7 @@ async def observe(
     )
     _finish(
         request, decision, request_id, refusal, response.status, started, cut_off, correlation,
-        drifted,
+        drifted, response,
     )  # fmt: skip
     return response
 
@@ -326,6 +337,7 @@ _new_id_source()
 os.register_at_fork(after_in_child=_new_id_source)
 _REQUEST_ID = "X-Request-Id"
 _CORRELATION_ID = "X-Correlation-Id"
+_USER_AGENT = "User-Agent"
 _ENCODING = "Content-Encoding"
 _ID_LENGTH = 200  # what a log line keeps of an id a client or Pipedrive sent
 
@@ -340,7 +352,11 @@ def _finish(
     cut_off: str | None = None,
     correlation: str | None = None,
     drifted: Drift | None = None,
+    response: web.StreamResponse | None = None,
 ) -> None:
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    agent = request.headers.get(_USER_AGENT)
     outcome = Outcome(
         request.method,
         decision,
@@ -353,8 +369,22 @@ def _finish(
         printable(correlation[:_ID_LENGTH]) if correlation is not None else None,
         api_version(request.raw_path) if decision is None else None,
         drifted,
+        peer[0] if isinstance(peer, tuple) else None,
+        printable(agent[:_ID_LENGTH]) if agent is not None else None,
+        request.content.total_bytes,
+        _sent(response),
+        request.get(UPSTREAM_SECONDS),
     )
     record(request.app, outcome)
+
+
+def _sent(response: web.StreamResponse | None) -> int:
+    """Response body bytes: written so far (a streamed answer), or about to be (a whole one)."""
+    if response is None:
+        return 0
+    if response.prepared:
+        return response.body_length
+    return response.content_length or 0
 
 
 def _log_unhandled(error: Exception) -> None:

@@ -195,8 +195,11 @@ def reload(
         config, catalogue = load(config_path)
         _reload_certificates(app, running)
     except (ConfigError, CatalogueError) as error:
+        app[METRICS].reloads.labels("failed").inc()
         get_logger().error("reload_failed", problem=str(error))
         return
+    app[METRICS].reloads.labels("applied").inc()
+    app[METRICS].last_reload.set_to_current_time()
     started = app.get(STARTED_WITH, running)
     restart_only = [key for key in RESTART_ONLY if getattr(config, key) != getattr(started, key)]
     config = overrides.apply(config)  # serve --mode and --log-level still hold

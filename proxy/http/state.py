@@ -13,6 +13,7 @@ from proxy.config import Config
 from proxy.core.catalog import Catalogue
 from proxy.core.decision import Decision, Grant, Policy
 from proxy.http.forward import UpstreamClient
+from proxy.http.logs import get_logger
 from proxy.http.metrics import Metrics
 from proxy.http.recorder import Recorder
 from proxy.http.unknown_tokens import UnknownTokens
@@ -81,3 +82,23 @@ async def answered(response: web.StreamResponse) -> web.StreamResponse:
 # The request id the proxy made up for a request without X-Request-Id (``proxy.http.observe``),
 # sent upstream with the call; None when the client sent one.
 MADE_REQUEST_ID = web.RequestKey("made_request_id", str)
+
+
+def store_failed(app: web.Application, operation: str, problem: str) -> None:
+    """Count a token store failure; the first after it answered is an event, and the gauge 0."""
+    metrics = app[METRICS]
+    metrics.store_errors.labels(operation).inc()
+    if metrics.store_is_up:
+        metrics.store_is_up = False
+        metrics.store_up.set(0)
+        store = app[RUNTIME].current.config.store.redacted
+        get_logger().warning("store_unreachable", store=store, operation=operation, problem=problem)
+
+
+def store_answered(app: web.Application) -> None:
+    """The store answered: after a failure, an event, and the gauge 1 again."""
+    metrics = app[METRICS]
+    if not metrics.store_is_up:
+        metrics.store_is_up = True
+        metrics.store_up.set(1)
+        get_logger().info("store_back", store=app[RUNTIME].current.config.store.redacted)

@@ -35,6 +35,8 @@ from proxy.http.state import (
     Handled,
     Runtime,
     answered,
+    store_answered,
+    store_failed,
 )
 from proxy.stores import StoreError
 
@@ -113,9 +115,10 @@ async def _learn(request: web.Request, plain: bytes) -> None:
     try:
         await request.app[STORE].put(learned.digest, learned.scopes, learned.expires_at)
     except StoreError as error:
-        request.app[METRICS].store_errors.labels("put").inc()
+        store_failed(request.app, "put", str(error))
         log.error("token_not_learned", token_fp=token_fp, problem=str(error))
         return
+    store_answered(request.app)
     request.app[METRICS].tokens_learned.inc()
     request.app[UNKNOWN_TOKENS].learned(learned.digest)
     log.info(
@@ -132,8 +135,12 @@ async def _forget(request: web.Request, digest: str | None) -> None:
     try:
         await request.app[STORE].forget(digest)
     except StoreError as error:
-        request.app[METRICS].store_errors.labels("forget").inc()
+        store_failed(request.app, "forget", str(error))
         get_logger().error("token_not_forgotten", token_fp=fingerprint(digest), problem=str(error))
+        return
+    store_answered(request.app)
+    request.app[UNKNOWN_TOKENS].learned(digest)
+    get_logger().info("token_forgotten", token_fp=fingerprint(digest))  # revoked: unknown now
 
 
 def _respond(answer: Fetched, body: bytes) -> web.Response:
