@@ -7,20 +7,23 @@ either would have the next hop act on another method or token than the one decid
 bodies that a server on the way may parse into fields are read here, whole and within a bound,
 before they are forwarded (the HTTP edge holds them; this module only reads bytes):
 
-- a form: ``application/x-www-form-urlencoded``, or no ``Content-Type`` at all (Rack reads a
-  POST without one as a form);
-- multipart: any ``multipart/*`` (Rack parses ``multipart/mixed`` and ``related`` too);
-- JSON: a type naming ``json`` (``application/json``, ``application/vnd.api+json``), as
-  Laravel's ``isJson`` reads it: its top-level keys.
+- a form: ``application/x-www-form-urlencoded`` (the media type as PHP reads it: cut at ``;``,
+  ``,`` or a space), or no ``Content-Type`` at all (Rack reads a POST without one as a form);
+- multipart: any ``multipart/*``;
+- JSON: a type with ``/json`` or ``+json`` anywhere in it, as Laravel's ``isJson`` reads it.
 
-A body may be read in more than one way (``application/json; x=multipart``): it is checked in
-each. Field names are read as the query's (``parameter_readings``: PHP's ``.``/``[``/`` `` to
-``_``, brackets, NFKC); a name that reads as ``_method`` or as a credential is refused. Such a
-body with its own ``Content-Encoding`` cannot be read, so it is refused; and so is a request
-with more than one ``Content-Type``. Multipart part names are looked for in every
-``Content-Disposition`` header in the body, whatever the boundary (parsers disagree on which
-``boundary`` parameter counts), with RFC 2231 (``name*=``), RFC 2047 (``=?utf-8?b?...?=``),
-quoted strings and folded lines each read as some parser reads them.
+Field names are read as the query's (``parameter_readings``: PHP's ``.``/``[``/`` `` to ``_``,
+brackets, NFKC, and a NUL ending the name as PHP's ``strlen`` ends it); a name that reads as
+``_method`` or as a credential is refused. A multipart body is read in one canonical form, the
+one browsers, curl and every HTTP library send, and refused in any other (servers read the rest
+each their own way: PHP joins a line with no colon to the one before, Rack names a part by its
+``Content-ID``, parsers differ on quotes, folding and RFC 2231/2047): one ``boundary``; parts of
+CRLF-ended header lines, ``Content-Disposition: form-data; name="..."`` (and ``filename``)
+quoted plainly, and only the headers form parts carry. A JSON body is refused when Python's
+parser cannot read it (another parser may: Ruby's reads unknown escapes, Node's decodes bytes
+that are not UTF-8). Such a body with its own ``Content-Encoding`` cannot be read, so it is
+refused; and so is a request with more than one ``Content-Type``. Every check is linear in the
+body's size.
 
 No message quotes the body: it may hold a token.
 """
@@ -30,9 +33,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from email.header import decode_header
 from typing import Literal
-from urllib.parse import unquote, unquote_plus
+from urllib.parse import unquote_plus
 
 from proxy.core.canonical import OVERRIDE_NAMES, parameter_readings
 from proxy.core.credentials import parameter_credential
@@ -74,24 +76,31 @@ def readings(headers: Sequence[tuple[bytes, bytes]]) -> tuple[Reading, ...]:
 def readings_of(content_type: bytes | None) -> tuple[Reading, ...]:
     if content_type is None or not content_type.strip():
         return (FORM,)
-    lowered = content_type.lower()
+    lowered = content_type.lower().strip()
+    essence = re.split(rb"[;, \t]", lowered, maxsplit=1)[0]
     found: list[Reading] = []
-    if b"urlencoded" in lowered:
+    if essence == b"application/x-www-form-urlencoded":
         found.append(FORM)
-    if b"multipart" in lowered:
+    if essence.startswith(b"multipart/"):
         found.append(MULTIPART)
-    if b"json" in lowered:
+    if b"/json" in lowered or b"+json" in lowered:
         found.append(JSON)
     return tuple(found)
 
 
-def check(found: Iterable[Reading], body: bytes) -> None:
-    """Refuse ``body`` when a reading of it holds a method override or a credential name."""
+def content_type(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The request's one ``Content-Type`` (``readings`` refused two)."""
+    return next((value for name, value in headers if name.lower() == b"content-type"), None)
+
+
+def check(found: Iterable[Reading], body: bytes, declared: bytes | None = None) -> None:
+    """Refuse ``body`` (of the type ``declared``) when a reading of it holds a method override
+    or a credential name, or cannot be read."""
     for reading in found:
         if reading == FORM:
             names: Iterable[str] = form_names(body)
         elif reading == MULTIPART:
-            names = multipart_names(body)
+            names = multipart_names(body, declared or b"")
         else:
             names = json_names(body)
         where = _WHERE[reading]
@@ -123,99 +132,92 @@ def form_names(body: bytes) -> Iterable[str]:
         yield unquote_plus(raw.decode("utf-8", "surrogateescape"), errors="surrogateescape")
 
 
-# A header that names a part, anywhere in the body (at a line start or not: over-reading is the
-# safe side), spelled with '-', '_' or nothing between the words: Content-Disposition, and
-# Content-ID, which Rack names a part by when it has no Content-Disposition.
-_NAMING = re.compile(rb"content[-_ ]?(disposition|id)[ \t]*:", re.IGNORECASE)
-# Where a part's headers end, for some parser: a blank line of CRLFs (Rack, busboy), or of LFs
-# (PHP splits header lines on LF only, so a bare CR is inside a line). A header is read to the
-# later of the two, through every line in between (PHP adds a line without a ':' to the one
-# before it), and never past the next naming header: each byte of the body is read once.
-_BLANK_CRLF = re.compile(rb"\r\n\r\n")
-_BLANK_LF = re.compile(rb"\n\r?\n")
-# name=, name*=, name*0=, name*0*= ...; a value quoted with '"' or "'" (PHP takes either), or
-# bare.
-_PARAMETER = re.compile(
-    r"""(?ix) (?<![a-z0-9_-]) (?P<key>name) (?P<star>\*[0-9]*\*?|[0-9]*\*)? \s*=\s*
-    (?P<value>"(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|[^;\s]*)"""
+_UNREADABLE_MULTIPART = (
+    "a multipart body not in the form the proxy reads (one boundary; parts of CRLF-ended "
+    'headers, Content-Disposition: form-data; name="..."): servers read such a body '
+    "each their own way"
 )
+# RFC 2046's boundary characters, at most 70, quoted or not; the one parameter of its name.
+_BCHARS = rb"0-9a-z'()+_,\-./:=?"
+_BOUNDARY = re.compile(
+    rb'boundary=(?:"([' + _BCHARS + rb" ]{1,69}[" + _BCHARS + rb'])"'
+    rb"|([" + _BCHARS.replace(b",", b"") + rb"]{1,70}))(?:;|$)"
+)
+# The headers a form part carries, and the one way its Content-Disposition is read.
+_PART_HEADERS = frozenset({b"content-disposition", b"content-type", b"content-transfer-encoding"})
+_HEADER_LINE = re.compile(rb"([A-Za-z0-9-]+):[ \t]*([^\x00\r\n]*)")
+_DISPOSITION = re.compile(rb'form-data((?:;[ \t]*(?:name|filename)="[^"\\\x00\r\n]*")+)[ \t]*')
+_DISPOSITION_PARAMETER = re.compile(rb'(name|filename)="([^"]*)"')
 
 
-def multipart_names(body: bytes) -> Iterable[str]:
-    """Every reading of every part name in ``body``, in time linear in its size."""
-    matches = list(_NAMING.finditer(body))
-    for index, match in enumerate(matches):
-        limit = matches[index + 1].start() if index + 1 < len(matches) else len(body)
-        ends = [
-            found.start()
-            for found in (_BLANK_CRLF.search(body, match.end(), limit),
-                          _BLANK_LF.search(body, match.end(), limit))
-            if found is not None
-        ]  # fmt: skip
-        header = body[match.end() : max(ends) if ends else limit]
-        text = header.decode("utf-8", "surrogateescape")
-        if match[1].lower() == b"id":  # Rack: the name is the value, to the line's end
-            value = re.split(r"[\r\n]", text, maxsplit=1)[0].strip()
-            yield value
-            yield from _value_readings(value, extended=False)
-            continue
-        continued: dict[str, list[tuple[int, str]]] = {}
-        for parameter in _PARAMETER.finditer(text):
-            key, star, value = parameter["key"].lower(), parameter["star"] or "", parameter["value"]
-            yield from _value_readings(value, extended=star.endswith("*"))
-            digits = star.strip("*")
-            if digits:
-                continued.setdefault(key, []).append((int(digits[:6]), value))
-        for pieces in continued.values():  # RFC 2231 continuations: name*0=_me; name*1=thod
-            joined = "".join(_unquoted(value) for _, value in sorted(pieces))
-            yield joined
-            yield from _value_readings(joined, extended=True)
-
-
-def _value_readings(value: str, extended: bool) -> Iterable[str]:
-    plain = _unquoted(value)
-    yield plain
-    yield value.strip("\"'")  # escapes left as they are
-    if extended or "'" in plain:  # RFC 2231: charset'language'percent-encoded
-        yield unquote(plain.rpartition("'")[2], errors="surrogateescape")
-    if "%" in plain:
-        yield unquote(plain, errors="surrogateescape")
-    if "=?" in plain:  # RFC 2047 encoded words
-        try:
-            parts = decode_header(plain)
-        except Exception:  # a malformed encoded word is read as it is
-            return
-        yield "".join(
-            part.decode(charset or "utf-8", "replace") if isinstance(part, bytes) else part
-            for part, charset in parts
-        )
-
-
-def _unquoted(value: str) -> str:
-    if len(value) >= 2 and value[0] in "\"'" and value[-1] == value[0]:
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value.strip("\"'")
+def multipart_names(body: bytes, declared: bytes) -> Iterable[str]:
+    """The part names of a multipart body in its canonical form; refused in any other."""
+    lowered = declared.lower()
+    first = lowered.find(b"boundary")  # where PHP looks: the first "boundary", whatever it is
+    found = _BOUNDARY.match(lowered, first) if first > 0 else None
+    if (
+        found is None
+        or not re.search(rb";[ \t]*$", lowered[:first])  # a parameter of its own
+        or lowered.count(b"boundary=") != 1
+    ):
+        raise AmbiguousRequest(_UNREADABLE_MULTIPART)
+    start = found.start(1) if found[1] is not None else found.start(2)
+    boundary = declared[start : start + len(found[1] or found[2])]  # as declared, case kept
+    delimiter = b"--" + boundary
+    if not body.startswith(delimiter + b"\r\n"):
+        raise AmbiguousRequest(_UNREADABLE_MULTIPART)
+    closing = b"\r\n" + delimiter + b"--"
+    end = body.rfind(closing)
+    if end < 0 or body[end + len(closing) :] not in (b"", b"\r\n"):
+        raise AmbiguousRequest(_UNREADABLE_MULTIPART)
+    names = []
+    for part in body[len(delimiter) + 2 : end].split(b"\r\n" + delimiter + b"\r\n"):
+        head, blank, _ = part.partition(b"\r\n\r\n")
+        if not blank:
+            raise AmbiguousRequest(_UNREADABLE_MULTIPART)
+        disposition = None
+        for line in head.split(b"\r\n"):
+            header = _HEADER_LINE.fullmatch(line)
+            if header is None or header[1].lower() not in _PART_HEADERS:
+                raise AmbiguousRequest(_UNREADABLE_MULTIPART)
+            if header[1].lower() == b"content-disposition":
+                if disposition is not None:
+                    raise AmbiguousRequest(_UNREADABLE_MULTIPART)
+                disposition = _DISPOSITION.fullmatch(header[2])
+                if disposition is None:
+                    raise AmbiguousRequest(_UNREADABLE_MULTIPART)
+        if disposition is None:
+            raise AmbiguousRequest(_UNREADABLE_MULTIPART)
+        parameters = _DISPOSITION_PARAMETER.findall(disposition[1])
+        keys = [key for key, _ in parameters]
+        if keys.count(b"name") != 1 or keys.count(b"filename") > 1:
+            raise AmbiguousRequest(_UNREADABLE_MULTIPART)
+        for key, value in parameters:
+            if key == b"name":
+                if b"=?" in value:  # an RFC 2047 encoded word: no form sends one, some decode it
+                    raise AmbiguousRequest(_UNREADABLE_MULTIPART)
+                names.append(value)
+    return [name.decode("utf-8", "surrogateescape") for name in names]
 
 
 def json_names(body: bytes) -> Iterable[str]:
     """The top-level keys of a JSON object body (every one, duplicates included); none for
-    JSON that is no object. A body that cannot be read as JSON (not UTF-8, -16 or -32; nested
-    past what can be read; malformed) is refused: another parser may read it (Node's decodes
-    bytes that are not UTF-8 with replacement characters, and nests deeper)."""
+    JSON that is no object. A body Python cannot read as JSON (not UTF-8, -16 or -32, an
+    unknown escape, nested too deeply, malformed) is refused: another parser may read it."""
     lowered = body.lower()
     if (
         body.isascii()
         and b"\0" not in body  # UTF-16 and -32 spell ASCII with NULs
-        and b"\\u" not in body
+        and b"\\" not in body  # no escape, known or not (Ruby reads "\e" as "e")
         and b"method" not in lowered
         and b"token" not in lowered
     ):
         return ()  # every key is spelled as written, and none can read as a name refused
-    objects: list[list[str]] = []
+    last: list[list[str]] = [[]]
 
-    def keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-        objects.append([key for key, _ in pairs])  # inner objects first, the outermost last
-        return {}  # nothing of it is kept
+    def keys(pairs: list[tuple[str, object]]) -> None:
+        last[0] = [key for key, _ in pairs]  # the outermost object's come last
+        return None  # nothing of it is kept
 
     try:  # numbers are not converted (an integer of 5,000 digits is no error)
         value = json.loads(body, object_pairs_hook=keys, parse_int=len, parse_float=len)
@@ -226,4 +228,5 @@ def json_names(body: bytes) -> Iterable[str]:
             "a JSON body that cannot be read as JSON (checked for method overrides and "
             "credentials before it is forwarded)"
         ) from None
-    return objects[-1] if isinstance(value, dict) else ()
+    top = body.lstrip(b" \t\r\n\xef\xbb\xbf")
+    return last[0] if value is None and top[:1] == b"{" else ()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator
 
 from aiohttp import HttpVersion10, HttpVersion11, web
@@ -188,6 +189,8 @@ async def handle_check(request: web.Request, runtime: Runtime, target: str) -> H
 _BODY_STREAM = b"x-envoy-auth-partial-body"
 _BODY_STREAM_HEADER = _BODY_STREAM.decode()
 _CHECKED_ON_THE_LOOP = 64 * 1024  # bytes of a body checked on the event loop; larger: a thread
+# Threads of their own for large bodies' checks: they never hold up the store's or others'.
+_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="body-check")
 
 
 async def read_checked(
@@ -214,10 +217,12 @@ async def read_checked(
             raise too_large
         await send_continue(request)  # only now that the call is authorized
         body = await read_limited(request.content, bound, too_large, limits.body_timeout)
+        declared = bodies.content_type(request.raw_headers)
         if len(body) > _CHECKED_ON_THE_LOOP:  # a large one is read beside the loop, not on it
-            await asyncio.to_thread(bodies.check, found, body)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(_CHECKS, bodies.check, found, body, declared)
         else:
-            bodies.check(found, body)
+            bodies.check(found, body, declared)
     except ProxyError as refusal:
         refusal.decision = decision._replace(verdict="deny", reason=refusal.reason)
         raise
