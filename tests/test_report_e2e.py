@@ -82,6 +82,13 @@ def offline_report(log: Path, *extra: str) -> dict[str, Any]:
     return document
 
 
+def as_from_a_log(live: dict[str, Any]) -> dict[str, Any]:
+    """The live report as a log gives it: the tokens still unknown are the live process's own
+    count (a log has no hour of its own to count them in)."""
+    assert isinstance(live["unknown_tokens"], int)
+    return {**live, "unknown_tokens": None}
+
+
 def chips(html: str, element_id: str) -> list[str]:
     found = re.search(rf'id="{element_id}">(.*?)</p>', html, re.S)
     assert found, element_id
@@ -133,7 +140,7 @@ async def test_live_report_html_page_and_offline_report_agree(
     )
 
     offline = offline_report(log, "--format", "json")
-    assert offline == live  # one report, live or from the log
+    assert offline == as_from_a_log(live)  # one report, live or from the log
     assert "884217739" not in log.read_text()  # too long to turn up in a timestamp by chance
     assert "example.com" not in log.read_text()
     text_report = offline_report(log)["text"]
@@ -168,7 +175,7 @@ async def test_stray_requests_are_counted_apart_and_never_fail_the_gate(
     gate = run("report", "--log", str(log), "--fail-on", "denied")
     assert gate.returncode == 0, gate.stdout + gate.stderr
     assert "not API calls (not counted above): 6" in gate.stdout
-    assert offline_report(log, "--format", "json") == live
+    assert offline_report(log, "--format", "json") == as_from_a_log(live)
 
 
 async def test_reset_starts_a_new_staging_run(tmp_path: Path, upstream: FakePipedrive) -> None:
