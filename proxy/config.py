@@ -433,7 +433,9 @@ def _grant(
         else:
             token = env.get(variable, "")
             if not token:
-                raise ConfigError(f"{key}.token_env", f"environment variable {variable} is not set")
+                raise ConfigError(
+                    f"{key}.token_env", f"environment variable {variable} is not set (or empty)"
+                )
             digest = token_digest(token)
     if "scopes" not in entry:
         raise ConfigError(f"{key}.scopes", "missing: list the scopes this token holds")
@@ -716,15 +718,18 @@ def load_config(
     try:
         config = parse_config(_laid_over(document, settings), base_dir, source, env, read_tokens)
     except ConfigError as error:
-        variable = next(
-            (name for name, key in from_environment.applied
-             if error.key == key or error.key.startswith((key + ".", key + "["))),
-            None,
-        )  # fmt: skip
-        if variable is None:
-            raise
-        raise ConfigError(f"{variable} ({error.key})", error.problem) from None
+        raise _named(error, from_environment) from None
     return replace(config, environment=from_environment)
+
+
+def _named(error: ConfigError, from_environment: FromEnvironment) -> ConfigError:
+    """``error``, naming the variable when the value came from the environment."""
+    variable = next(
+        (name for name, key in from_environment.applied
+         if error.key == key or error.key.startswith((key + ".", key + "["))),
+        None,
+    )  # fmt: skip
+    return ConfigError(f"{variable} ({error.key})", error.problem) if variable else error
 
 
 def _read_yaml(file: Path) -> Any:
@@ -768,4 +773,7 @@ def load(
 ) -> tuple[Config, Catalogue]:
     """The config and its catalogue, both checked: what ``serve``, ``check`` and ``explain`` use."""
     config = load_config(path, env, read_tokens)
-    return config, catalogue_for(config)
+    try:
+        return config, catalogue_for(config)
+    except ConfigError as error:  # a scope name the environment gave, say
+        raise _named(error, config.environment) from None

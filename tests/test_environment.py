@@ -144,6 +144,9 @@ def test_a_bad_value_from_the_environment_names_its_variable(tmp_path: Path) -> 
     assert str(raised.value) == (
         f"{P}LISTEN_PORT (listen.port): expected a port number, got 'eighty'"
     )
+    result = run("check", "--config", path, env={f"{P}APP_SCOPES": "deals:write"})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"pipedrive-scope-proxy: {P}APP_SCOPES (app_scopes[0]): ")
     result = run("check", "--config", path, env={f"{P}MODE": "enforced"})
     assert result.returncode == 2
     assert result.stderr.startswith(f"pipedrive-scope-proxy: {P}MODE (mode): ")

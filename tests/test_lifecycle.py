@@ -100,7 +100,7 @@ async def test_the_log_line_and_the_metrics_name_the_lifecycle_of_an_endpoint_no
     metrics = await (await client.get("/_proxy/metrics")).text()
     counted = dict(re.findall(r'^scope_proxy_lifecycle_calls_total\{lifecycle="(\w+)"\} (\S+)$',
                               metrics, re.MULTILINE))  # fmt: skip
-    assert counted == {"out_of_support": "2.0", "removed": "1.0"}
+    assert counted == {"out_of_support": "2.0", "removed": "1.0", "deprecated": "0.0"}
 
 
 def call(endpoint: str, count_token: str = "aaaaaaaaaaaa", granted: tuple[str, ...] = ()) -> Call:

@@ -16,7 +16,15 @@ from proxy.http.serving import reload
 from proxy.http.state import METRICS
 from proxy.stores import MemoryStore, StoreError
 from proxy.stores.base import Learned
-from tests.conftest import AiohttpClient, ProxyFactory, build_config, grants, proxy_client, sha
+from tests.conftest import (
+    AiohttpClient,
+    ProxyFactory,
+    build_config,
+    grants,
+    proxy_client,
+    raw_request,
+    sha,
+)
 from tests.fakes import FakeClock, FakeOAuth, FakePipedrive
 from tests.processes import write_config
 
@@ -156,4 +164,32 @@ async def test_the_running_config_with_its_secrets_left_out(make_proxy: ProxyFac
     assert shown["upstream"]["proxy"] == "http://ops:***@egress:3128"
     assert (shown["warmup"], shown["mode"]) == (60.0, "enforce")
     assert shown["catalogue"].count(".") >= 1
+    assert set(shown["egress"].values()) == {"http://egress:3128"}  # whichever set it, no password
     assert set(shown) >= {"listen", "admin_listen", "limits", "store", "from_environment"}
+
+
+async def test_a_request_the_parser_refuses_is_logged_with_its_address_and_answer_size(
+    make_proxy: ProxyFactory,
+) -> None:
+    client = await make_proxy()
+    with capture_logs() as events:
+        status, _, body = await raw_request(
+            client, b"GET /v1/deals HTTP/1.1\r\nHost: p\r\nX-Bad: a\x01b\r\n\r\n"
+        )
+    assert status == 400
+    [event] = [e for e in events if e["event"] == "request"]
+    assert (event["reason"], event["client_addr"]) == ("malformed_request", "127.0.0.1")
+    assert event["bytes_out"] == len(body) > 0
+
+
+def test_every_labelled_counter_an_alert_watches_starts_at_zero() -> None:
+    """increase() needs a series before its first increment: a fresh proxy exports them."""
+    from proxy.http.metrics import Metrics
+
+    metrics = Metrics().render().decode()
+    assert samples(metrics, "scope_proxy_reloads_total") == {
+        '{result="applied"}': 0.0, '{result="failed"}': 0.0,
+    }  # fmt: skip
+    assert set(samples(metrics, "scope_proxy_drift_total").values()) == {0.0}
+    assert len(samples(metrics, "scope_proxy_drift_total")) == 4
+    assert len(samples(metrics, "scope_proxy_lifecycle_calls_total")) == 3

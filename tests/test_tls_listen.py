@@ -101,6 +101,8 @@ async def test_a_tls_listener_verified_by_a_client_and_a_renewed_certificate_swa
         assert presented(port, renewed) == ssl.PEM_cert_to_DER_cert(renewed.read_text())
     [failed] = log_events(log, "reload_failed")
     assert "listen.tls" in failed["problem"]
+    [reloaded] = log_events(log, "reloaded")
+    assert "tls" in reloaded["applied"]
 
 
 def test_check_names_a_missing_or_mismatched_tls_file(tmp_path: Path) -> None:

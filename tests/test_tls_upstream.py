@@ -73,4 +73,5 @@ async def test_an_upstream_whose_certificate_does_not_verify_gets_nothing(
     other, _ = certificate(tmp_path / "other")  # a certificate, but not the upstream's
     status, body = await call_through(tmp_path, upstream, trusted=other)
     assert (status, envelope(body)["scope_proxy"]["reason"]) == (502, "upstream_unavailable")
+    assert "certificate did not verify" in envelope(body)["error"]  # not "cannot connect"
     assert upstream.received == []

@@ -503,6 +503,13 @@ class UpstreamClient:
 
     def _failure(self, error: BaseException, url: URL) -> UpstreamFailure:
         """The one mapping of upstream client failures to the proxy's errors."""
+        if isinstance(error, aiohttp.ClientConnectorCertificateError):
+            return UpstreamUnavailable(
+                f"{url.host}'s certificate did not verify against the CAs this process trusts "
+                "(SSL_CERT_FILE)", kind="connect",
+            )  # fmt: skip
+        if isinstance(error, aiohttp.ClientProxyConnectionError):
+            return UpstreamUnavailable("cannot connect to the forward proxy", kind="connect")
         if isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
             return UpstreamUnavailable(f"cannot connect to {url.host}", kind="connect")
         if isinstance(error, TimeoutError | aiohttp.SocketTimeoutError):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 
 from aiohttp import web
+from yarl import URL
 
 from proxy import __version__
 from proxy.core.canonical import CanonicalRequest
 from proxy.core.errors import MethodNotAllowed, NotFound, StoreUnavailable, UnsupportedMediaType
+from proxy.http.forward import forward_proxy
 from proxy.http.logs import get_logger
 from proxy.http.metrics import CONTENT_TYPE
 from proxy.http.responses import json_response
@@ -55,6 +57,11 @@ async def handle_internal(request: web.Request, canonical: CanonicalRequest) -> 
         runtime = request.app[RUNTIME].current
         shown = runtime.config.shown()
         shown["catalogue"] = runtime.catalogue.provenance.version
+        upstream = runtime.config.upstream
+        shown["egress"] = {  # which forward proxy each upstream goes through, environment's too
+            origin: _shown_proxy(forward_proxy(upstream.proxy, URL(origin))[0])
+            for origin in dict.fromkeys((upstream.api_url, upstream.oauth_url))
+        }
         return json_response(shown)
     if path == "/_proxy/metrics":
         response = web.Response(body=request.app[METRICS].render())
@@ -96,3 +103,7 @@ async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
     if path.endswith(".html"):
         return web.Response(text=render_html(report), content_type="text/html")
     return json_response(report)
+
+
+def _shown_proxy(proxy: URL | None) -> str | None:
+    return str(proxy.with_user(None)) if proxy is not None else None

@@ -140,6 +140,15 @@ class Metrics:
         )
         self.store_up.set(1)
         self.store_is_up = True
+        # Every label these take, at 0 from the start: an alert on increase() sees a first one.
+        for result in ("applied", "failed"):
+            self.reloads.labels(result)
+        for kind in ("too_generous", "too_strict", "missing", "grant_mismatch"):
+            self.drift.labels(kind)
+        for state in ("deprecated", "out_of_support", "removed"):
+            self.lifecycle_calls.labels(state)
+        for kind in ("connect", "timeout", "disconnect", "malformed", "client_gone"):
+            self.upstream_errors.labels(kind)
         # The process_* metrics: this process's; with workers, each worker's (by its pid,
         # copied into the shared files at every flush), whichever worker a scrape reaches.
         self._process: ProcessCollector | None = None

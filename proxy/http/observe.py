@@ -298,7 +298,9 @@ _PARSER_PROBLEMS: tuple[tuple[type[HttpProcessingError], str], ...] = (
 )
 
 
-def refuse_unparsed(app: web.Application, error: BaseException | None) -> web.Response:
+def refuse_unparsed(
+    app: web.Application, error: BaseException | None, transport: Any = None
+) -> web.Response:
     """The answer to a request aiohttp's HTTP parser refused, recorded like any other refusal.
 
     aiohttp's own answer would be plain text quoting the offending line (which may hold a
@@ -316,7 +318,12 @@ def refuse_unparsed(app: web.Application, error: BaseException | None) -> web.Re
     response = error_response(refusal)
     response.headers[DECISION_HEADER] = "deny"
     response.force_close()
-    record(app, Outcome(None, None, refusal, response.status, 0.0, None, False, new_request_id()))
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    record(app, Outcome(
+        None, None, refusal, response.status, 0.0, None, False, new_request_id(),
+        client_addr=peer[0] if isinstance(peer, tuple) else None,
+        bytes_out=response.content_length or 0,
+    ))  # fmt: skip
     return response
 
 

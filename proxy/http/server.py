@@ -210,7 +210,7 @@ class _ProxyProtocol(private.ProtocolBase):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("the response has started: nothing else can be sent")
-        return refuse_unparsed(self._server.app, exc)
+        return refuse_unparsed(self._server.app, exc, request.transport)
 
 
 def _as_llhttp_would(lines: list[bytes]) -> None:

@@ -206,6 +206,8 @@ def reload(
     config = replace(config, **{key: getattr(running, key) for key in RESTART_ONLY})
     before = app[RUNTIME].current
     applied = _changed(before.config, config)
+    if app.get(TLS_CONTEXTS):
+        applied.append("tls")  # each listener's certificate and key, read again
     if (
         catalogue.provenance != before.catalogue.provenance
         or len(catalogue) != len(before.catalogue)
