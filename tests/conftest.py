@@ -11,9 +11,10 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from proxy.config import Config, catalogue_for, parse_config
 from proxy.core.catalog import Catalogue, load_catalogue
 from proxy.http.app import create_app
 from proxy.http.server import ProxyRunner
-from tests.fakes import FakeClock, FakePipedrive
+from tests.fakes import FakeClock, FakePipedrive, TlsUpstream
+from tests.processes import certificate
 
 CATALOGUE = load_catalogue()  # the shipped one, compiled once for the whole run
 
@@ -218,3 +220,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "redis_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+async def tls_upstream(tmp_path: Path) -> AsyncIterator[tuple[TlsUpstream, Path]]:
+    """An HTTPS upstream on a certificate made by openssl for 127.0.0.1, and that certificate."""
+    cert, key = certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    upstream = TlsUpstream()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", upstream.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+    upstream.url = f"https://127.0.0.1:{port}"
+    yield upstream, cert
+    await runner.cleanup()

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import shutil
 import socket
-import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 from yarl import URL
 
 from tests.conftest import free_port, sha
 from tests.fakes import FakePipedrive, TlsUpstream
-from tests.processes import certificate, serving, wait_ready, write_config
+from tests.processes import serving, wait_ready, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -57,23 +55,6 @@ def tinyproxy(folder: Path) -> Iterator[tuple[int, Path]]:
     finally:
         process.terminate()
         process.wait(timeout=10)
-
-
-@pytest.fixture
-async def tls_upstream(tmp_path: Path) -> AsyncIterator[tuple[TlsUpstream, Path]]:
-    cert, key = certificate(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    upstream = TlsUpstream()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", upstream.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
-    upstream.url = f"https://127.0.0.1:{port}"
-    yield upstream, cert
-    await runner.cleanup()
 
 
 async def post(port: int, target: str) -> int:

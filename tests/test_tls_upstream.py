@@ -5,36 +5,16 @@ and trusted (or not) through ``SSL_CERT_FILE``."""
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from tests.conftest import envelope, free_port, sha
 from tests.fakes import TlsUpstream
 from tests.processes import certificate, serving, wait_ready, write_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def tls_upstream(tmp_path: Path) -> AsyncIterator[tuple[TlsUpstream, Path]]:
-    cert, key = certificate(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    upstream = TlsUpstream()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", upstream.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
-    upstream.url = f"https://127.0.0.1:{port}"
-    yield upstream, cert
-    await runner.cleanup()
 
 
 async def call_through(tmp_path: Path, upstream: TlsUpstream, trusted: Path) -> tuple[int, bytes]:
