@@ -189,6 +189,7 @@ def test_a_reload_reads_the_environment_again(
     assert running.policy.app_scopes == frozenset({"deals:read"})
 
 
+@pytest.mark.slow
 async def test_a_flag_is_over_the_environment_and_the_environment_over_the_file(
     tmp_path: Path,
 ) -> None:

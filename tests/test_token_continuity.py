@@ -126,6 +126,7 @@ async def test_the_tokens_still_unknown_are_counted_in_the_metric_and_the_report
     assert await unknown_count(client) == (0.0, 0)
 
 
+@pytest.mark.slow
 async def test_a_sidecar_restarted_with_the_shipped_store_keeps_every_learned_token(
     tmp_path: Path, upstream: FakePipedrive
 ) -> None:
