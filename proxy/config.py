@@ -31,6 +31,7 @@ from proxy.core.decision import (
     Mode,
     Policy,
 )
+from proxy.core.oauth import company_of
 
 ENV_CONFIG = "PIPEDRIVE_SCOPE_PROXY_CONFIG"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -135,6 +136,7 @@ class StaticGrant:
     name: str
     digest: str
     scopes: frozenset[str]
+    company: str | None = None  # the company's API host (acme.pipedrive.com), for the budget
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,7 @@ class Config:
                     "name": t.name,
                     "token_fp": fingerprint(t.digest) if t.digest else None,
                     "scopes": sorted(t.scopes),
+                    "company": t.company,
                 }
                 for t in self.tokens
             ],
@@ -416,7 +419,7 @@ def _grant(
     env: Mapping[str, str] | None,
     scope_lists: list[tuple[str, tuple[str, ...]]],
 ) -> StaticGrant:
-    entry = _mapping(raw, key, {"name", "sha256", "token_env", "scopes"})
+    entry = _mapping(raw, key, {"name", "sha256", "token_env", "scopes", "company"})
     name = _require(entry.get("name"), str, f"{key}.name", "a name for this grant")
     if name == DECLARED_GRANT:
         raise ConfigError(f"{key}.name", f"{name} names tokens taken to hold app_scopes")
@@ -441,7 +444,13 @@ def _grant(
         raise ConfigError(f"{key}.scopes", "missing: list the scopes this token holds")
     names = _scope_names(entry["scopes"], f"{key}.scopes")
     scope_lists.append((f"{key}.scopes", names))
-    return StaticGrant(name, digest, frozenset(names))
+    company = None
+    if entry.get("company") is not None:
+        text = _require(entry["company"], str, f"{key}.company", "a company's API host")
+        company = company_of(text if "://" in text else f"https://{text}")
+        if company is None:
+            raise ConfigError(f"{key}.company", "expected its API host, e.g. acme.pipedrive.com")
+    return StaticGrant(name, digest, frozenset(names), company)
 
 
 _TOP = {

@@ -160,7 +160,7 @@ async def test_the_running_config_with_its_secrets_left_out(make_proxy: ProxyFac
     assert "hunter2" not in text
     assert sha("reader") not in text  # a fingerprint, never the digest
     assert shown["tokens"] == [{"name": "reader", "token_fp": sha("reader")[:12],
-                                "scopes": ["deals:read"]}]  # fmt: skip
+                                "scopes": ["deals:read"], "company": None}]  # fmt: skip
     assert shown["upstream"]["proxy"] == "http://ops:***@egress:3128"
     assert (shown["warmup"], shown["mode"]) == (60.0, "enforce")
     assert shown["catalogue"].count(".") >= 1

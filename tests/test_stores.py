@@ -466,3 +466,52 @@ async def test_the_recorder_forgets_the_sightings_of_drifts_a_compaction_folded(
     report = build_report(await recorder.calls(), None, seen=sightings)
     assert sum(e["count"] for e in report["overall"]["drift"]) == 3 * UNKNOWN_SHAPES
     assert all(e["first_seen"] for e in report["overall"]["drift"]), "every entry is dated"
+
+
+async def test_each_store_keeps_the_company_a_token_belongs_to(store_url: str) -> None:
+    store = open_store(StoreUrl(store_url))
+    try:
+        await store.put(sha("c"), frozenset({"deals:read"}), 4_000_000_000, "acme.pipedrive.com")
+        await store.put(sha("n"), frozenset({"deals:read"}), 4_000_000_000)
+        with_company, without = await store.get(sha("c")), await store.get(sha("n"))
+        assert with_company is not None
+        assert without is not None
+        assert (with_company.company, without.company) == ("acme.pipedrive.com", None)
+    finally:
+        await store.close()
+
+
+def test_a_redis_value_an_earlier_version_wrote_reads_as_no_known_company() -> None:
+    from proxy.stores.redis import read_token_value, token_value
+
+    old = read_token_value("4000000000.000 base,deals:read")
+    assert (old.scopes, old.expires_at, old.company) == (
+        frozenset({"base", "deals:read"}),
+        4e9,
+        None,
+    )
+    new = read_token_value(token_value(frozenset({"deals:read"}), 4e9, "acme.pipedrive.com"))
+    assert (new.scopes, new.company) == (frozenset({"deals:read"}), "acme.pipedrive.com")
+
+
+async def test_a_sqlite_file_an_earlier_version_made_gains_the_company_and_keeps_its_tokens(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "tokens.db"
+    with sqlite3.connect(path) as db:  # the first schema, with a learned token in it
+        db.execute("CREATE TABLE tokens (digest TEXT PRIMARY KEY, scopes TEXT NOT NULL, "
+                   "expires_at REAL NOT NULL)")  # fmt: skip
+        db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (sha("old"), "deals:read", 4e9))
+    store = open_store(StoreUrl(f"sqlite://{path}"))
+    try:
+        old = await store.get(sha("old"))
+        assert old is not None
+        assert (old.scopes, old.company) == (frozenset({"deals:read"}), None)
+        await store.put(sha("new"), frozenset({"deals:read"}), 4e9, "acme.pipedrive.com")
+        new = await store.get(sha("new"))
+        assert new is not None
+        assert new.company == "acme.pipedrive.com"
+    finally:
+        await store.close()

@@ -15,7 +15,7 @@ import re
 import time
 import zlib
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from proxy.core.credentials import token_digest
 
@@ -42,6 +42,7 @@ class LearnedToken:
     digest: str
     scopes: frozenset[str]
     expires_at: float
+    company: str | None = None  # the company's API host (api_domain), as Pipedrive named it
 
 
 def decode_body(body: bytes, content_encoding: str, limit: int = MAX_BODY) -> bytes | None:
@@ -120,7 +121,23 @@ def read_token_response(body: bytes, now: float | None = None) -> LearnedToken |
         )
     scopes = frozenset(name for name in re.split(r"[\s,]+", scope) if name)
     started = time.time() if now is None else now
-    return LearnedToken(token_digest(token), scopes, started + float(lifetime))
+    company = company_of(document.get("api_domain"))
+    return LearnedToken(token_digest(token), scopes, started + float(lifetime), company)
+
+
+_COMPANY_HOST = re.compile(
+    r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+"
+)
+
+
+def company_of(api_domain: object) -> str | None:
+    """The company a token belongs to: the host of the ``api_domain`` Pipedrive answered with
+    (``https://acme.pipedrive.com`` -> ``acme.pipedrive.com``); None when there is none that
+    reads as a host name."""
+    if not isinstance(api_domain, str):
+        return None
+    host = urlsplit(api_domain.strip()).hostname if "://" in api_domain else None
+    return host if host is not None and _COMPANY_HOST.fullmatch(host) else None
 
 
 def revoked_token_digest(form: bytes) -> str | None:

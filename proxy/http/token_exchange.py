@@ -113,7 +113,9 @@ async def _learn(request: web.Request, plain: bytes) -> None:
         return
     token_fp = fingerprint(learned.digest)
     try:
-        await request.app[STORE].put(learned.digest, learned.scopes, learned.expires_at)
+        await request.app[STORE].put(
+            learned.digest, learned.scopes, learned.expires_at, learned.company
+        )
     except StoreError as error:
         store_failed(request.app, "put", str(error))
         log.error("token_not_learned", token_fp=token_fp, problem=str(error))
@@ -126,6 +128,7 @@ async def _learn(request: web.Request, plain: bytes) -> None:
         token_fp=token_fp,
         granted_scopes=sorted(learned.scopes),
         expires_in=round(learned.expires_at - now),
+        company=learned.company,
     )
 
 

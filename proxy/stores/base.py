@@ -15,18 +15,23 @@ Clock = Callable[[], float]  # UNIX time now; tests pass one they can move
 
 @dataclass(frozen=True, slots=True)
 class Learned:
-    """What the proxy knows of a token: the scopes it was granted, until when (UNIX time)."""
+    """What the proxy knows of a token: the scopes it was granted, until when (UNIX time), and
+    the company it belongs to (its API host; None when not known, as for tokens learned by an
+    earlier version)."""
 
     scopes: frozenset[str]
     expires_at: float
+    company: str | None = None
 
 
 class TokenStore(Protocol):
     async def get(self, digest: str) -> Learned | None:
         """The token's scopes, or None if unknown or expired. Raises StoreError if unusable."""
 
-    async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
-        """Remember a token's scopes until ``expires_at``."""
+    async def put(
+        self, digest: str, scopes: frozenset[str], expires_at: float, company: str | None = None
+    ) -> None:
+        """Remember a token's scopes (and company) until ``expires_at``."""
 
     async def forget(self, digest: str) -> None:
         """Drop a token (it was revoked)."""

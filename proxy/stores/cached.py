@@ -36,9 +36,11 @@ class CachedStore:
             self._remember(digest, learned_now)
         return learned_now
 
-    async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
-        await self.inner.put(digest, scopes, expires_at)
-        self._remember(digest, Learned(scopes, expires_at))
+    async def put(
+        self, digest: str, scopes: frozenset[str], expires_at: float, company: str | None = None
+    ) -> None:
+        await self.inner.put(digest, scopes, expires_at, company)
+        self._remember(digest, Learned(scopes, expires_at, company))
 
     async def forget(self, digest: str) -> None:
         self._entries.pop(digest, None)

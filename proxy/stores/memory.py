@@ -26,11 +26,13 @@ class MemoryStore:
             return None
         return learned
 
-    async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
+    async def put(
+        self, digest: str, scopes: frozenset[str], expires_at: float, company: str | None = None
+    ) -> None:
         now = self.clock()
         if len(self._tokens) > 10_000:  # drop what has expired before growing further
             self._tokens = {d: t for d, t in self._tokens.items() if t.expires_at > now}
-        self._tokens[digest] = Learned(scopes, expires_at)
+        self._tokens[digest] = Learned(scopes, expires_at, company)
 
     async def forget(self, digest: str) -> None:
         self._tokens.pop(digest, None)

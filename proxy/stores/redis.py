@@ -67,17 +67,19 @@ class RedisStore:
             value = await self._client.get(PREFIX + digest)
         if value is None:
             return None
-        expires_at, _, scopes = str(value).partition(" ")
-        if float(expires_at) <= self.clock():
+        learned = read_token_value(str(value))
+        if learned.expires_at <= self.clock():
             return None  # Redis drops the key by its TTL; the proxy never serves past expiry
-        return Learned(frozenset(filter(None, scopes.split(","))), float(expires_at))
+        return learned
 
-    async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
+    async def put(
+        self, digest: str, scopes: frozenset[str], expires_at: float, company: str | None = None
+    ) -> None:
         milliseconds = int((expires_at - self.clock()) * 1000)
         if milliseconds <= 0:
             return
         async with self._failing():
-            value = f"{expires_at:.3f} {','.join(sorted(scopes))}"
+            value = token_value(scopes, expires_at, company)
             await self._client.set(PREFIX + digest, value, px=milliseconds)
 
     async def forget(self, digest: str) -> None:
@@ -146,3 +148,23 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+# A learned token's value: "<expires_at> <scopes>" (the first format), or, since the company is
+# kept, "2 <expires_at> <scopes> <company or ->". A value of the first format, written by an
+# earlier version that another replica may still run, reads as a token of no known company.
+VALUE_FORMAT = "2"
+
+
+def token_value(scopes: frozenset[str], expires_at: float, company: str | None) -> str:
+    return f"{VALUE_FORMAT} {expires_at:.3f} {','.join(sorted(scopes))} {company or '-'}"
+
+
+def read_token_value(value: str) -> Learned:
+    fields = value.split(" ")
+    if fields[0] == VALUE_FORMAT and len(fields) == 4:
+        _, expires_at, scopes, company = fields
+        known = company if company != "-" else None
+        return Learned(frozenset(filter(None, scopes.split(","))), float(expires_at), known)
+    expires_at, _, scopes = value.partition(" ")  # the first format
+    return Learned(frozenset(filter(None, scopes.split(","))), float(expires_at))

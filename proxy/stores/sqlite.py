@@ -50,6 +50,9 @@ class SqliteStore:
             connection = sqlite3.connect(self.path, timeout=2, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(_SCHEMA)
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(tokens)")}
+            if "company" not in columns:  # a file an earlier version made: its tokens, no company
+                connection.execute("ALTER TABLE tokens ADD COLUMN company TEXT")
             connection.commit()
             self._connection = connection
         return self._connection
@@ -72,20 +75,26 @@ class SqliteStore:
     async def get(self, digest: str) -> Learned | None:
         def select(db: sqlite3.Connection) -> Learned | None:
             row = db.execute(
-                "SELECT scopes, expires_at FROM tokens WHERE digest = ? AND expires_at > ?",
+                "SELECT scopes, expires_at, company FROM tokens "
+                "WHERE digest = ? AND expires_at > ?",
                 (digest, self.clock()),
             ).fetchone()
-            return Learned(frozenset(filter(None, row[0].split(","))), row[1]) if row else None
+            if row is None:
+                return None
+            return Learned(frozenset(filter(None, row[0].split(","))), row[1], row[2])
 
         return await self._run(select)
 
-    async def put(self, digest: str, scopes: frozenset[str], expires_at: float) -> None:
+    async def put(
+        self, digest: str, scopes: frozenset[str], expires_at: float, company: str | None = None
+    ) -> None:
         def upsert(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("DELETE FROM tokens WHERE expires_at <= ?", (self.clock(),))
                 db.execute(
-                    "INSERT OR REPLACE INTO tokens (digest, scopes, expires_at) VALUES (?, ?, ?)",
-                    (digest, ",".join(sorted(scopes)), expires_at),
+                    "INSERT OR REPLACE INTO tokens (digest, scopes, expires_at, company) "
+                    "VALUES (?, ?, ?, ?)",
+                    (digest, ",".join(sorted(scopes)), expires_at, company),
                 )
 
         await self._run(upsert)
