@@ -318,11 +318,9 @@ def refuse_unparsed(
     response = error_response(refusal)
     response.headers[DECISION_HEADER] = "deny"
     response.force_close()
-    peer = transport.get_extra_info("peername") if transport is not None else None
     record(app, Outcome(
         None, None, refusal, response.status, 0.0, None, False, new_request_id(),
-        client_addr=peer[0] if isinstance(peer, tuple) else None,
-        bytes_out=response.content_length or 0,
+        client_addr=_peer(transport), bytes_out=_sent(response),
     ))  # fmt: skip
     return response
 
@@ -361,8 +359,6 @@ def _finish(
     drifted: Drift | None = None,
     response: web.StreamResponse | None = None,
 ) -> None:
-    transport = request.transport
-    peer = transport.get_extra_info("peername") if transport is not None else None
     agent = request.headers.get(_USER_AGENT)
     outcome = Outcome(
         request.method,
@@ -376,13 +372,19 @@ def _finish(
         printable(correlation[:_ID_LENGTH]) if correlation is not None else None,
         api_version(request.raw_path) if decision is None else None,
         drifted,
-        peer[0] if isinstance(peer, tuple) else None,
+        _peer(request.transport),
         printable(agent[:_ID_LENGTH]) if agent is not None else None,
         request.content.total_bytes,
         _sent(response),
         request.get(UPSTREAM_SECONDS),
     )
     record(request.app, outcome)
+
+
+def _peer(transport: Any) -> str | None:
+    """The address of the socket's peer: never a header a client could write."""
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return peer[0] if isinstance(peer, tuple) else None
 
 
 def _sent(response: web.StreamResponse | None) -> int:
