@@ -13,6 +13,7 @@ import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from proxy.core.bodies import DEFAULT_BOUND
+from proxy.core.budget import BUDGET_MODES, BudgetPolicy
 from proxy.core.catalog import Catalogue, CatalogueError, load_catalogue, unknown_scope
 from proxy.core.credentials import fingerprint, token_digest
 from proxy.core.decision import (
@@ -219,6 +221,7 @@ class Config:
     admin_listen: Listen | None = None  # where /_proxy/* is served instead of the main port
     # Seconds after start during which unknown tokens are taken to hold app_scopes (0: none).
     warmup: float = 0.0
+    budget: BudgetPolicy = field(default_factory=BudgetPolicy)
     source: str = "<defaults>"
     environment: FromEnvironment = field(default_factory=FromEnvironment, compare=False)
     # Every list of scope names, with its key path, for ``check_scopes``.
@@ -226,7 +229,7 @@ class Config:
 
     def static_grants(self) -> dict[str, Grant]:
         """Static grants by token digest, ready for lookup."""
-        return {t.digest: Grant(t.scopes, f"static:{t.name}") for t in self.tokens}
+        return {t.digest: Grant(t.scopes, f"static:{t.name}", t.company) for t in self.tokens}
 
     def shown(self) -> dict[str, Any]:
         """The config in effect as ``/_proxy/config`` shows it: every key, secrets left out
@@ -270,6 +273,7 @@ class Config:
             "api_tokens": policy.api_tokens,
             "unknown_endpoints": policy.unknown_endpoints,
             "warmup": self.warmup,
+            "budget": shown_budget(self.budget),
             "store": self.store.redacted,
             "public_url": self.public_url,
             "rewrite_api_domain": self.rewrite_api_domain,
@@ -456,8 +460,78 @@ def _grant(
 _TOP = {
     "listen", "upstream", "mode", "app_scopes", "tokens", "unknown_tokens", "api_tokens",
     "unknown_endpoints", "store", "public_url", "rewrite_api_domain", "catalog_extra", "logging",
-    "limits", "admin_listen", "warmup",
+    "limits", "admin_listen", "warmup", "budget",
 }  # fmt: skip
+
+
+def shown_budget(budget: BudgetPolicy) -> dict[str, Any]:
+    """The ``budget`` section as the config file writes it."""
+    burst = None
+    if budget.burst_oauth is not None or budget.burst_api_token is not None:
+        burst = {"oauth": budget.burst_oauth, "api_token": budget.burst_api_token}
+    return {
+        "mode": budget.mode, "app": budget.app, "daily_tokens": budget.daily_tokens,
+        "share": budget.share, "reserve": budget.reserve, "critical": sorted(budget.critical),
+        "burst": burst,
+    }  # fmt: skip
+
+
+_APP_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _budget(value: Any) -> BudgetPolicy:
+    """The ``budget`` section: the governor of Pipedrive's daily token budget (off unless set)."""
+    raw = _mapping(
+        value, "budget", {"mode", "app", "daily_tokens", "share", "reserve", "critical", "burst"}
+    )
+    mode = raw.get("mode", "off")
+    if mode is False or (isinstance(mode, str) and mode.strip().lower() == "off"):
+        mode = "off"  # YAML reads an unquoted off as false
+    app = _require(raw.get("app", "default"), str, "budget.app", "a name")
+    if not _APP_NAME.fullmatch(app):
+        raise ConfigError("budget.app", "expected 1 to 64 letters, digits, '.', '_' or '-'")
+    daily = _require(
+        _numeric(raw.get("daily_tokens", 30_000)), int, "budget.daily_tokens", "a number of tokens"
+    )
+    if not 1 <= daily <= 10**9:
+        raise ConfigError("budget.daily_tokens", "expected between 1 and 1000000000 tokens")
+    share = _fraction(raw.get("share", 1.0), "budget.share")
+    if share == 0:
+        raise ConfigError("budget.share", "expected more than 0 (mode: off turns the governor off)")
+    reserve = _fraction(raw.get("reserve", 0.0), "budget.reserve")
+    if reserve == 1:
+        raise ConfigError("budget.reserve", "expected less than 1: the rest of the share is for "
+                          "the endpoints not named critical")  # fmt: skip
+    critical = _require(raw.get("critical") or [], list, "budget.critical", "a list of endpoints")
+    for index, name in enumerate(critical):
+        _require(name, str, f"budget.critical[{index}]", 'an endpoint, e.g. "GET /v1/users/me"')
+    if reserve > 0 and not critical:
+        raise ConfigError("budget.reserve", "a reserve is kept for budget.critical: name them")
+    burst_oauth = burst_api_token = None
+    if raw.get("burst") is not None:
+        burst = _mapping(raw["burst"], "budget.burst", {"oauth", "api_token"})
+        burst_oauth = _burst(burst.get("oauth"), "budget.burst.oauth")
+        burst_api_token = _burst(burst.get("api_token"), "budget.burst.api_token")
+    return BudgetPolicy(
+        _choice(mode, "budget.mode", BUDGET_MODES), app, daily, share, reserve,
+        frozenset(critical), burst_oauth, burst_api_token,
+    )  # fmt: skip
+
+
+def _fraction(value: Any, key: str) -> float:
+    number: float = _require(_numeric(value), (int, float), key, "a fraction between 0 and 1")
+    if not 0 <= number <= 1:
+        raise ConfigError(key, f"expected a fraction between 0 and 1, got {number!r}")
+    return float(number)
+
+
+def _burst(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    number = _require(_numeric(value), int, key, "a number of requests per 2 seconds")
+    if not 1 <= number <= 100_000:
+        raise ConfigError(key, "expected between 1 and 100000 requests per 2 seconds")
+    return number
 
 
 def _limits(value: Any) -> Limits:
@@ -602,6 +676,7 @@ def parse_config(
         limits=_limits(top.get("limits")),
         admin_listen=admin_listen,
         warmup=warmup,
+        budget=_budget(top.get("budget")),
         source=source,
         scope_lists=tuple(scope_lists),
     )
@@ -624,6 +699,9 @@ ENV_SCHEMA: dict[str, Any] = {
     "admin_listen": {"host": "text", "port": "number",
                      "tls": {"cert_file": "text", "key_file": "text"}},
     "warmup": "text",
+    "budget": {"mode": "text", "app": "text", "daily_tokens": "number", "share": "number",
+               "reserve": "number", "critical": "list",
+               "burst": {"oauth": "number", "api_token": "number"}},
 }  # fmt: skip
 _FLAGS = {"true": True, "yes": True, "on": True, "1": True,
           "false": False, "no": False, "off": False, "0": False}  # fmt: skip
@@ -770,11 +848,21 @@ def catalogue_for(
 
 
 def check_scopes(config: Config, catalogue: Catalogue) -> None:
-    """Every scope name in the config is one the catalogue knows (``app_scopes[1]: ...``)."""
+    """Every scope name in the config is one the catalogue knows (``app_scopes[1]: ...``), and
+    every critical endpoint of the budget one it has."""
     for key, names in config.scope_lists:
         for index, name in enumerate(names):
             if name not in catalogue.scopes:
                 raise ConfigError(f"{key}[{index}]", unknown_scope(name, catalogue.scopes))
+    for index, name in enumerate(sorted(config.budget.critical)):
+        if name not in catalogue.by_name:
+            close = get_close_matches(name, list(catalogue.by_name), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"budget.critical[{index}]",
+                f"{name!r} is no endpoint of the catalogue: name it as the report does, "
+                f'e.g. "GET /v1/users/me"{hint}',
+            )
 
 
 def load(

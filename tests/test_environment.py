@@ -62,6 +62,14 @@ EVERY_KEY: list[tuple[str, str, Any]] = [
     ("ADMIN_LISTEN_HOST", "127.0.0.1", lambda c: c.admin_listen is None or c.admin_listen.host == "127.0.0.1"),
     ("WARMUP", "true", lambda c: c.warmup == 3600.0),
     ("UPSTREAM_PROXY", "http://egress:3128", lambda c: c.upstream.proxy == "http://egress:3128"),
+    ("BUDGET_MODE", "enforce", lambda c: c.budget.mode == "enforce"),
+    ("BUDGET_APP", "crm-sync", lambda c: c.budget.app == "crm-sync"),
+    ("BUDGET_DAILY_TOKENS", "60000", lambda c: c.budget.daily_tokens == 60000),
+    ("BUDGET_SHARE", "0.25", lambda c: c.budget.share == 0.25),
+    ("BUDGET_RESERVE", "0", lambda c: c.budget.reserve == 0.0),
+    ("BUDGET_CRITICAL", "GET /v1/users/me, GET /v1/deals", lambda c: c.budget.critical == {"GET /v1/users/me", "GET /v1/deals"}),
+    ("BUDGET_BURST_OAUTH", "80", lambda c: c.budget.burst_oauth == 80),
+    ("BUDGET_BURST_API_TOKEN", "20", lambda c: c.budget.burst_api_token == 20),
 ]  # fmt: skip
 
 

@@ -57,7 +57,7 @@ def report(log: str, format: str, app_scopes: str | None, fail_on: Sequence[str]
     else:
         declared = frozenset(run.app_scopes) if run.app_scopes is not None else None
     document = build_report(calls, declared, mode=run.mode, since=run.since, catalogue=catalogue,
-                            seen=run.seen)  # fmt: skip
+                            seen=run.seen, budget=run.budget.section(catalogue))  # fmt: skip
     overall = document["overall"]
     refused_before = document["refused_before_decision"]
     if gates and not overall["requests"] and not refused_before:

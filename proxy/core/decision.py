@@ -57,6 +57,7 @@ class Grant:
 
     scopes: frozenset[str]
     source: str  # "static:<name>", "store", "app_scopes", or how the CLI was told
+    company: str | None = None  # the company's API host, when known (the budget governor's)
     # Derived once, read on every request: the static grant's name if the scopes come from
     # one, and the scopes sorted.
     name: str | None = field(init=False, compare=False)
@@ -151,14 +152,16 @@ def authorize(
     credential: Credential | None,
     static: Grant | None,
     stored: frozenset[str] | None,
+    company: str | None = None,
 ) -> Decision:
     """Would Pipedrive accept this call? In report mode a scope refusal becomes ``report``.
 
-    Granted scopes come from, in order: a static grant, the token store (``stored``), then the
-    policy's fallbacks. Unknown tokens and unscoped API tokens are refused in either mode.
+    Granted scopes come from, in order: a static grant, the token store (``stored``, learned
+    with the token's ``company``), then the policy's fallbacks. Unknown tokens and unscoped
+    API tokens are refused in either mode.
     """
     endpoint, shape, methods = locate(catalogue, route, method)
-    grant = resolve_grant(credential, static, stored, policy)
+    grant = resolve_grant(credential, static, stored, policy, company)
     if isinstance(grant, Reason):
         return Decision(
             "deny", grant, method, route.version, endpoint, credential, None, shape, methods
@@ -215,6 +218,7 @@ def resolve_grant(
     static: Grant | None,
     stored: frozenset[str] | None,
     policy: Policy,
+    company: str | None = None,
 ) -> Grant | Reason:
     """Granted scopes, in order: static grant, token store, then the fallback policy; or the
     reason the credential has none."""
@@ -225,7 +229,7 @@ def resolve_grant(
             return Grant(policy.app_scopes, "app_scopes")
         return Reason.API_TOKEN_NOT_SCOPED
     if stored is not None:
-        return Grant(stored, "store")
+        return Grant(stored, "store", company)
     if policy.unknown_tokens == "app_scopes" and policy.app_scopes is not None:
         return Grant(policy.app_scopes, "app_scopes")
     return Reason.UNKNOWN_TOKEN

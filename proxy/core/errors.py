@@ -27,6 +27,7 @@ class ProxyError(Exception):
     status: ClassVar[int] = 500
     reason: Reason = Reason.INTERNAL_ERROR
     error: ClassVar[str] = "internal proxy error"
+    error_info: ClassVar[str | None] = "Please check developers.pipedrive.com"
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or self.error)
@@ -205,6 +206,37 @@ class StoreUnavailable(ProxyError):
     error = "token store unavailable"
 
 
+class BudgetExceeded(ProxyError):
+    """A call in scope that the budget governor refuses: answered as Pipedrive answers a
+    company whose daily budget is spent (its exact body, no ``error_info``), with the company,
+    what is left and when it resets under ``scope_proxy``, and ``Retry-After``."""
+
+    status = 429
+    reason = Reason.BUDGET_EXHAUSTED
+    error = "daily request budget exceeded"
+    error_info = None
+
+    def __init__(
+        self,
+        reason: Reason,
+        retry_after: int,
+        company: str | None,
+        left: int | None,
+        resets_at: str | None,
+        detail: str,
+    ) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.company = company
+        self.left = left
+        self.resets_at = resets_at
+
+    @property
+    def message(self) -> str:
+        return self.error  # Pipedrive's exact text; the detail goes in ``scope_proxy``
+
+
 class UpstreamFailure(ProxyError):
     """The call was let through and the upstream failed it. ``kind`` labels the metric
     (``connect``, ``timeout``, ``disconnect``), or is None for a failure of another sort."""
@@ -246,13 +278,19 @@ def envelope(error: ProxyError) -> dict[str, Any]:
         "success": False,
         "error": error.message,
         "errorCode": error.status,
-        "error_info": ERROR_INFO,
     }
+    if error.error_info is not None:
+        body["error_info"] = error.error_info
     details: dict[str, Any] = {"reason": str(error.reason)}
     if isinstance(error, OutOfScope):
         details["endpoint"] = error.endpoint
         details["accepted_scopes"] = error.accepted_scopes
         details["granted_scopes"] = error.granted_scopes
+    elif isinstance(error, BudgetExceeded):
+        details["company"] = error.company
+        details["left"] = error.left
+        details["resets_at"] = error.resets_at
+        details["retry_after"] = error.retry_after
     elif isinstance(error, UnknownEndpoint):
         details["endpoint"] = error.endpoint
         if error.methods:

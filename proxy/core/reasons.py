@@ -32,6 +32,9 @@ class Reason(StrEnum):
     CLIENT_GONE = "client_gone"  # the client left before the decision (Envoy's check timeout)
     # Envoy's own answer when the proxy did not answer its check (the proxy never logs it).
     AUTHORIZER_UNAVAILABLE = "authorizer_unavailable"
+    # Refused by the budget governor after the scope check let the call through.
+    BUDGET_EXHAUSTED = "budget_exhausted"  # the day's share, or what Pipedrive says is left
+    BURST_LIMIT = "burst_limit"  # the token's calls in a 2-second span
     # Failures after the call was let through.
     REQUEST_TIMEOUT = "request_timeout"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
@@ -66,6 +69,9 @@ BEFORE_DECISION = frozenset(
 # endpoints (``GET /``, ``/favicon.ico``, a load balancer's probe, a mistyped ``/_proxy/...``).
 # The report counts them apart, and they never fail ``report --fail-on denied``.
 NOT_API_CALLS = frozenset({Reason.NOT_FOUND})
+
+# Calls in scope that the budget governor refused: counted in the report's budget section.
+THROTTLED = frozenset({Reason.BUDGET_EXHAUSTED, Reason.BURST_LIMIT})
 
 DECIDED = frozenset(
     {

@@ -44,6 +44,7 @@ from proxy.core.errors import (
     WrongListener,
 )
 from proxy.core.reasons import Reason
+from proxy.http.budget import Budget
 from proxy.http.forward import UpstreamClient, read_limited, send_continue
 from proxy.http.internal import handle_internal
 from proxy.http.logs import SINK, get_logger
@@ -51,6 +52,8 @@ from proxy.http.metrics import Metrics
 from proxy.http.observe import observe
 from proxy.http.recorder import Recorder
 from proxy.http.state import (
+    BUDGET,
+    BUDGET_NOTE,
     CLOCK,
     LISTENERS,
     MADE_REQUEST_ID,
@@ -71,7 +74,7 @@ from proxy.http.state import (
 )
 from proxy.http.token_exchange import handle_oauth, redirect_to_consent
 from proxy.http.unknown_tokens import UnknownTokens
-from proxy.stores import Clock, Store, StoreError, open_store
+from proxy.stores import Clock, Learned, Store, StoreError, open_store
 
 OAUTH_PATHS = oauth.TOKEN_PATHS | {oauth.REVOKE_PATH}
 _HTTP_VERSIONS = (HttpVersion10, HttpVersion11)
@@ -100,6 +103,9 @@ async def handle(request: web.Request) -> Handled:
         found = bodies.readings(request.raw_headers) if request.body_exists else ()
         decision = await authorize_call(request, runtime, canonical, route)
         held = await read_checked(request, runtime, decision, found) if found else None
+        budget = app[BUDGET]
+        if budget.governor.policy.mode != "off":  # charged now that nothing else refuses it
+            request[BUDGET_NOTE] = await budget.admit(decision, check=False)
         url = runtime.config.upstream.api_url + canonical.target
         made_id = request.get(MADE_REQUEST_ID)
         forwarding = app[UPSTREAM].forward(
@@ -183,6 +189,9 @@ async def handle_check(request: web.Request, runtime: Runtime, target: str) -> H
     if found:  # Envoy sends the body, up to limits.max_checked_body, to be read here
         partial = request.headers.get(_BODY_STREAM_HEADER, "").lower() == "true"
         await read_checked(request, runtime, decision, found, partial)
+    budget = request.app[BUDGET]
+    if budget.governor.policy.mode != "off":  # counted, never refused: no answer comes back
+        request[BUDGET_NOTE] = await budget.admit(decision, check=True)
     return Handled(decision, answered(web.Response()))
 
 
@@ -242,12 +251,14 @@ async def authorize_call(
     try:
         credential = extract_credential(canonical.credential_headers, canonical.query_pairs)
         static = runtime.grants.get(credential.digest)
-        stored = None
+        learned = None
         if static is None and credential.kind == "oauth":
-            stored = await _stored_scopes(app, credential)
+            learned = await _learned(app, credential)
     except ProxyError as refusal:  # no credential, two, the store down: which call it was for
         raise refused_before(catalogue, route, method, refusal, credential)  # noqa: B904
-    decision = authorize(catalogue, policy, route, method, credential, static, stored)
+    stored = learned.scopes if learned is not None else None
+    company = learned.company if learned is not None else None
+    decision = authorize(catalogue, policy, route, method, credential, static, stored, company)
     if static is None and credential.kind == "oauth":
         unknown = app[UNKNOWN_TOKENS]
         if stored is None:  # refused as unknown, or let through on the declared scopes
@@ -259,14 +270,14 @@ async def authorize_call(
     return decision
 
 
-async def _stored_scopes(app: web.Application, credential: Credential) -> frozenset[str] | None:
+async def _learned(app: web.Application, credential: Credential) -> Learned | None:
     try:
         learned = await app[STORE].get(credential.digest)
     except StoreError as error:
         store_failed(app, "get", str(error))
         raise StoreUnavailable("cannot resolve this token's scopes now") from error
     store_answered(app)
-    return learned.scopes if learned is not None else None
+    return learned
 
 
 async def _no_early_continue(request: web.Request) -> None:
@@ -294,6 +305,7 @@ def create_app(
     app[STARTED_AT] = clock()
     app[UNKNOWN_TOKENS] = UnknownTokens(clock)
     app[METRICS].unknown_tokens_count = app[UNKNOWN_TOKENS].count
+    app[BUDGET] = Budget(config.budget, app[STORE], app[METRICS], clock)
     app[LISTENERS] = Listeners()
     app.cleanup_ctx.append(_resources)
     app.router.add_route("*", "/{tail:.*}", serve_request, expect_handler=_no_early_continue)
@@ -319,6 +331,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         since=app[RECORDER].since,  # when the report's counting began
         from_environment=[key for _, key in config.environment.applied],
         warmup_seconds=config.warmup if app[RUNTIME].current.warm_policy is not None else None,
+        budget=config.budget.mode,
     )
     for variable, why in config.environment.ignored:  # never fatal: Kubernetes' service links
         log.warning("environment_ignored", variable=variable, why=why)
@@ -328,6 +341,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         # Serve anyway: static grants work, the rest is refused (503) until the store answers.
         log.warning("store_unavailable", store=config.store.redacted, problem=str(error))
     yield
+    await app[BUDGET].close()
     await app[METRICS].stop()
     await app[RECORDER].stop()
     await app[UPSTREAM].close()

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from aiohttp import web
 from yarl import URL
 
 from proxy import __version__
 from proxy.core.canonical import CanonicalRequest
+from proxy.core.catalog import Catalogue
 from proxy.core.errors import MethodNotAllowed, NotFound, StoreUnavailable, UnsupportedMediaType
+from proxy.http.budget import Budget
 from proxy.http.forward import forward_proxy
 from proxy.http.logs import get_logger
 from proxy.http.metrics import CONTENT_TYPE
 from proxy.http.responses import json_response
-from proxy.http.state import METRICS, RECORDER, RUNTIME, STORE, UNKNOWN_TOKENS, store_failed
+from proxy.http.state import (
+    BUDGET,
+    METRICS,
+    RECORDER,
+    RUNTIME,
+    STORE,
+    UNKNOWN_TOKENS,
+    store_failed,
+)
+from proxy.report.budget import with_alternatives
 from proxy.report.html import render_html
 from proxy.report.model import build_report
 from proxy.stores import StoreError
@@ -99,10 +111,20 @@ async def handle_report(request: web.Request, path: str) -> web.StreamResponse:
         catalogue=runtime.catalogue,
         seen=seen,
         unknown_tokens=request.app[UNKNOWN_TOKENS].count(),
+        budget=_budget(request.app[BUDGET], runtime.catalogue),
     )
     if path.endswith(".html"):
         return web.Response(text=render_html(report), content_type="text/html")
     return json_response(report)
+
+
+def _budget(budget: Budget, catalogue: Catalogue) -> dict[str, Any] | None:
+    """The report's budget section, with a budget configured."""
+    if budget.governor.policy.mode == "off":
+        return None
+    section = budget.section()
+    section["companies"] = with_alternatives(section["companies"], catalogue)  # type: ignore[arg-type]
+    return section
 
 
 def _shown_proxy(proxy: URL | None) -> str | None:

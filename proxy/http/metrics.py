@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import os
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -140,6 +140,33 @@ class Metrics:
         )
         self.store_up.set(1)
         self.store_is_up = True
+        self.budget_spent = Gauge(
+            "scope_proxy_budget_spent_tokens",
+            "Tokens this app spent today of each company's daily budget (the count replicas "
+            "share), by company: the API host of the tokens' OAuth exchange.",
+            ["company"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.budget_remaining = Gauge(
+            "scope_proxy_budget_remaining_tokens",
+            "What is left of each company's daily budget: Pipedrive's latest "
+            "x-daily-ratelimit-token-remaining less what the app spent since, by company.",
+            ["company"],
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        self.budget_throttled = Counter(
+            "scope_proxy_budget_throttled",
+            "Calls the budget governor refused (in its report mode: would have refused), by "
+            "kind: budget_exhausted (the day's share or budget) or burst_limit (a token's "
+            "2-second window).",
+            ["kind"],
+            registry=self.registry,
+        )
+        # The budget's rows (company, spent, remaining or None), read at each flush.
+        self.budget_rows: Callable[[], Iterable[tuple[str, int, int | None]]] | None = None
+        self._budget_shown: set[str] = set()
         # Every label these take, at 0 from the start: an alert on increase() sees a first one.
         for result in ("applied", "failed"):
             self.reloads.labels(result)
@@ -149,6 +176,8 @@ class Metrics:
             self.lifecycle_calls.labels(state)
         for kind in ("connect", "timeout", "disconnect", "malformed", "client_gone"):
             self.upstream_errors.labels(kind)
+        for kind in ("budget_exhausted", "burst_limit"):
+            self.budget_throttled.labels(kind)
         # The process_* metrics: this process's; with workers, each worker's (by its pid,
         # copied into the shared files at every flush), whichever worker a scrape reaches.
         self._process: ProcessCollector | None = None
@@ -188,6 +217,19 @@ class Metrics:
         """Add what ``observe`` counted to Prometheus' values."""
         if self.unknown_tokens_count is not None:
             self.unknown_tokens.set(self.unknown_tokens_count())
+        if self.budget_rows is not None:
+            shown = set()
+            for company, spent, remaining in self.budget_rows():
+                shown.add(company)
+                self.budget_spent.labels(company).set(spent)
+                if remaining is not None:
+                    self.budget_remaining.labels(company).set(remaining)
+            for company in self._budget_shown - shown:  # a day over with no call since
+                with contextlib.suppress(KeyError):
+                    self.budget_spent.remove(company)
+                with contextlib.suppress(KeyError):
+                    self.budget_remaining.remove(company)
+            self._budget_shown = shown
         if self._process is not None:
             for family in self._process.collect():
                 for sample in family.samples:

@@ -23,7 +23,13 @@ from proxy.core.canonical import canonicalize
 from proxy.core.catalog import CHECK_PATH, api_version
 from proxy.core.decision import Decision, Verdict
 from proxy.core.drift import Drift, drift, is_scope_refusal
-from proxy.core.errors import MalformedRequest, NotFound, ProxyError, UpstreamFailure
+from proxy.core.errors import (
+    BudgetExceeded,
+    MalformedRequest,
+    NotFound,
+    ProxyError,
+    UpstreamFailure,
+)
 from proxy.core.reasons import DECIDED, Reason
 from proxy.http.forward import PEEKED, UPSTREAM_SECONDS, StreamAborted
 from proxy.http.logs import get_logger, log_request, printable, timestamp
@@ -37,7 +43,7 @@ from proxy.http.private import (
     PayloadEncodingError,
 )
 from proxy.http.responses import DECISION_HEADER, error_response
-from proxy.http.state import MADE_REQUEST_ID, METRICS, RECORDER, Handled
+from proxy.http.state import BUDGET, BUDGET_NOTE, MADE_REQUEST_ID, METRICS, RECORDER, Handled
 from proxy.report.model import Call, logged
 
 _LOG = get_logger()  # bound once configured; cheap on the hot path
@@ -68,6 +74,9 @@ class Outcome(NamedTuple):
     bytes_in: int = 0  # request body bytes read from the client
     bytes_out: int = 0  # response body bytes sent to it
     upstream_seconds: float | None = None  # from sending the call to the upstream's answer head
+    # With a budget governor: the call's company, what was left after it, and the kind of
+    # refusal it met (or in report mode would have met); None without one.
+    budget: tuple[str | None, int | None, str | None] | None = None
 
     @property
     def verdict(self) -> Verdict:
@@ -142,6 +151,12 @@ class Outcome(NamedTuple):
         fields["bytes_out"] = self.bytes_out
         if self.check:
             fields["via"] = "ext_authz"
+        if self.budget is not None:
+            company, left, throttled = self.budget
+            fields["company"] = company
+            fields["budget_left"] = left
+            if throttled is not None:
+                fields["throttled"] = throttled
         if self.drift is not None:
             fields["drift"] = self.drift
             call = replace(call, drift=self.drift) if call is not None else None
@@ -360,6 +375,18 @@ def _finish(
     response: web.StreamResponse | None = None,
 ) -> None:
     agent = request.headers.get(_USER_AGENT)
+    budget = None
+    note = request.get(BUDGET_NOTE)
+    if note is not None:
+        check = request.raw_path.startswith(CHECK_PATH)
+        if check or response is None:
+            left = request.app[BUDGET].left(note.charge.ledger) if note.charge else None
+        else:  # Pipedrive's answer, or the failure that stood for it
+            failed = isinstance(refusal, UpstreamFailure) and refusal.kind == "connect"
+            left = request.app[BUDGET].answered(note, status, response.headers, not failed)
+        budget = (note.company, left, note.throttled)
+    elif isinstance(refusal, BudgetExceeded):
+        budget = (refusal.company, refusal.left, str(refusal.reason))
     outcome = Outcome(
         request.method,
         decision,
@@ -377,6 +404,7 @@ def _finish(
         request.content.total_bytes,
         _sent(response),
         request.get(UPSTREAM_SECONDS),
+        budget,
     )
     record(request.app, outcome)
 

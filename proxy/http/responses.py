@@ -12,7 +12,13 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.core.errors import DECISION_HEADER, MethodNotAllowed, ProxyError, envelope
+from proxy.core.errors import (
+    DECISION_HEADER,
+    BudgetExceeded,
+    MethodNotAllowed,
+    ProxyError,
+    envelope,
+)
 
 __all__ = ["DECISION_HEADER", "envelope", "error_response", "json_response", "raw_refusal"]
 
@@ -22,6 +28,8 @@ def error_response(error: ProxyError) -> web.Response:
     response = json_response(envelope(error), status=error.status)
     if isinstance(error, MethodNotAllowed):
         response.headers["Allow"] = ", ".join(error.allowed)
+    elif isinstance(error, BudgetExceeded):
+        response.headers["Retry-After"] = str(error.retry_after)
     return response
 
 

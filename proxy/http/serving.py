@@ -33,7 +33,7 @@ from proxy.http.app import create_app
 from proxy.http.logs import SINK, configure_logging, get_logger
 from proxy.http.metrics import MULTIPROCESS_DIR
 from proxy.http.server import ProxyRunner
-from proxy.http.state import LISTENERS, METRICS, RUNTIME, Runtime
+from proxy.http.state import BUDGET, LISTENERS, METRICS, RUNTIME, Runtime
 
 SHUTDOWN_SECONDS = 30.0
 
@@ -214,6 +214,7 @@ def reload(
     ) and "catalog_extra" not in applied:
         applied.append("catalogue")
     app[RUNTIME].current = Runtime.build(config, catalogue)
+    app[BUDGET].reconfigure(config.budget)
     app[METRICS].running(__version__, catalogue.provenance.version)
     settle_heap()
     app_scopes = config.policy.app_scopes
@@ -255,7 +256,7 @@ def _reload_certificates(app: web.Application, running: Config) -> None:
 # timeouts, its store, its logging, its connection limits.
 RESTART_ONLY = ("listen", "admin_listen", "upstream", "store", "logging", "limits")
 _POLICY = ("mode", "app_scopes", "unknown_tokens", "api_tokens", "unknown_endpoints")
-_APPLIED = ("tokens", "public_url", "rewrite_api_domain", "catalog_extra", "warmup")
+_APPLIED = ("tokens", "public_url", "rewrite_api_domain", "catalog_extra", "warmup", "budget")
 
 
 def _changed(before: Config, after: Config) -> list[str]:

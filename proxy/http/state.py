@@ -12,6 +12,7 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.core.catalog import Catalogue
 from proxy.core.decision import Decision, Grant, Policy
+from proxy.http.budget import Budget, Note
 from proxy.http.forward import UpstreamClient
 from proxy.http.logs import get_logger
 from proxy.http.metrics import Metrics
@@ -63,6 +64,7 @@ RECORDER = web.AppKey("recorder", Recorder)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")  # UNIX time now: tests give one they can move
 STARTED_AT = web.AppKey("started_at", float)  # when the app was made (the warm-up counts from it)
 UNKNOWN_TOKENS = web.AppKey("unknown_tokens", UnknownTokens)
+BUDGET = web.AppKey("budget", Budget)  # the budget governor (its policy's mode may be off)
 
 
 class Handled(NamedTuple):
@@ -82,6 +84,8 @@ async def answered(response: web.StreamResponse) -> web.StreamResponse:
 # The request id the proxy made up for a request without X-Request-Id (``proxy.http.observe``),
 # sent upstream with the call; None when the client sent one.
 MADE_REQUEST_ID = web.RequestKey("made_request_id", str)
+# What the budget governor made of a call it charged (``proxy.http.budget``).
+BUDGET_NOTE = web.RequestKey("budget_note", Note)
 
 
 def store_failed(app: web.Application, operation: str, problem: str) -> None:

@@ -7,7 +7,14 @@ from html import escape
 from typing import Any
 
 from proxy.report.model import OTHER_TOKENS, endpoint_label
-from proxy.report.prose import change_lines, drift_words, findings, grant_label, plain_decision
+from proxy.report.prose import (
+    change_lines,
+    costliest_words,
+    drift_words,
+    findings,
+    grant_label,
+    plain_decision,
+)
 
 SHOWN_TOKENS = 20  # token sections on the page; the JSON has every one
 
@@ -194,6 +201,26 @@ def _drift(section: Mapping[str, Any]) -> str:
     )
 
 
+def _budget(section: Mapping[str, Any]) -> str:
+    """Each company's day of the daily token budget."""
+    budget = section.get("budget")
+    if budget is None:
+        return ""
+    rows = [
+        [escape(str(c["company"])), str(c["spent"]),
+         str(c["left"]) if c["left"] is not None else "?",
+         escape(str(c["projected_exhaustion"] or "")),
+         escape(", ".join(f"{n} {kind}" for kind, n in c["throttled"].items())),
+         "<br>".join(escape(costliest_words(e)) for e in c["costliest"])]
+        for c in budget["companies"]
+    ]  # fmt: skip
+    return (
+        f'<h2 id="budget">Daily token budget</h2><p class="meta">Governor: '
+        f"<b>{escape(str(budget['mode']))}</b></p>"
+        + _table(["company", "spent", "left", "runs out at", "refused", "costliest"], rows, {1, 2})
+    )
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The report for people: the change to make, the findings, tables, where tokens go."""
     app = report["app_scopes"]
@@ -246,7 +273,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         f'<p>Declared scopes (<code>app_scopes</code>): <span id="declared">{declared}</span></p>'
         f"{_change(report)}{warnings}"
         f"{_section(report['overall'], app, 'h2')}"
-        f"{_drift(report['overall'])}{_cost_chart(report['overall'])}{_moving(report['overall'])}"
+        f"{_drift(report['overall'])}{_budget(report['overall'])}"
+        f"{_cost_chart(report['overall'])}{_moving(report['overall'])}"
         f"{refused_before}"
         f"<h2>By token</h2>{tokens or '<p><em>No calls yet.</em></p>'}"
         "</body></html>"

@@ -8,7 +8,12 @@ from html import escape
 from typing import Any
 
 from proxy.report.model import endpoint_label
-from proxy.report.prose import drift_sentence, lifecycle_sentence, plain_decision
+from proxy.report.prose import (
+    budget_sentence,
+    drift_sentence,
+    lifecycle_sentence,
+    plain_decision,
+)
 
 
 def render_junit(report: Mapping[str, Any]) -> str:
@@ -63,11 +68,34 @@ def render_junit(report: Mapping[str, Any]) -> str:
             f'<testcase classname="pipedrive.drift.{escape(entry["kind"], quote=True)}" '
             f'name="{name}"><skipped message="{escape(said, quote=True)}"/></testcase>'
         )
+    # Each company's day of the budget: passed, with what was spent and left; skipped (shown,
+    # never failing the run) where the governor refused calls.
+    budget = overall.get("budget") or {"companies": []}
+    throttled_companies = 0
+    for company in budget["companies"]:
+        said, name = budget_sentence(company), escape(str(company["company"]), quote=True)
+        if company.get("throttled"):
+            throttled_companies += 1
+            cases.append(
+                f'<testcase classname="pipedrive.budget" name="{name}">'
+                f'<skipped message="{escape(said, quote=True)}"/></testcase>'
+            )
+        else:
+            cases.append(
+                f'<testcase classname="pipedrive.budget" name="{name}">'
+                f"<system-out>{escape(said)}</system-out></testcase>"
+            )
     failures = sum(1 for label in called if label in denied) + len(
         report["refused_before_decision"]
     )
-    skipped = len(overall["lifecycle"]) + len(overall.get("drift", ()))
-    counted = len(called) + len(report["refused_before_decision"]) + skipped
+    skipped = len(overall["lifecycle"]) + len(overall.get("drift", ())) + throttled_companies
+    counted = (
+        len(called)
+        + len(report["refused_before_decision"])
+        + skipped
+        + len(budget["companies"])
+        - throttled_companies
+    )
     totals = f'tests="{counted}" failures="{failures}" skipped="{skipped}"'
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'

@@ -8,6 +8,7 @@ from typing import Any
 from proxy.report.model import endpoint_label
 from proxy.report.prose import (
     change_lines,
+    costliest_words,
     drift_words,
     lifecycle_words,
     migration_sentence,
@@ -73,6 +74,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             + (f"`{e['replacement']}`" if e["replacement"] else "")
             + " |"
             for e in overall["lifecycle"]
+        ]
+    budget = overall.get("budget")
+    if budget is not None:
+        lines += ["", f"**Daily token budget** (governor: {budget['mode']}):", "",
+                  "| company | spent | left | runs out at | refused | costliest |",
+                  "|---|---:|---:|---|---|---|"]  # fmt: skip
+        lines += [
+            f"| {c['company']} | {c['spent']} | {c['left'] if c['left'] is not None else '?'} | "
+            f"{c['projected_exhaustion'] or ''} | "
+            + ", ".join(f"{n} {kind}" for kind, n in c["throttled"].items())
+            + " | "
+            + "<br>".join(costliest_words(e) for e in c["costliest"])
+            + " |"
+            for c in budget["companies"]
         ]
     moving = overall["migration"]
     if moving["endpoints"]:

@@ -524,6 +524,7 @@ def build_report(
     catalogue: Catalogue | None = None,
     seen: Mapping[str, tuple[str, str]] | None = None,
     unknown_tokens: int | None = None,
+    budget: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report document (its keys are a contract: see README, "The report"). At most
     ``max_tokens`` tokens have a section of their own; the rest share one, ``other``. Refusals
@@ -533,7 +534,8 @@ def build_report(
     (``lifecycle``) and the move to v2 (``migration``) are reported. Where Pipedrive's answers
     disagreed with the catalogue, ``drift`` says so, dated by ``seen`` (``drift_entries``).
     ``unknown_tokens``: how many tokens the live proxy saw in the last hour whose scopes it has
-    not learned (None from a log)."""
+    not learned (None from a log). ``budget``: the budget governor's section, per company
+    (``proxy.report.budget``), with a budget configured."""
     before: Counter[str] = Counter()
     decided: Counter[Call] = Counter()
     not_api = 0
@@ -551,6 +553,8 @@ def build_report(
         by_token.setdefault(call.token_fp, {})[call] = count
     overall = _section(folded, app_scopes, catalogue)
     overall["drift"] = drift_entries(shapes_folded, seen or {})  # the scopes held, whichever token
+    if budget is not None:
+        overall["budget"] = budget
     return {
         "mode": mode,
         "since": since,

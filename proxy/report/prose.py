@@ -120,3 +120,26 @@ def plain_decision(decision: str) -> str:
     return {"allow": "allowed", "deny": "refused", "report": "would be refused"}.get(
         decision, decision
     )
+
+
+def budget_sentence(company: Mapping[str, Any]) -> str:
+    """One company's day of the budget, in words: spent, left, when it runs out, refused."""
+    words = f"{company['company']}: spent {company['spent']} tokens"
+    if company.get("share_tokens") is not None:
+        words += f" of a share of {company['share_tokens']}"
+    left = company.get("left")
+    words += f", {left} left" if left is not None else ", left unknown (no answer said yet)"
+    if company.get("projected_exhaustion"):
+        words += f", runs out at {company['projected_exhaustion']} at this rate"
+    throttled = company.get("throttled") or {}
+    if throttled:
+        words += "; refused " + ", ".join(f"{n} {kind}" for kind, n in throttled.items())
+    return words
+
+
+def costliest_words(entry: Mapping[str, Any]) -> str:
+    """A costly endpoint, and what its v2 replacement costs per call."""
+    words = f"{entry['endpoint']}: {entry['token_cost']} tokens in {entry['calls']} calls"
+    if entry.get("replacement"):
+        words += f" (v2 {entry['replacement']}: {entry['replacement_token_cost']} per call)"
+    return words

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.core.drift import merge_seen
+from proxy.report.budget import BudgetLog
 from proxy.report.model import Call, seen_key
 
 
@@ -25,6 +26,7 @@ class LogRun:
     since: str | None = None
     request_events: int = 0
     unreadable: int = 0
+    budget: BudgetLog = field(default_factory=BudgetLog)  # the budget section, read alike
 
 
 def calls_from_log(lines: Iterable[str]) -> LogRun:
@@ -43,6 +45,7 @@ def calls_from_log(lines: Iterable[str]) -> LogRun:
             run.unreadable += 1
             continue
         name = event.get("event")
+        run.budget.read(event)
         if name in ("startup", "reloaded"):
             declared = event.get("app_scopes")
             run.app_scopes = [str(s) for s in declared] if isinstance(declared, list) else None

@@ -7,7 +7,9 @@ from typing import Any
 
 from proxy.report.model import endpoint_label
 from proxy.report.prose import (
+    budget_sentence,
     change_lines,
+    costliest_words,
     drift_words,
     findings,
     grant_label,
@@ -55,6 +57,12 @@ def render_text(report: Mapping[str, Any]) -> str:
             + (f"  -> {e['replacement']}" if e["replacement"] else "")
             for e in overall["lifecycle"]
         ]
+    budget = overall.get("budget")
+    if budget is not None:
+        lines += ["", f"daily token budget (governor: {budget['mode']}):"]
+        for company in budget["companies"] or [{"company": "(no calls yet)", "spent": 0}]:
+            lines.append(f"  {budget_sentence(company)}")
+            lines += [f"      {costliest_words(e)}" for e in company.get("costliest", ())]
     moving = overall["migration"]
     if moving["endpoints"]:
         lines += ["", f"moving to v2: token cost {moving['token_cost']} -> "

@@ -76,5 +76,18 @@ class CallCounts(Protocol):
         """Drop these keys' sightings (their counters were folded away by a compaction)."""
 
 
-class Store(TokenStore, CallCounts, Protocol):
-    """A backend: both protocols over one connection."""
+class BudgetCounts(Protocol):
+    """The budget governor's shared counts: what each app spent of each company's day
+    (``proxy.core.budget``), drawn in chunks so that no call waits for the store."""
+
+    async def draw_budget(self, key: str, want: int, cap: int, ttl: float) -> tuple[int, int]:
+        """Add up to ``want`` to the count ``key`` without taking it past ``cap``, as one
+        step whichever replica draws; the count lives ``ttl`` seconds. Returns what was
+        granted and the count after."""
+
+    async def give_back_budget(self, key: str, amount: int) -> None:
+        """Take ``amount`` drawn but not spent off the count (a process stopping)."""
+
+
+class Store(TokenStore, CallCounts, BudgetCounts, Protocol):
+    """A backend: the three protocols over one connection."""

@@ -67,6 +67,12 @@ class CachedStore:
     async def forget_seen(self, keys: Iterable[str]) -> None:
         await self.inner.forget_seen(keys)
 
+    async def draw_budget(self, key: str, want: int, cap: int, ttl: float) -> tuple[int, int]:
+        return await self.inner.draw_budget(key, want, cap, ttl)
+
+    async def give_back_budget(self, key: str, amount: int) -> None:
+        await self.inner.give_back_budget(key, amount)
+
     async def ping(self) -> None:
         await self.inner.ping()
 

@@ -18,6 +18,7 @@ class MemoryStore:
         self._calls: Counter[str] = Counter()
         self._seen: dict[str, tuple[str, str]] = {}
         self._generation = 0  # reset_calls counts up: a compaction under way is then void
+        self._budget: dict[str, tuple[int, float]] = {}  # key -> (count, expires_at)
 
     async def get(self, digest: str) -> Learned | None:
         learned = self._tokens.get(digest)
@@ -68,6 +69,22 @@ class MemoryStore:
     async def forget_seen(self, keys: Iterable[str]) -> None:
         for key in keys:
             self._seen.pop(key, None)
+
+    async def draw_budget(self, key: str, want: int, cap: int, ttl: float) -> tuple[int, int]:
+        now = self.clock()
+        count, expires_at = self._budget.get(key, (0, now + ttl))
+        if expires_at <= now:
+            count, expires_at = 0, now + ttl
+        granted = max(0, min(want, cap - count))
+        if len(self._budget) > 10_000:  # drop the days that are over before growing further
+            self._budget = {k: v for k, v in self._budget.items() if v[1] > now}
+        self._budget[key] = (count + granted, expires_at)
+        return granted, count + granted
+
+    async def give_back_budget(self, key: str, amount: int) -> None:
+        count, expires_at = self._budget.get(key, (0, 0.0))
+        if key in self._budget:
+            self._budget[key] = (max(0, count - amount), expires_at)
 
     async def ping(self) -> None:
         return None

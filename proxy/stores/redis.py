@@ -35,6 +35,22 @@ for i = 1, #ARGV, 3 do
   redis.call('HSET', KEYS[1], ARGV[i], first .. ' ' .. last)
 end
 """
+BUDGET_PREFIX = "pipedrive-scope-proxy:budget:"  # + app, company, day: tokens drawn
+# A draw: up to ARGV[1] added to the count, never past ARGV[2], in one step whichever replica
+# draws; the count expires ARGV[3] milliseconds after it was made.
+_DRAW = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+local granted = math.max(0, math.min(tonumber(ARGV[1]), tonumber(ARGV[2]) - count))
+if granted > 0 then count = redis.call('INCRBY', KEYS[1], granted) end
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('SET', KEYS[1], count, 'PX', ARGV[3])
+end
+return {granted, count}
+"""
+_GIVE_BACK = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count > 0 then redis.call('SET', KEYS[1], math.max(0, count - tonumber(ARGV[1])), 'KEEPTTL') end
+"""
 PREFIX = "pipedrive-scope-proxy:token:"  # value: "<expires_at> <scope>,<scope>,..."
 
 
@@ -53,6 +69,8 @@ class RedisStore:
             decode_responses=True,
         )
         self._merge_seen = self._client.register_script(_MERGE_SEEN)
+        self._draw = self._client.register_script(_DRAW)
+        self._give_back = self._client.register_script(_GIVE_BACK)
 
     @asynccontextmanager
     async def _failing(self) -> AsyncIterator[None]:
@@ -141,6 +159,17 @@ class RedisStore:
         if dropped:
             async with self._failing():
                 await self._client.hdel(SEEN_KEY, *dropped)
+
+    async def draw_budget(self, key: str, want: int, cap: int, ttl: float) -> tuple[int, int]:
+        async with self._failing():
+            granted, count = await self._draw(
+                keys=[BUDGET_PREFIX + key], args=[want, cap, max(1, int(ttl * 1000))]
+            )
+        return int(granted), int(count)
+
+    async def give_back_budget(self, key: str, amount: int) -> None:
+        async with self._failing():
+            await self._give_back(keys=[BUDGET_PREFIX + key], args=[amount])
 
     async def ping(self) -> None:
         async with self._failing():

@@ -29,6 +29,11 @@ CREATE TABLE IF NOT EXISTS calls (
     key TEXT PRIMARY KEY,         -- one kind of decided call (proxy.report.model.Call.key)
     count INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS budget (
+    key TEXT PRIMARY KEY,         -- app, company and day (proxy.core.budget.Ledger.key)
+    count INTEGER NOT NULL,       -- tokens the app's processes drew of that day
+    expires_at REAL NOT NULL      -- UNIX time
+);
 CREATE TABLE IF NOT EXISTS seen (
     key TEXT PRIMARY KEY,         -- a drift's kind and endpoint (proxy.report.model.seen_key)
     first TEXT NOT NULL,          -- ISO 8601 UTC: sorts as text
@@ -163,6 +168,34 @@ class SqliteStore:
                 db.executemany("DELETE FROM seen WHERE key = ?", dropped)
 
         await self._run(delete)
+
+    async def draw_budget(self, key: str, want: int, cap: int, ttl: float) -> tuple[int, int]:
+        now = self.clock()
+
+        def draw(db: sqlite3.Connection) -> tuple[int, int]:
+            with db:  # one transaction: processes on this machine draw one at a time
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("DELETE FROM budget WHERE expires_at <= ?", (now,))
+                row = db.execute("SELECT count FROM budget WHERE key = ?", (key,)).fetchone()
+                count = int(row[0]) if row is not None else 0
+                granted = max(0, min(want, cap - count))
+                db.execute(
+                    "INSERT INTO budget (key, count, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET count = excluded.count",
+                    (key, count + granted, now + ttl),
+                )
+            return granted, count + granted
+
+        return await self._run(draw)
+
+    async def give_back_budget(self, key: str, amount: int) -> None:
+        def give_back(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "UPDATE budget SET count = MAX(0, count - ?) WHERE key = ?", (amount, key)
+                )
+
+        await self._run(give_back)
 
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())

@@ -1,0 +1,242 @@
+"""The budget governor in the server: each call in scope is charged its endpoint's token cost
+against its company's day before it is forwarded, and what Pipedrive's answer says of the
+budget is read back (``proxy.core.budget`` holds the rules).
+
+The app's spend is shared with its replicas through the store in chunks (``draw_budget``), at
+most a tenth of its share each: a call waits for the store only when this process's chunk is
+spent. When the store cannot be reached, no call is refused on the budget; the spend is
+counted here and added to the shared count once the store answers (tried again at most every
+``RETRY_SECONDS``). Behind Envoy the governor only reports: its check sees no answer of
+Pipedrive's (no headers, no refunds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
+
+from proxy.core.budget import (
+    DAY,
+    UNCAPPED,
+    BudgetPolicy,
+    Charge,
+    Draw,
+    Governor,
+    Ledger,
+    Throttled,
+    iso,
+)
+from proxy.core.decision import Decision
+from proxy.core.errors import BudgetExceeded
+from proxy.core.reasons import Reason
+from proxy.http.logs import get_logger
+from proxy.http.metrics import Metrics
+from proxy.stores import Clock, Store, StoreError
+
+RETRY_SECONDS = 5.0  # after the store failed a draw, how long calls go on without trying again
+DEFAULT_COST = 10  # an endpoint whose cost Pipedrive's files do not give: their commonest cost
+LIMIT_HEADER = "x-daily-ratelimit-token-limit"
+REMAINING_HEADER = "x-daily-ratelimit-token-remaining"
+_KINDS = {"budget_exhausted": Reason.BUDGET_EXHAUSTED, "burst_limit": Reason.BURST_LIMIT}
+
+
+class Note(NamedTuple):
+    """What the governor made of one call: for its log line, and to read its answer back."""
+
+    company: str | None
+    charge: Charge | None
+    throttled: str | None  # the kind it was (or in report mode would have been) refused as
+
+
+class Budget:
+    """This process's governor, and its draws from the store."""
+
+    def __init__(
+        self,
+        policy: BudgetPolicy,
+        store: Store,
+        metrics: Metrics,
+        clock: Clock = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.governor = Governor(policy)
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.monotonic = monotonic
+        self._away_until = 0.0  # the store failed a draw: not tried again before then
+        self._draws: dict[str, asyncio.Future[None]] = {}
+        metrics.budget_rows = self.rows
+
+    @property
+    def policy(self) -> BudgetPolicy:
+        return self.governor.policy
+
+    def reconfigure(self, policy: BudgetPolicy) -> None:
+        """A reload: the new share, reserve and limits hold from the next call on; what was
+        spent and drawn today stays (the count is the app's, whatever its share)."""
+        if policy.app != self.governor.policy.app:
+            self.governor = Governor(policy)  # another app's count: start it afresh
+        else:
+            self.governor.policy = policy
+
+    async def admit(self, decision: Decision, check: bool) -> Note:
+        """Charge a call in scope, or raise its refusal (``BudgetExceeded``, carrying the
+        decision turned to ``deny``). ``check``: Envoy's check, which only reports."""
+        governor, policy = self.governor, self.governor.policy
+        report = check or policy.mode == "report"
+        credential, grant, endpoint = decision.credential, decision.grant, decision.endpoint
+        company = grant.company if grant is not None else None
+        now = self.clock()
+        ledger = governor.ledger(company, now)
+        cost = endpoint.token_cost if endpoint is not None and endpoint.token_cost else DEFAULT_COST
+        label = decision.label or "(unknown endpoint)"
+        throttled: Throttled | None = None
+        if credential is not None:
+            throttled = governor.burst(credential.digest, credential.kind, self.monotonic())
+        if throttled is not None:
+            self.metrics.budget_throttled.labels(throttled.kind).inc()
+            governor.noted(ledger, label, cost, throttled.kind)
+            if not report:
+                raise self._refusal(decision, throttled)
+        critical = label in policy.critical
+        shared = now >= self._away_until
+        result = governor.admit(ledger, cost, critical, now, drew=False, shared=shared)
+        if isinstance(result, Draw):
+            await self._draw(ledger, result)
+            shared = self.clock() >= self._away_until
+            result = governor.admit(ledger, cost, critical, now, drew=True, shared=shared)
+            if isinstance(result, Draw):  # never after a draw; refused, should it ever be
+                result = governor.refuse(ledger, critical, now)
+        if isinstance(result, Throttled):
+            self.metrics.budget_throttled.labels(result.kind).inc()
+            governor.noted(ledger, label, cost, result.kind)
+            if not report:
+                if credential is not None:
+                    governor.unburst(credential.digest)  # it made no call after all
+                raise self._refusal(decision, result)
+            throttled = throttled or result
+            result = governor.overdraw(ledger, cost, critical, now)
+        governor.noted(ledger, label, cost, None)
+        return Note(company, result, throttled.kind if throttled is not None else None)
+
+    def answered(
+        self, note: Note, status: int, headers: Mapping[str, str], reached: bool
+    ) -> int | None:
+        """Read Pipedrive's answer to a charged call: its budget headers, a 429 for the day's
+        budget; give the cost back if the call never reached Pipedrive (``reached`` false) or
+        Pipedrive refused it with 429. Returns what is left for the app (its log field)."""
+        charge = note.charge
+        if charge is None:
+            return None
+        ledger = charge.ledger
+        governor = self.governor
+        if not reached or status == 429:
+            governor.refund(charge)
+        if reached and ledger.company is not None:
+            now = self.clock()
+            limit = _integer(headers.get(LIMIT_HEADER))
+            remaining = _integer(headers.get(REMAINING_HEADER))
+            if limit is not None or remaining is not None:
+                governor.said(ledger, limit, remaining, now)
+                ledger = governor.ledgers.get(ledger.company, ledger)
+            if status == 429:
+                wait = _integer(headers.get("Retry-After"))
+                if remaining == 0 or (wait is not None and wait > 2):
+                    governor.exhausted(ledger, wait, now)
+        return self.left(ledger)
+
+    def left(self, ledger: Ledger) -> int | None:
+        """What is left for the app of its company's day: its share, or less when Pipedrive
+        says so; None for a company the proxy does not know."""
+        if ledger.company is None:
+            return None
+        _, full = ledger.caps(self.governor.policy)
+        share_left = max(0, full - ledger.shared_spent)
+        if ledger.left is None:
+            return share_left
+        return min(share_left, int(max(0.0, ledger.left)))
+
+    def rows(self) -> Iterable[tuple[str, int, int | None]]:
+        """Each known company's spend and what is left (the metrics' rows)."""
+        for ledger in list(self.governor.ledgers.values()):
+            if ledger.company is not None:
+                yield ledger.company, ledger.shared_spent, self.left(ledger)
+
+    def section(self) -> dict[str, object]:
+        """The report's ``budget`` section."""
+        policy = self.governor.policy
+        return {
+            "mode": policy.mode,
+            "app": policy.app,
+            "share": policy.share,
+            "reserve": policy.reserve,
+            "critical": sorted(policy.critical),
+            "companies": self.governor.summary(self.clock()),
+        }
+
+    async def close(self) -> None:
+        """Give back what this process drew and did not spend, so that the next one (a
+        rollout, a restart) may spend it."""
+        for ledger in list(self.governor.ledgers.values()):
+            unspent = ledger.held + ledger.held_reserve
+            if ledger.company is None or unspent <= 0:
+                continue
+            try:
+                await self.store.give_back_budget(ledger.key, unspent)
+            except StoreError:
+                return
+            ledger.held = ledger.held_reserve = 0
+
+    async def _draw(self, ledger: Ledger, draw: Draw) -> None:
+        """Draw a chunk (one draw per count at a time: other calls wait for it)."""
+        pending = self._draws.get(draw.key)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._draws[draw.key] = future
+        try:
+            ttl = max(60.0, ledger.resets_at - self.clock() + DAY)
+            if ledger.unsynced:  # spent while the store was away: counted first
+                unsynced = ledger.unsynced
+                _, total = await self.store.draw_budget(draw.key, unsynced, UNCAPPED, ttl)
+                ledger.unsynced -= unsynced
+                ledger.drawn = total
+            granted, total = await self.store.draw_budget(draw.key, draw.want, draw.cap, ttl)
+            self.governor.drew(ledger, granted, total, self.governor.policy)
+        except StoreError as error:
+            if self._away_until <= self.clock():
+                get_logger().warning("budget_store_unreachable", problem=str(error))
+            self._away_until = self.clock() + RETRY_SECONDS
+        finally:
+            del self._draws[draw.key]
+            future.set_result(None)
+
+    def _refusal(self, decision: Decision, throttled: Throttled) -> BudgetExceeded:
+        reason = _KINDS[throttled.kind]
+        if throttled.kind == "burst_limit":
+            detail = (
+                "this token made its limit of calls in the last 2 seconds "
+                f"(budget.burst): retry after {throttled.retry_after} s"
+            )
+        else:
+            detail = (
+                "this app's share of the company's daily token budget is spent "
+                "(budget.share), or what Pipedrive says is left would not cover this call"
+            )
+        resets = iso(throttled.resets_at) if throttled.resets_at is not None else None
+        error = BudgetExceeded(
+            reason, throttled.retry_after, throttled.company, throttled.left, resets, detail
+        )
+        error.decision = decision._replace(verdict="deny", reason=reason)
+        return error
+
+
+def _integer(value: str | None) -> int | None:
+    if value is None:
+        return None
+    text = value.strip()
+    return int(text) if text.isdigit() and len(text) <= 15 else None
