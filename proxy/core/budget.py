@@ -33,6 +33,10 @@ BudgetMode = Literal["off", "report", "enforce"]
 BUDGET_MODES: tuple[BudgetMode, ...] = ("off", "report", "enforce")
 Throttle = Literal["budget_exhausted", "burst_limit"]
 BURST_SECONDS = 2.0
+# How much longer than Pipedrive's 2-second window the proxy holds a call in its own: calls
+# reach Pipedrive after a delay that differs from one call to the next, and a window of exactly
+# 2 s at the proxy could put one call too many into one of Pipedrive's.
+BURST_GUARD = 0.05
 DAY = 86_400.0
 HOUR = 3_600.0
 CHUNKS = 10  # a draw takes at most this fraction (1/CHUNKS) of the app's share
@@ -85,10 +89,12 @@ class Draw(NamedTuple):
 
 
 class Charge(NamedTuple):
-    """What a call was charged: given back (``refund``) if it never reached Pipedrive."""
+    """What a call was charged, and in whose day: given back (``refund``) if it never reached
+    Pipedrive. ``throttled``: in report mode, the refusal the call would have met."""
 
     ledger: Ledger
     cost: int
+    throttled: Throttle | None = None
 
 
 def utc_day_start(now: float) -> float:
@@ -108,26 +114,9 @@ class Ledger:
     """One company's day, as this process knows it."""
 
     __slots__ = (
-        "app",
-        "calls",
-        "company",
-        "costs",
-        "drawn",
-        "first_at",
-        "held",
-        "held_reserve",
-        "key",
-        "last_at",
-        "left",
-        "limit",
-        "limit_said",
-        "resets_at",
-        "said_first",
-        "said_last",
-        "spent",
-        "start",
-        "throttled",
-        "unsynced",
+        "_caps", "_caps_limit", "_caps_policy", "app", "company", "drawn", "first_at", "held",
+        "held_reserve", "key", "last_at", "left", "limit", "limit_said", "resets_at", "said_first",
+        "said_last", "spent", "start", "throttled", "unsynced", "usage",
     )  # fmt: skip
 
     def __init__(self, app: str, company: str | None, start: float, limit: int) -> None:
@@ -147,15 +136,21 @@ class Ledger:
         self.last_at: float | None = None
         self.said_first: tuple[float, int] | None = None  # (when, remaining): the company's rate
         self.said_last: tuple[float, int] | None = None
-        self.costs: Counter[str] = Counter()  # tokens by endpoint
-        self.calls: Counter[str] = Counter()  # calls by endpoint
+        self.usage: dict[str, list[int]] = {}  # endpoint -> [calls, tokens]
         self.throttled: Counter[str] = Counter()  # refusals (or would-be refusals) by kind
         self.key = f"{app}\t{company or UNKNOWN_COMPANY}\t{period_name(start)}"
+        self._caps = (0, 0)
+        self._caps_policy: BudgetPolicy | None = None
+        self._caps_limit = 0
 
     def caps(self, policy: BudgetPolicy) -> tuple[int, int]:
-        """The app's caps on the shared count: for other calls, and for critical ones."""
-        full = int(policy.share * self.limit)
-        return int(full * (1.0 - policy.reserve)), full
+        """The app's caps on the shared count: for other calls, and for critical ones (worked
+        out again only when the policy or the limit changes)."""
+        if self._caps_policy is not policy or self._caps_limit != self.limit:
+            full = int(policy.share * self.limit)
+            self._caps = (int(full * (1.0 - policy.reserve)), full)
+            self._caps_policy, self._caps_limit = policy, self.limit
+        return self._caps
 
     @property
     def shared_spent(self) -> int:
@@ -188,7 +183,8 @@ class Governor:
         """Whether the token may make one more call now: at most its limit in any 2-second
         span (a sliding window: where Pipedrive's windows start cannot be known). ``now`` is
         monotonic time. The call is counted in the window when it may go."""
-        limit = self.policy.burst_limit(kind)
+        policy = self.policy
+        limit = policy.burst_oauth if kind == "oauth" else policy.burst_api_token
         if limit is None:
             return None
         self._calls += 1
@@ -197,11 +193,11 @@ class Governor:
         window = self.windows.get(digest)
         if window is None:
             window = self.windows[digest] = deque()
-        edge = now - BURST_SECONDS
+        edge = now - BURST_SECONDS - BURST_GUARD
         while window and window[0] <= edge:
             window.popleft()
         if len(window) >= limit:
-            wait = window[0] + BURST_SECONDS - now
+            wait = window[0] + BURST_SECONDS + BURST_GUARD - now
             return Throttled("burst_limit", max(1, min(2, math.ceil(wait))), None, None, None)
         window.append(now)
         return None
@@ -213,7 +209,7 @@ class Governor:
             window.pop()
 
     def prune_windows(self, now: float) -> None:
-        edge = now - BURST_SECONDS
+        edge = now - BURST_SECONDS - BURST_GUARD
         for digest in [d for d, w in self.windows.items() if not w or w[-1] <= edge]:
             del self.windows[digest]
 
@@ -226,9 +222,20 @@ class Governor:
         charging: the caller forwards it all the same."""
         if ledger.company is None:  # never refused on budget: only counted
             return self._charge(ledger, cost, now, apart=True)
-        if shared and ledger.left is not None and cost > ledger.left:
+        left = ledger.left
+        if shared and left is not None and cost > left:
             return self.refuse(ledger, critical, now)
-        pool = ledger.held + (ledger.held_reserve if critical else 0)
+        held = ledger.held
+        if held >= cost:  # the common case: charged from what this process holds
+            ledger.held = held - cost
+            ledger.spent += cost
+            if left is not None:
+                ledger.left = left - cost
+            if ledger.first_at is None:
+                ledger.first_at = now
+            ledger.last_at = now
+            return Charge(ledger, cost)
+        pool = held + (ledger.held_reserve if critical else 0)
         if pool >= cost:
             return self._charge(ledger, cost, now)
         if not shared:  # the shared count is away: counted, added to it once it answers
@@ -269,21 +276,33 @@ class Governor:
 
     def refund(self, charge: Charge) -> None:
         """A charged call never reached Pipedrive: its cost is held again."""
-        ledger, cost = charge
+        ledger, cost = charge.ledger, charge.cost
         ledger.spent -= cost
         ledger.held += cost
         if ledger.left is not None:
             ledger.left += cost
 
-    def said(self, ledger: Ledger, limit: int | None, remaining: int | None, now: float) -> None:
-        """What a Pipedrive answer's ``x-daily-ratelimit-token-*`` headers say."""
+    def said(self, ledger: Ledger, limit: int | None, remaining: int | None, now: float) -> Ledger:
+        """What a Pipedrive answer's ``x-daily-ratelimit-token-*`` headers say; the ledger in
+        effect after it (a new one when they show that a new day began at Pipedrive)."""
+        left = ledger.left
+        if (  # the common case: the limit as it was, what is left lower or about the same
+            limit == ledger.limit
+            and remaining is not None
+            and left is not None
+            and ledger.said_first is not None
+            and remaining <= left + NEW_DAY_RISE * limit
+        ):
+            if remaining < left:
+                ledger.left = remaining
+            ledger.said_last = (now, remaining)
+            return ledger
         topped_up = False
         if limit is not None and limit > 0:
             topped_up = ledger.limit_said and limit != ledger.limit
             ledger.limit, ledger.limit_said = limit, True
         if remaining is None:
-            return
-        left = ledger.left
+            return ledger
         if left is None or topped_up:
             ledger.left = remaining
         elif remaining > left + NEW_DAY_RISE * ledger.limit:  # a new day at Pipedrive
@@ -294,6 +313,7 @@ class Governor:
         if ledger.said_first is None:
             ledger.said_first = (now, remaining)
         ledger.said_last = (now, remaining)
+        return ledger
 
     def exhausted(self, ledger: Ledger, retry_after: float | None, now: float) -> None:
         """Pipedrive refused a call on the day's budget: nothing is left until it resets,
@@ -303,14 +323,15 @@ class Governor:
             ledger.resets_at = now + retry_after
 
     def projected(self, ledger: Ledger, now: float) -> float | None:
-        """When, at the rates seen today, what is left runs out: the app's share at the app's
-        rate, or Pipedrive's remaining at the company's (every app and user of it); None
-        when neither runs out before the day ends."""
+        """When, at the rates seen today, calls start being refused: the app's share (less the
+        reserve: the endpoints not named critical) at the app's rate, or Pipedrive's remaining
+        at the company's (every app and user of it); None when neither runs out before the
+        day ends."""
         times: list[float] = []
         if ledger.first_at is not None and ledger.spent > 0 and now - ledger.first_at >= 1.0:
             rate = ledger.spent / (now - ledger.first_at)
-            _, full = ledger.caps(self.policy)
-            times.append(now + max(0, full - ledger.shared_spent) / rate)
+            normal, _ = ledger.caps(self.policy)
+            times.append(now + max(0, normal - ledger.shared_spent) / rate)
         first, last = ledger.said_first, ledger.said_last
         if first is not None and last is not None and last[0] - first[0] >= 1.0:
             fell = first[1] - last[1]
@@ -341,12 +362,15 @@ class Governor:
                     if ledger.company is not None
                     else None,
                     "projected_exhaustion": iso(projected) if projected is not None else None,
+                    "projected_in_seconds": round(projected - now, 1)
+                    if projected is not None
+                    else None,
                     "throttled": dict(sorted(ledger.throttled.items())),
-                    "calls": sum(ledger.calls.values()),
+                    "calls": sum(calls for calls, _ in ledger.usage.values()),
                     "costliest": [
-                        {"endpoint": name, "calls": ledger.calls[name], "token_cost": tokens}
-                        for name, tokens in sorted(
-                            ledger.costs.items(), key=lambda item: (-item[1], item[0])
+                        {"endpoint": name, "calls": calls, "token_cost": tokens}
+                        for name, (calls, tokens) in sorted(
+                            ledger.usage.items(), key=lambda item: (-item[1][1], item[0])
                         )[:COSTLIEST]
                     ],
                 }
@@ -385,8 +409,11 @@ class Governor:
         if throttled is not None:
             ledger.throttled[throttled] += 1
             return
-        ledger.calls[endpoint] += 1
-        ledger.costs[endpoint] += cost
+        usage = ledger.usage.get(endpoint)
+        if usage is None:
+            usage = ledger.usage[endpoint] = [0, 0]
+        usage[0] += 1
+        usage[1] += cost
 
     def prune(self, now: float) -> None:
         """Drop the days that are over (the ledgers of companies that made no call since)."""

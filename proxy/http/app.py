@@ -21,6 +21,7 @@ from aiohttp import HttpVersion10, HttpVersion11, web
 from proxy import __version__
 from proxy.config import Config
 from proxy.core import bodies, oauth
+from proxy.core.budget import Charge
 from proxy.core.canonical import BODYLESS_METHODS, CanonicalRequest, canonicalize
 from proxy.core.catalog import (
     API_PREFIXES,
@@ -105,7 +106,8 @@ async def handle(request: web.Request) -> Handled:
         held = await read_checked(request, runtime, decision, found) if found else None
         budget = app[BUDGET]
         if budget.governor.policy.mode != "off":  # charged now that nothing else refuses it
-            request[BUDGET_NOTE] = await budget.admit(decision, check=False)
+            note = budget.admit(decision, check=False)
+            request[BUDGET_NOTE] = note if isinstance(note, Charge) else await note
         url = runtime.config.upstream.api_url + canonical.target
         made_id = request.get(MADE_REQUEST_ID)
         forwarding = app[UPSTREAM].forward(
@@ -191,7 +193,8 @@ async def handle_check(request: web.Request, runtime: Runtime, target: str) -> H
         await read_checked(request, runtime, decision, found, partial)
     budget = request.app[BUDGET]
     if budget.governor.policy.mode != "off":  # counted, never refused: no answer comes back
-        request[BUDGET_NOTE] = await budget.admit(decision, check=True)
+        note = budget.admit(decision, check=True)
+        request[BUDGET_NOTE] = note if isinstance(note, Charge) else await note
     return Handled(decision, answered(web.Response()))
 
 

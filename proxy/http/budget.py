@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import NamedTuple
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from proxy.core.budget import (
     DAY,
@@ -42,12 +41,9 @@ REMAINING_HEADER = "x-daily-ratelimit-token-remaining"
 _KINDS = {"budget_exhausted": Reason.BUDGET_EXHAUSTED, "burst_limit": Reason.BURST_LIMIT}
 
 
-class Note(NamedTuple):
-    """What the governor made of one call: for its log line, and to read its answer back."""
-
-    company: str | None
-    charge: Charge | None
-    throttled: str | None  # the kind it was (or in report mode would have been) refused as
+# What the governor made of one call: its charge (the company's day, the cost, and in report
+# mode the refusal it would have met), for its log line and to read its answer back.
+Note = Charge
 
 
 class Budget:
@@ -82,45 +78,81 @@ class Budget:
         else:
             self.governor.policy = policy
 
-    async def admit(self, decision: Decision, check: bool) -> Note:
+    def admit(self, decision: Decision, check: bool) -> Note | Awaitable[Note]:
         """Charge a call in scope, or raise its refusal (``BudgetExceeded``, carrying the
-        decision turned to ``deny``). ``check``: Envoy's check, which only reports."""
+        decision turned to ``deny``). ``check``: Envoy's check, which only reports. A call
+        this process holds enough of the share for is decided at once (a ``Note``); one that
+        must first draw a chunk from the store is decided once it is drawn (await it)."""
         governor, policy = self.governor, self.governor.policy
-        report = check or policy.mode == "report"
         credential, grant, endpoint = decision.credential, decision.grant, decision.endpoint
         company = grant.company if grant is not None else None
         now = self.clock()
-        ledger = governor.ledger(company, now)
+        label = endpoint.name if endpoint is not None else decision.shape or "(unknown endpoint)"
+        ledger = governor.ledgers.get(company)  # the day's ledger: looked up, or begun
+        if ledger is None or now >= ledger.resets_at:
+            ledger = governor.ledger(company, now)
         cost = endpoint.token_cost if endpoint is not None and endpoint.token_cost else DEFAULT_COST
-        label = decision.label or "(unknown endpoint)"
+        report = check or policy.mode == "report"
         throttled: Throttled | None = None
         if credential is not None:
             throttled = governor.burst(credential.digest, credential.kind, self.monotonic())
-        if throttled is not None:
-            self.metrics.budget_throttled.labels(throttled.kind).inc()
-            governor.noted(ledger, label, cost, throttled.kind)
-            if not report:
-                raise self._refusal(decision, throttled)
+            if throttled is not None:
+                self.metrics.budget_throttled.labels(throttled.kind).inc()
+                governor.noted(ledger, label, cost, throttled.kind)
+                if not report:
+                    raise self._refusal(decision, throttled)
         critical = label in policy.critical
-        shared = now >= self._away_until
-        result = governor.admit(ledger, cost, critical, now, drew=False, shared=shared)
+        result = governor.admit(ledger, cost, critical, now, False, now >= self._away_until)
+        if type(result) is Charge and throttled is None:  # the common case
+            governor.noted(ledger, label, cost, None)
+            return result
         if isinstance(result, Draw):
-            await self._draw(ledger, result)
-            shared = self.clock() >= self._away_until
-            result = governor.admit(ledger, cost, critical, now, drew=True, shared=shared)
-            if isinstance(result, Draw):  # never after a draw; refused, should it ever be
-                result = governor.refuse(ledger, critical, now)
+            return self._drawn(decision, ledger, result, cost, critical, label, report, throttled)
+        return self._settle(decision, ledger, result, cost, critical, label, report, throttled)
+
+    async def _drawn(
+        self,
+        decision: Decision,
+        ledger: Ledger,
+        draw: Draw,
+        cost: int,
+        critical: bool,
+        label: str,
+        report: bool,
+        throttled: Throttled | None,
+    ) -> Note:
+        await self._draw(ledger, draw)
+        now = self.clock()
+        shared = now >= self._away_until
+        result = self.governor.admit(ledger, cost, critical, now, drew=True, shared=shared)
+        if isinstance(result, Draw):  # never after a draw; refused, should it ever be
+            result = self.governor.refuse(ledger, critical, now)
+        return self._settle(decision, ledger, result, cost, critical, label, report, throttled)
+
+    def _settle(
+        self,
+        decision: Decision,
+        ledger: Ledger,
+        result: Charge | Throttled,
+        cost: int,
+        critical: bool,
+        label: str,
+        report: bool,
+        throttled: Throttled | None,
+    ) -> Note:
+        governor = self.governor
         if isinstance(result, Throttled):
             self.metrics.budget_throttled.labels(result.kind).inc()
             governor.noted(ledger, label, cost, result.kind)
+            credential = decision.credential
             if not report:
-                if credential is not None:
+                if credential is not None and throttled is None:
                     governor.unburst(credential.digest)  # it made no call after all
                 raise self._refusal(decision, result)
             throttled = throttled or result
-            result = governor.overdraw(ledger, cost, critical, now)
+            result = governor.overdraw(ledger, cost, critical, self.clock())
         governor.noted(ledger, label, cost, None)
-        return Note(company, result, throttled.kind if throttled is not None else None)
+        return result if throttled is None else result._replace(throttled=throttled.kind)
 
     def answered(
         self, note: Note, status: int, headers: Mapping[str, str], reached: bool
@@ -128,24 +160,20 @@ class Budget:
         """Read Pipedrive's answer to a charged call: its budget headers, a 429 for the day's
         budget; give the cost back if the call never reached Pipedrive (``reached`` false) or
         Pipedrive refused it with 429. Returns what is left for the app (its log field)."""
-        charge = note.charge
-        if charge is None:
-            return None
+        charge = note
         ledger = charge.ledger
         governor = self.governor
         if not reached or status == 429:
             governor.refund(charge)
         if reached and ledger.company is not None:
-            now = self.clock()
             limit = _integer(headers.get(LIMIT_HEADER))
             remaining = _integer(headers.get(REMAINING_HEADER))
             if limit is not None or remaining is not None:
-                governor.said(ledger, limit, remaining, now)
-                ledger = governor.ledgers.get(ledger.company, ledger)
+                ledger = governor.said(ledger, limit, remaining, self.clock())
             if status == 429:
                 wait = _integer(headers.get("Retry-After"))
                 if remaining == 0 or (wait is not None and wait > 2):
-                    governor.exhausted(ledger, wait, now)
+                    governor.exhausted(ledger, wait, self.clock())
         return self.left(ledger)
 
     def left(self, ledger: Ledger) -> int | None:
@@ -153,11 +181,14 @@ class Budget:
         says so; None for a company the proxy does not know."""
         if ledger.company is None:
             return None
-        _, full = ledger.caps(self.governor.policy)
-        share_left = max(0, full - ledger.shared_spent)
-        if ledger.left is None:
+        full = ledger.caps(self.governor.policy)[1]
+        spent = ledger.drawn - ledger.held - ledger.held_reserve
+        share_left = full - (spent if spent > 0 else 0) - ledger.unsynced
+        share_left = share_left if share_left > 0 else 0
+        left = ledger.left
+        if left is None or left >= share_left:
             return share_left
-        return min(share_left, int(max(0.0, ledger.left)))
+        return int(left) if left > 0 else 0
 
     def rows(self) -> Iterable[tuple[str, int, int | None]]:
         """Each known company's spend and what is left (the metrics' rows)."""
@@ -236,7 +267,7 @@ class Budget:
 
 
 def _integer(value: str | None) -> int | None:
-    if value is None:
+    """A header's whole number (digits only, as Pipedrive sends them), else None."""
+    if value is None or not value.isdigit() or len(value) > 15:
         return None
-    text = value.strip()
-    return int(text) if text.isdigit() and len(text) <= 15 else None
+    return int(value)

@@ -380,11 +380,11 @@ def _finish(
     if note is not None:
         check = request.raw_path.startswith(CHECK_PATH)
         if check or response is None:
-            left = request.app[BUDGET].left(note.charge.ledger) if note.charge else None
+            left = request.app[BUDGET].left(note.ledger)
         else:  # Pipedrive's answer, or the failure that stood for it
             failed = isinstance(refusal, UpstreamFailure) and refusal.kind == "connect"
             left = request.app[BUDGET].answered(note, status, response.headers, not failed)
-        budget = (note.company, left, note.throttled)
+        budget = (note.ledger.company, left, note.throttled)
     elif isinstance(refusal, BudgetExceeded):
         budget = (refusal.company, refusal.left, str(refusal.reason))
     outcome = Outcome(
