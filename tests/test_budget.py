@@ -312,6 +312,9 @@ async def test_a_reload_changes_the_share(tmp_path: Path, aiohttp_client: Any) -
     with capture_logs() as events:
         reload(client.app, path, config)
     assert "budget" in next(e for e in events if e["event"] == "reloaded")["applied"]
+    shown = await (await client.get("/_proxy/config")).json()
+    assert shown["budget"]["share"] == 0.2
+    assert shown["budget"]["mode"] == "enforce"
     statuses = [(await client.get(DEALS, headers=AUTH)).status for _ in range(6)]
     assert statuses == [200] * 5 + [429]  # spent today stays: 10 of the 20 now allowed
 

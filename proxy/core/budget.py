@@ -319,8 +319,8 @@ class Governor:
         """Pipedrive refused a call on the day's budget: nothing is left until it resets,
         ``retry_after`` seconds from now when it says so."""
         ledger.left = 0
-        if retry_after is not None and retry_after > 0:
-            ledger.resets_at = now + retry_after
+        if retry_after is not None and retry_after > 0:  # to the minute: replicas agree on it
+            ledger.resets_at = round((now + retry_after) / 60) * 60
 
     def projected(self, ledger: Ledger, now: float) -> float | None:
         """When, at the rates seen today, calls start being refused: the app's share (less the

@@ -121,7 +121,8 @@ class Budget:
         report: bool,
         throttled: Throttled | None,
     ) -> Note:
-        await self._draw(ledger, draw)
+        # Shielded: a client that leaves meanwhile must not lose what the store granted.
+        await asyncio.shield(self._draw(ledger, draw))
         now = self.clock()
         shared = now >= self._away_until
         result = self.governor.admit(ledger, cost, critical, now, drew=True, shared=shared)
