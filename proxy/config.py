@@ -22,7 +22,13 @@ import yaml
 
 from proxy.core.bodies import DEFAULT_BOUND
 from proxy.core.budget import BUDGET_MODES, BudgetPolicy
-from proxy.core.catalog import Catalogue, CatalogueError, load_catalogue, unknown_scope
+from proxy.core.catalog import (
+    Catalogue,
+    CatalogueError,
+    api_route,
+    load_catalogue,
+    unknown_scope,
+)
 from proxy.core.credentials import fingerprint, token_digest
 from proxy.core.decision import (
     DECLARED_GRANT,
@@ -486,7 +492,13 @@ def _budget(value: Any) -> BudgetPolicy:
     )
     mode = raw.get("mode", "off")
     if mode is False or (isinstance(mode, str) and mode.strip().lower() == "off"):
-        mode = "off"  # YAML reads an unquoted off as false
+        mode = "off"  # YAML reads an unquoted off (or no, false) as false
+    if mode is True:
+        raise ConfigError(
+            "budget.mode", "expected off | report | enforce: YAML read an unquoted on, yes or "
+            "true as true; write report or enforce",
+        )  # fmt: skip
+    mode = _choice(mode, "budget.mode", BUDGET_MODES)
     app = _require(raw.get("app", "default"), str, "budget.app", "a name")
     if not _APP_NAME.fullmatch(app):
         raise ConfigError("budget.app", "expected 1 to 64 letters, digits, '.', '_' or '-'")
@@ -513,8 +525,8 @@ def _budget(value: Any) -> BudgetPolicy:
         burst_oauth = _burst(burst.get("oauth"), "budget.burst.oauth")
         burst_api_token = _burst(burst.get("api_token"), "budget.burst.api_token")
     return BudgetPolicy(
-        _choice(mode, "budget.mode", BUDGET_MODES), app, daily, share, reserve,
-        frozenset(critical), burst_oauth, burst_api_token,
+        mode, app, daily, share, reserve, frozenset(critical), burst_oauth, burst_api_token,
+        tuple(critical),
     )  # fmt: skip
 
 
@@ -854,15 +866,26 @@ def check_scopes(config: Config, catalogue: Catalogue) -> None:
         for index, name in enumerate(names):
             if name not in catalogue.scopes:
                 raise ConfigError(f"{key}[{index}]", unknown_scope(name, catalogue.scopes))
-    for index, name in enumerate(sorted(config.budget.critical)):
+    for index, name in enumerate(config.budget.critical_listed):
         if name not in catalogue.by_name:
-            close = get_close_matches(name, list(catalogue.by_name), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = _endpoint_hint(name, catalogue)
             raise ConfigError(
                 f"budget.critical[{index}]",
                 f"{name!r} is no endpoint of the catalogue: name it as the report does, "
                 f'e.g. "GET /v1/users/me"{hint}',
             )
+
+
+def _endpoint_hint(name: str, catalogue: Catalogue) -> str:
+    """For a name no endpoint has: the endpoint a path written with ids calls (``GET
+    /v1/deals/42``: ``GET /v1/deals/{id}``), else the closest name."""
+    method, _, path = name.strip().partition(" ")
+    route = api_route(path.strip()) if path.startswith("/") else None
+    endpoint = catalogue.match(route, method.upper()) if route is not None else None
+    if endpoint is not None:
+        return f" (did you mean {endpoint.name!r}?)"
+    close = get_close_matches(name, list(catalogue.by_name), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load(

@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
 from proxy.cli.report import report
-from proxy.config import load
+from proxy.cli.run import check
+from proxy.config import ConfigError, load
 from proxy.http.app import create_app
 from proxy.http.serving import reload
 from proxy.http.state import BUDGET
@@ -224,7 +226,7 @@ async def test_a_call_that_never_reached_pipedrive_is_given_back(
     statuses = [(await client.get(DEALS, headers=AUTH)).status for _ in range(8)]
     assert statuses == [502] * 8  # never 429: the unreachable calls cost nothing
     section = client.app[BUDGET].section()
-    assert section["companies"][0]["spent"] == 0  # type: ignore[index]
+    assert section["companies"][0]["spent"] == 0
 
 
 async def test_the_budget_section_and_metrics_show_each_companys_day(
@@ -290,7 +292,7 @@ async def test_behind_envoy_the_governor_only_reports(
     statuses = [(await client.get("/_proxy/authz" + DEALS, headers=AUTH)).status for _ in range(10)]
     assert statuses == [200] * 10
     section = client.app[BUDGET].section()
-    company = section["companies"][0]  # type: ignore[index]
+    company = section["companies"][0]
     assert company["spent"] == 20
     assert company["throttled"]["budget_exhausted"] >= 5
 
@@ -351,6 +353,112 @@ def test_report_log_reads_the_budget_section(tmp_path: Path) -> None:
     [company] = document["overall"]["budget"]["companies"]
     assert company["company"] == ACME
     assert company["spent"] == 200
-    assert company["left"] == 0
+    assert company["budget_left"] == 0  # the last line's
+    assert company["left"] is None  # what Pipedrive said: not in a log
     assert company["throttled"] == {"budget_exhausted": 1}
     assert company["costliest"][0]["replacement"] == "GET /api/v2/deals"
+
+
+async def test_a_burst_refusal_names_the_company_and_what_is_left(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    client = await make_proxy(tokens=[grant()], budget=budget(burst={"oauth": 1}))
+    assert (await client.get(DEALS, headers=AUTH)).status == 200
+    answer = await client.get(DEALS, headers=AUTH)
+    assert answer.status == 429
+    details = (await answer.json())["scope_proxy"]
+    assert details["reason"] == "burst_limit"
+    assert details["company"] == ACME
+    assert details["left"] == 98  # the share of 100 less the one call's 2
+    assert details["resets_at"] is None  # a burst window is no day's end
+
+
+async def test_with_pipedrives_remaining_spent_a_call_a_minute_goes_to_hear_it_again(
+    make_proxy: ProxyFactory, upstream: FakePipedrive, clock: Any
+) -> None:
+    pipedrive = BudgetedPipedrive(limit=30_000, remaining=3)
+    upstream.respond = pipedrive.respond
+    client = await make_proxy(tokens=[grant()], budget=budget(daily_tokens=30_000))
+    assert [(await client.get(DEALS, headers=AUTH)).status for _ in range(3)] == [200, 429, 429]
+    pipedrive.remaining = 5_000  # the company bought a top-up meanwhile
+    clock.advance(30)
+    assert (await client.get(DEALS, headers=AUTH)).status == 429  # within the minute
+    clock.advance(31)
+    assert (await client.get(DEALS, headers=AUTH)).status == 200  # the probe: heard again
+    assert (await client.get(DEALS, headers=AUTH)).status == 200
+    assert len(upstream.received) == 3
+
+
+async def test_a_call_pipedrive_refused_is_given_back_and_not_among_the_costliest(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    answers = iter([200, 429, 200])
+
+    async def respond(request: web.Request, seen: Received) -> web.StreamResponse:
+        status = next(answers)
+        headers = {"x-daily-ratelimit-token-limit": "30000",
+                   "x-daily-ratelimit-token-remaining": "20000"}  # fmt: skip
+        if status == 429:  # its burst window: Pipedrive did not serve it
+            headers["Retry-After"] = "1"
+        return web.json_response({"success": status == 200}, status=status, headers=headers)
+
+    upstream.respond = respond
+    client = await make_proxy(tokens=[grant()], budget=budget(daily_tokens=30_000))
+    statuses = [(await client.get(DEALS, headers=AUTH)).status for _ in range(3)]
+    assert statuses == [200, 429, 200]  # Pipedrive's own 429, passed on
+    [company] = client.app[BUDGET].section()["companies"]
+    assert company["spent"] == 4  # two calls served: the refused one given back
+    assert company["costliest"][0]["calls"] == 2
+    assert company["costliest"][0]["tokens"] == 4
+
+
+async def test_the_metrics_say_what_pipedrive_says_is_left_and_the_unknown_companys_spend(
+    make_proxy: ProxyFactory, upstream: FakePipedrive
+) -> None:
+    pipedrive = BudgetedPipedrive(limit=30_000, remaining=500)
+    upstream.respond = pipedrive.respond
+    client = await make_proxy(
+        tokens=[grant(), grant("stray-token", company=None)], budget=budget(share=0.1)
+    )
+    for _ in range(3):
+        await client.get(DEALS, headers=AUTH)
+    await client.get(DEALS, headers={"Authorization": "Bearer stray-token"})
+    metrics = (await (await client.get("/_proxy/metrics")).read()).decode()
+    assert counter(metrics, f'scope_proxy_budget_remaining_tokens{{company="{ACME}"}}') == 494
+    assert counter(metrics, 'scope_proxy_budget_spent_tokens{company="(unknown)"}') == 2
+
+
+def test_a_budget_mistake_names_its_key_and_place(tmp_path: Path) -> None:
+    cases = [
+        ({"mode": "enforce", "critical": ["POST /v1/activities", "GET /v1/user/me"]},
+         "budget.critical[1]: 'GET /v1/user/me' is no endpoint", "'GET /v1/users/me'"),
+        ({"mode": "enforce", "critical": ["GET /v1/deals/42"]},
+         "budget.critical[0]:", "'GET /v1/deals/{id}'"),
+        ({"mode": True}, "budget.mode:", "write report or enforce"),
+        ({"mode": "enforce", "share": 1.5}, "budget.share:", "between 0 and 1"),
+        ({"mode": "enforce", "reserve": 0.1}, "budget.reserve:", "budget.critical"),
+        ({"mode": "enforce", "burst": {"apitoken": 5}}, "budget.burst.apitoken:", "unknown key"),
+    ]  # fmt: skip
+    for settings, where, hint in cases:
+        path = write_config(tmp_path, budget=settings)
+        with pytest.raises(ConfigError) as raised:
+            load(path)
+        assert str(raised.value).startswith(where), settings
+        assert hint in str(raised.value), settings
+
+
+def test_check_says_the_budget_in_effect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(
+        tmp_path, budget={"mode": "report", "share": 0.25, "critical": ["GET /v1/users/me"],
+                          "reserve": 0.1, "burst": {"oauth": 80}},
+    )  # fmt: skip
+    assert check(path) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("budget:")]
+    assert said == [
+        "budget: report, app default, share 0.25 of 30000 tokens a day until Pipedrive says the "
+        "company's, reserve 0.1 for 1 critical endpoint, burst 80 (OAuth) / - (API token) per 2 s"
+    ]
+    assert check(write_config(tmp_path)) == 0
+    assert "budget:" not in capsys.readouterr().out  # off: not said

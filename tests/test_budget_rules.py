@@ -30,13 +30,17 @@ def spend(
     """One call, drawing from ``pool`` (the shared count, by key; by default the governor's
     own) as the server would."""
     pool = pool if pool is not None else _POOLS.setdefault(id(governor), {})
-    result = governor.admit(ledger, cost, critical, now, drew=False, shared=True)
+    result = governor.admit(
+        ledger, cost, critical, now, drew=False, shared=True, endpoint="GET /v1/deals"
+    )
     if isinstance(result, Draw):
         count = pool.get(result.key, 0)
         granted = max(0, min(result.want, result.cap - count))
         pool[result.key] = count + granted
         governor.drew(ledger, granted, count + granted, governor.policy)
-        result = governor.admit(ledger, cost, critical, now, drew=True, shared=True)
+        result = governor.admit(
+            ledger, cost, critical, now, drew=True, shared=True, endpoint="GET /v1/deals"
+        )
     assert not isinstance(result, Draw)
     return result
 
@@ -137,7 +141,10 @@ def test_the_utc_day_ends_the_count() -> None:
 def test_an_unknown_company_is_counted_never_refused() -> None:
     governor = Governor(BudgetPolicy("enforce", daily_tokens=10, share=0.1))
     ledger = governor.ledger(None, NOON)
-    results = [governor.admit(ledger, 40, False, NOON, drew=False, shared=True) for _ in range(50)]
+    results = [
+        governor.admit(ledger, 40, False, NOON, drew=False, shared=True, endpoint="GET /v1/deals")
+        for _ in range(50)
+    ]
     assert all(isinstance(r, Charge) for r in results)
     assert ledger.spent == 2000
 
@@ -145,7 +152,10 @@ def test_an_unknown_company_is_counted_never_refused() -> None:
 def test_with_the_shared_count_away_calls_are_counted_not_refused_and_added_later() -> None:
     governor = Governor(BudgetPolicy("enforce", daily_tokens=100))
     ledger = governor.ledger(ACME, NOON)
-    results = [governor.admit(ledger, 20, False, NOON, drew=False, shared=False) for _ in range(10)]
+    results = [
+        governor.admit(ledger, 20, False, NOON, drew=False, shared=False, endpoint="GET /v1/deals")
+        for _ in range(10)
+    ]
     assert all(isinstance(r, Charge) for r in results)
     assert ledger.unsynced == 200
     assert ledger.shared_spent == 200
@@ -198,7 +208,9 @@ def test_the_projection_follows_the_company_when_others_spend_faster() -> None:
 def test_a_draw_takes_at_most_a_tenth_of_the_share() -> None:
     governor = Governor(BudgetPolicy("enforce", daily_tokens=30_000, share=0.5))
     ledger = governor.ledger(ACME, NOON)
-    draw = governor.admit(ledger, 20, False, NOON, drew=False, shared=True)
+    draw = governor.admit(
+        ledger, 20, False, NOON, drew=False, shared=True, endpoint="GET /v1/deals"
+    )
     assert isinstance(draw, Draw)
     assert draw.want == 1_500
     assert draw.cap == 15_000

@@ -24,6 +24,20 @@ def check(config_path: str | None, no_secrets: bool = False) -> int:
         + (" (token_env variables not read: --no-secrets)" if no_secrets else "")
     )
     print(f"catalogue: {catalogue.provenance.described()}")
+    budget = config.budget
+    if budget.on:
+        burst = (
+            f", burst {budget.burst_oauth or '-'} (OAuth) / {budget.burst_api_token or '-'} "
+            "(API token) per 2 s"
+            if budget.burst_oauth is not None or budget.burst_api_token is not None
+            else ""
+        )
+        print(
+            f"budget: {budget.mode}, app {budget.app}, share {budget.share:g} of "
+            f"{budget.daily_tokens} tokens a day until Pipedrive says the company's, reserve "
+            f"{budget.reserve:g} for {len(budget.critical)} critical endpoint"
+            f"{'' if len(budget.critical) == 1 else 's'}{burst}"
+        )
     for variable, key in config.environment.applied:
         print(f"{key}: from {variable}")
     warn_ignored(config)

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 BudgetMode = Literal["off", "report", "enforce"]
 BUDGET_MODES: tuple[BudgetMode, ...] = ("off", "report", "enforce")
@@ -44,6 +44,7 @@ UNKNOWN_COMPANY = "(unknown)"  # how reports and metrics name the company of unk
 UNCAPPED = 2**62  # a draw that only counts (report mode, spend made while the store was away)
 NEW_DAY_RISE = 0.1  # a rise in Pipedrive's remaining of more than this part of the limit
 DAILY_RETRY_AFTER = 2.0  # a 429 asking to wait longer than this is the day's budget, not a burst
+PROBE_SECONDS = 60.0  # with what Pipedrive said is left spent, one call a minute goes through
 _PRUNE_EVERY = 4096  # calls between sweeps of idle burst windows
 _PRUNE_LEDGERS = 10_000  # companies' days held before the days that are over are dropped
 
@@ -60,6 +61,8 @@ class BudgetPolicy:
     critical: frozenset[str] = frozenset()
     burst_oauth: int | None = None
     burst_api_token: int | None = None
+    # ``critical`` as the config lists it, for messages that name an entry by its place
+    critical_listed: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def on(self) -> bool:
@@ -77,6 +80,7 @@ class Throttled(NamedTuple):
     company: str | None
     left: int | None  # what is left of the app's share today (budget_exhausted)
     resets_at: float | None  # when the day's budget resets (UNIX time)
+    pipedrive: bool = False  # refused on what Pipedrive says is left, not on the app's share
 
 
 class Draw(NamedTuple):
@@ -94,6 +98,7 @@ class Charge(NamedTuple):
 
     ledger: Ledger
     cost: int
+    endpoint: str
     throttled: Throttle | None = None
 
 
@@ -115,7 +120,8 @@ class Ledger:
 
     __slots__ = (
         "_caps", "_caps_limit", "_caps_policy", "app", "company", "drawn", "first_at", "held",
-        "held_reserve", "key", "last_at", "left", "limit", "limit_said", "resets_at", "said_first",
+        "held_reserve", "key", "last_at", "left", "limit", "limit_said", "probe_at", "resets_at",
+        "said_first",
         "said_last", "spent", "start", "throttled", "unsynced", "usage",
     )  # fmt: skip
 
@@ -132,6 +138,7 @@ class Ledger:
         self.drawn = 0  # the shared count after this process's last draw
         self.spent = 0  # what this process's calls cost this day
         self.unsynced = 0  # spent while the shared count could not be reached
+        self.probe_at = 0.0  # when a call may go to hear Pipedrive again, past what it said
         self.first_at: float | None = None
         self.last_at: float | None = None
         self.said_first: tuple[float, int] | None = None  # (when, remaining): the company's rate
@@ -214,17 +221,29 @@ class Governor:
             del self.windows[digest]
 
     def admit(
-        self, ledger: Ledger, cost: int, critical: bool, now: float, drew: bool, shared: bool
+        self,
+        ledger: Ledger,
+        cost: int,
+        critical: bool,
+        now: float,
+        drew: bool,
+        shared: bool,
+        endpoint: str,
     ) -> Charge | Throttled | Draw:
-        """Whether a call costing ``cost`` may go: charged, refused, or first a ``Draw``
-        (``drew``: one was made for this call already; ``shared``: the shared count answers).
-        Report mode charges what it would refuse, and says so (``Throttled``) after
-        charging: the caller forwards it all the same."""
+        """Whether a call to ``endpoint`` costing ``cost`` may go: charged, refused, or first a
+        ``Draw`` (``drew``: one was made for this call already; ``shared``: the shared count
+        answers). When what Pipedrive said is left is spent, one call a minute goes through
+        all the same (``PROBE_SECONDS``): its answer says whether the company's budget was
+        topped up or reset, which no refused call could learn."""
         if ledger.company is None:  # never refused on budget: only counted
-            return self._charge(ledger, cost, now, apart=True)
+            return self._charge(ledger, cost, now, endpoint, apart=True)
         left = ledger.left
         if shared and left is not None and cost > left:
-            return self.refuse(ledger, critical, now)
+            if not ledger.probe_at:  # spent just now: a call goes to hear Pipedrive in a minute
+                ledger.probe_at = now + PROBE_SECONDS
+            if now < ledger.probe_at:
+                return self.refuse(ledger, critical, now, pipedrive=True)
+            ledger.probe_at = now + PROBE_SECONDS  # this one goes, to hear Pipedrive again
         held = ledger.held
         if held >= cost:  # the common case: charged from what this process holds
             ledger.held = held - cost
@@ -234,19 +253,26 @@ class Governor:
             if ledger.first_at is None:
                 ledger.first_at = now
             ledger.last_at = now
-            return Charge(ledger, cost)
+            usage = ledger.usage.get(endpoint)
+            if usage is None:
+                usage = ledger.usage[endpoint] = [0, 0]
+            usage[0] += 1
+            usage[1] += cost
+            return Charge(ledger, cost, endpoint)
         pool = held + (ledger.held_reserve if critical else 0)
         if pool >= cost:
-            return self._charge(ledger, cost, now)
+            return self._charge(ledger, cost, now, endpoint)
         if not shared:  # the shared count is away: counted, added to it once it answers
-            return self.overdraw(ledger, cost, critical, now)
+            return self.overdraw(ledger, cost, critical, now, endpoint)
         if not drew:
             normal, full = ledger.caps(self.policy)
             want = max(cost - pool, max(1, full // CHUNKS))
             return Draw(ledger.key, want, full if critical else normal)
         return self.refuse(ledger, critical, now)
 
-    def overdraw(self, ledger: Ledger, cost: int, critical: bool, now: float) -> Charge:
+    def overdraw(
+        self, ledger: Ledger, cost: int, critical: bool, now: float, endpoint: str
+    ) -> Charge:
         """Charge a call that goes whatever its budget says (report mode, or the shared count
         away): from what is held, the rest counted to be added to the shared count later."""
         take = min(cost, ledger.held)
@@ -257,7 +283,7 @@ class Governor:
             take += extra
         if ledger.company is not None:
             ledger.unsynced += cost - take
-        return self._charge(ledger, cost, now, apart=True)
+        return self._charge(ledger, cost, now, endpoint, apart=True)
 
     def drew(self, ledger: Ledger, granted: int, total: int, policy: BudgetPolicy) -> None:
         """A draw's result: ``granted`` tokens, the shared count now ``total``. What lies past
@@ -275,12 +301,33 @@ class Governor:
         ledger.drawn = total
 
     def refund(self, charge: Charge) -> None:
-        """A charged call never reached Pipedrive: its cost is held again."""
+        """A charged call never reached Pipedrive: its cost is held again, and it is no
+        longer counted among the day's calls."""
         ledger, cost = charge.ledger, charge.cost
         ledger.spent -= cost
         ledger.held += cost
         if ledger.left is not None:
             ledger.left += cost
+        usage = ledger.usage.get(charge.endpoint)
+        if usage is not None:
+            usage[0] -= 1
+            usage[1] -= cost
+            if usage[0] <= 0:
+                del ledger.usage[charge.endpoint]
+
+    def carried(self, ledger: Ledger, charge: Charge, now: float) -> None:
+        """The call whose answer showed that a new day began at Pipedrive is this day's:
+        counted in it (the answer's remaining says it was spent already)."""
+        if ledger is charge.ledger:
+            return
+        ledger.spent += charge.cost
+        if ledger.company is not None:
+            ledger.unsynced += charge.cost
+        ledger.first_at = ledger.first_at or now
+        ledger.last_at = now
+        usage = ledger.usage.setdefault(charge.endpoint, [0, 0])
+        usage[0] += 1
+        usage[1] += charge.cost
 
     def said(self, ledger: Ledger, limit: int | None, remaining: int | None, now: float) -> Ledger:
         """What a Pipedrive answer's ``x-daily-ratelimit-token-*`` headers say; the ledger in
@@ -305,6 +352,7 @@ class Governor:
             return ledger
         if left is None or topped_up:
             ledger.left = remaining
+            ledger.probe_at = 0.0
         elif remaining > left + NEW_DAY_RISE * ledger.limit:  # a new day at Pipedrive
             ledger = self._new_day(ledger, now - now % HOUR)
             ledger.left = remaining
@@ -321,6 +369,7 @@ class Governor:
         ledger.left = 0
         if retry_after is not None and retry_after > 0:  # to the minute: replicas agree on it
             ledger.resets_at = round((now + retry_after) / 60) * 60
+        ledger.probe_at = ledger.resets_at  # Pipedrive said when: no call goes before
 
     def projected(self, ledger: Ledger, now: float) -> float | None:
         """When, at the rates seen today, calls start being refused: the app's share (less the
@@ -328,6 +377,8 @@ class Governor:
         at the company's (every app and user of it); None when neither runs out before the
         day ends."""
         times: list[float] = []
+        if ledger.company is None:  # never refused: nothing runs out
+            return None
         if ledger.first_at is not None and ledger.spent > 0 and now - ledger.first_at >= 1.0:
             rate = ledger.spent / (now - ledger.first_at)
             normal, _ = ledger.caps(self.policy)
@@ -341,7 +392,7 @@ class Governor:
             return None
         return min(times)
 
-    def summary(self, now: float) -> list[dict[str, object]]:
+    def summary(self, now: float) -> list[dict[str, Any]]:
         """Each company's day, as the report's ``budget`` section shows it."""
         entries = []
         for ledger in sorted(self.ledgers.values(), key=lambda led: led.company or "~"):
@@ -361,23 +412,21 @@ class Governor:
                     "share_left": max(0, full - ledger.shared_spent)
                     if ledger.company is not None
                     else None,
+                    "budget_left": self.budget_left(ledger),
                     "projected_exhaustion": iso(projected) if projected is not None else None,
                     "projected_in_seconds": round(projected - now, 1)
                     if projected is not None
                     else None,
                     "throttled": dict(sorted(ledger.throttled.items())),
                     "calls": sum(calls for calls, _ in ledger.usage.values()),
-                    "costliest": [
-                        {"endpoint": name, "calls": calls, "token_cost": tokens}
-                        for name, (calls, tokens) in sorted(
-                            ledger.usage.items(), key=lambda item: (-item[1][1], item[0])
-                        )[:COSTLIEST]
-                    ],
+                    "costliest": costliest(ledger.usage),
                 }
             )
         return entries
 
-    def _charge(self, ledger: Ledger, cost: int, now: float, apart: bool = False) -> Charge:
+    def _charge(
+        self, ledger: Ledger, cost: int, now: float, endpoint: str, apart: bool = False
+    ) -> Charge:
         """Charge a call: from what is held (ordinary chunks first), unless ``apart``."""
         if not apart:
             take = min(ledger.held, cost)
@@ -389,14 +438,38 @@ class Governor:
         if ledger.first_at is None:
             ledger.first_at = now
         ledger.last_at = now
-        return Charge(ledger, cost)
+        usage = ledger.usage.get(endpoint)
+        if usage is None:
+            usage = ledger.usage[endpoint] = [0, 0]
+        usage[0] += 1
+        usage[1] += cost
+        return Charge(ledger, cost, endpoint)
 
-    def refuse(self, ledger: Ledger, critical: bool, now: float) -> Throttled:
-        normal, full = ledger.caps(self.policy)
-        share_left = max(0, (full if critical else normal) - ledger.shared_spent)
-        left = share_left if ledger.left is None else min(share_left, int(max(0, ledger.left)))
+    def refuse(
+        self, ledger: Ledger, critical: bool, now: float, pipedrive: bool = False
+    ) -> Throttled:
+        """The refusal of a call the day's budget does not cover (``pipedrive``: what
+        Pipedrive says is left, rather than the app's share)."""
         retry = max(1, math.ceil(ledger.resets_at - now))
-        return Throttled("budget_exhausted", retry, ledger.company, left, ledger.resets_at)
+        left = self.budget_left(ledger)
+        return Throttled(
+            "budget_exhausted", retry, ledger.company, left, ledger.resets_at, pipedrive
+        )
+
+    def budget_left(self, ledger: Ledger) -> int | None:
+        """What the app may still spend of the company's day, the reserve included: what is
+        left of its share, or less when Pipedrive says less is left; None for a company the
+        proxy does not know (never refused on budget)."""
+        if ledger.company is None:
+            return None
+        full = ledger.caps(self.policy)[1]
+        spent = ledger.drawn - ledger.held - ledger.held_reserve
+        share_left = full - (spent if spent > 0 else 0) - ledger.unsynced
+        share_left = share_left if share_left > 0 else 0
+        left = ledger.left
+        if left is None or left >= share_left:
+            return share_left
+        return int(left) if left > 0 else 0
 
     def _new_day(self, ledger: Ledger, start: float) -> Ledger:
         fresh = Ledger(self.policy.app, ledger.company, start, ledger.limit)
@@ -404,16 +477,9 @@ class Governor:
         self.ledgers[ledger.company] = fresh
         return fresh
 
-    def noted(self, ledger: Ledger, endpoint: str, cost: int, throttled: Throttle | None) -> None:
-        """Count a call in its company's day: its endpoint's cost, or its refusal's kind."""
-        if throttled is not None:
-            ledger.throttled[throttled] += 1
-            return
-        usage = ledger.usage.get(endpoint)
-        if usage is None:
-            usage = ledger.usage[endpoint] = [0, 0]
-        usage[0] += 1
-        usage[1] += cost
+    def noted(self, ledger: Ledger, throttled: Throttle) -> None:
+        """Count a refusal (or, in report mode, a would-be refusal) in its company's day."""
+        ledger.throttled[throttled] += 1
 
     def prune(self, now: float) -> None:
         """Drop the days that are over (the ledgers of companies that made no call since)."""
@@ -422,6 +488,19 @@ class Governor:
 
 
 COSTLIEST = 5  # endpoints named per company, costliest first
+
+
+def costliest(usage: dict[str, list[int]]) -> list[dict[str, object]]:
+    """The endpoints that cost the most tokens in all: each with its calls, its tokens in all
+    and its cost per call."""
+    return [
+        {"endpoint": name, "calls": calls, "tokens": tokens,
+         "token_cost": tokens // calls if calls else None}
+        for name, (calls, tokens) in sorted(
+            usage.items(), key=lambda item: (-item[1][1], item[0])
+        )[:COSTLIEST]
+        if calls > 0
+    ]  # fmt: skip
 
 
 def _next_start(ledger: Ledger, now: float) -> float:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from proxy.core.budget import (
     DAY,
     UNCAPPED,
+    UNKNOWN_COMPANY,
     BudgetPolicy,
     Charge,
     Draw,
@@ -98,13 +100,13 @@ class Budget:
             throttled = governor.burst(credential.digest, credential.kind, self.monotonic())
             if throttled is not None:
                 self.metrics.budget_throttled.labels(throttled.kind).inc()
-                governor.noted(ledger, label, cost, throttled.kind)
+                governor.noted(ledger, throttled.kind)
                 if not report:
-                    raise self._refusal(decision, throttled)
+                    raise self._refusal(decision, throttled, ledger)
         critical = label in policy.critical
-        result = governor.admit(ledger, cost, critical, now, False, now >= self._away_until)
+        shared = now >= self._away_until
+        result = governor.admit(ledger, cost, critical, now, False, shared, label)
         if type(result) is Charge and throttled is None:  # the common case
-            governor.noted(ledger, label, cost, None)
             return result
         if isinstance(result, Draw):
             return self._drawn(decision, ledger, result, cost, critical, label, report, throttled)
@@ -125,7 +127,7 @@ class Budget:
         await asyncio.shield(self._draw(ledger, draw))
         now = self.clock()
         shared = now >= self._away_until
-        result = self.governor.admit(ledger, cost, critical, now, drew=True, shared=shared)
+        result = self.governor.admit(ledger, cost, critical, now, True, shared, label)
         if isinstance(result, Draw):  # never after a draw; refused, should it ever be
             result = self.governor.refuse(ledger, critical, now)
         return self._settle(decision, ledger, result, cost, critical, label, report, throttled)
@@ -144,15 +146,14 @@ class Budget:
         governor = self.governor
         if isinstance(result, Throttled):
             self.metrics.budget_throttled.labels(result.kind).inc()
-            governor.noted(ledger, label, cost, result.kind)
+            governor.noted(ledger, result.kind)
             credential = decision.credential
             if not report:
                 if credential is not None and throttled is None:
                     governor.unburst(credential.digest)  # it made no call after all
-                raise self._refusal(decision, result)
+                raise self._refusal(decision, result, ledger)
             throttled = throttled or result
-            result = governor.overdraw(ledger, cost, critical, self.clock())
-        governor.noted(ledger, label, cost, None)
+            result = governor.overdraw(ledger, cost, critical, self.clock(), label)
         return result if throttled is None else result._replace(throttled=throttled.kind)
 
     def answered(
@@ -170,7 +171,10 @@ class Budget:
             limit = _integer(headers.get(LIMIT_HEADER))
             remaining = _integer(headers.get(REMAINING_HEADER))
             if limit is not None or remaining is not None:
-                ledger = governor.said(ledger, limit, remaining, self.clock())
+                said = governor.said(ledger, limit, remaining, self.clock())
+                if said is not ledger:  # a new day at Pipedrive: this call was its first
+                    governor.carried(said, charge, self.clock())
+                    ledger = said
             if status == 429:
                 wait = _integer(headers.get("Retry-After"))
                 if remaining == 0 or (wait is not None and wait > 2):
@@ -178,26 +182,27 @@ class Budget:
         return self.left(ledger)
 
     def left(self, ledger: Ledger) -> int | None:
-        """What is left for the app of its company's day: its share, or less when Pipedrive
-        says so; None for a company the proxy does not know."""
-        if ledger.company is None:
-            return None
-        full = ledger.caps(self.governor.policy)[1]
-        spent = ledger.drawn - ledger.held - ledger.held_reserve
-        share_left = full - (spent if spent > 0 else 0) - ledger.unsynced
-        share_left = share_left if share_left > 0 else 0
-        left = ledger.left
-        if left is None or left >= share_left:
-            return share_left
-        return int(left) if left > 0 else 0
+        """What the app may still spend of the company's day (``Governor.budget_left``)."""
+        return self.governor.budget_left(ledger)
 
     def rows(self) -> Iterable[tuple[str, int, int | None]]:
-        """Each known company's spend and what is left (the metrics' rows)."""
+        """Each company's spend today and what Pipedrive says is left of its budget (less the
+        app's spend since; None until it has said): the metrics' rows. None with the governor
+        off (a reload turned it off: its series go)."""
+        if self.governor.policy.mode == "off":
+            return
         for ledger in list(self.governor.ledgers.values()):
-            if ledger.company is not None:
-                yield ledger.company, ledger.shared_spent, self.left(ledger)
+            if ledger.company is None:
+                yield UNKNOWN_COMPANY, ledger.spent, None
+            else:
+                left = ledger.left
+                yield (
+                    ledger.company,
+                    ledger.shared_spent,
+                    int(max(0.0, left)) if left is not None else None,
+                )
 
-    def section(self) -> dict[str, object]:
+    def section(self) -> dict[str, Any]:
         """The report's ``budget`` section."""
         policy = self.governor.policy
         return {
@@ -247,22 +252,30 @@ class Budget:
             del self._draws[draw.key]
             future.set_result(None)
 
-    def _refusal(self, decision: Decision, throttled: Throttled) -> BudgetExceeded:
+    def _refusal(self, decision: Decision, throttled: Throttled, ledger: Ledger) -> BudgetExceeded:
         reason = _KINDS[throttled.kind]
         if throttled.kind == "burst_limit":
             detail = (
                 "this token made its limit of calls in the last 2 seconds "
                 f"(budget.burst): retry after {throttled.retry_after} s"
             )
-        else:
+        elif throttled.pipedrive:
             detail = (
-                "this app's share of the company's daily token budget is spent "
-                "(budget.share), or what Pipedrive says is left would not cover this call"
+                "what Pipedrive says is left of the company's daily token budget (its other "
+                "apps and users spend it too) would not cover this call"
             )
+        elif decision.label in self.governor.policy.critical:
+            detail = "this app's share of the company's daily token budget is spent (budget.share)"
+        elif self.governor.policy.reserve:
+            detail = (
+                "this app's share of the company's daily token budget is spent but for its "
+                "reserve, kept for the endpoints named in budget.critical"
+            )
+        else:
+            detail = "this app's share of the company's daily token budget is spent (budget.share)"
         resets = iso(throttled.resets_at) if throttled.resets_at is not None else None
-        error = BudgetExceeded(
-            reason, throttled.retry_after, throttled.company, throttled.left, resets, detail
-        )
+        left = self.governor.budget_left(ledger)
+        error = BudgetExceeded(reason, throttled.retry_after, ledger.company, left, resets, detail)
         error.decision = decision._replace(verdict="deny", reason=reason)
         return error
 

@@ -123,7 +123,7 @@ def _budget(budget: Budget, catalogue: Catalogue) -> dict[str, Any] | None:
     if budget.governor.policy.mode == "off":
         return None
     section = budget.section()
-    section["companies"] = with_alternatives(section["companies"], catalogue)  # type: ignore[arg-type]
+    section["companies"] = with_alternatives(section["companies"], catalogue)
     return section
 
 

@@ -226,6 +226,7 @@ def reload(
         catalogue=catalogue.provenance.version,
         applied=applied,
         needs_restart=restart_only,
+        budget=config.budget.mode,
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from proxy.core.budget import COSTLIEST, UNKNOWN_COMPANY, iso
+from proxy.core.budget import UNKNOWN_COMPANY, costliest, iso
 from proxy.core.catalog import Catalogue, Endpoint, api_route
 from proxy.core.reasons import THROTTLED
 
@@ -49,7 +49,7 @@ class BudgetLog:
         self._days: dict[tuple[str, str], _Day] = {}
 
     def read(self, event: Mapping[str, Any]) -> None:
-        if event.get("event") == "startup" and isinstance(event.get("budget"), str):
+        if event.get("event") in ("startup", "reloaded") and isinstance(event.get("budget"), str):
             self.mode = event["budget"]
             return
         if event.get("event") != "request" or "company" not in event:
@@ -68,14 +68,14 @@ class BudgetLog:
             day.summary(company, date)
             for (company, date), day in sorted(self._days.items(), key=lambda item: item[0])
         ]
-        return {"mode": self.mode, "companies": with_alternatives(companies, catalogue)}
+        return {"mode": self.mode, "app": None, "share": None, "reserve": None, "critical": None,
+                "companies": with_alternatives(companies, catalogue)}  # fmt: skip
 
 
 class _Day:
     def __init__(self) -> None:
         self.spent = 0
-        self.calls: Counter[str] = Counter()
-        self.costs: Counter[str] = Counter()
+        self.usage: dict[str, list[int]] = {}  # endpoint -> [calls, tokens]
         self.throttled: Counter[str] = Counter()
         self.left: int | None = None
         self.first: float | None = None
@@ -95,33 +95,38 @@ class _Day:
         endpoint = str(event.get("endpoint") or "(unknown endpoint)")
         if isinstance(cost, int) and event.get("upstream_status") is not None:
             self.spent += cost
-            self.calls[endpoint] += 1
-            self.costs[endpoint] += cost
+            usage = self.usage.setdefault(endpoint, [0, 0])
+            usage[0] += 1
+            usage[1] += cost
             if moment is not None:
                 self.first = moment if self.first is None else min(self.first, moment)
                 self.last = moment if self.last is None else max(self.last, moment)
 
     def summary(self, company: str, date: str) -> dict[str, Any]:
+        """The day as the live report shows it: what a log cannot say (the limit, the share,
+        what Pipedrive said is left) is None; ``budget_left`` is the last call's."""
         projected = None
         if self.first is not None and self.last is not None and self.left is not None:
             span = self.last - self.first
-            if span >= 1.0 and self.spent > 0:
-                at = self.last + self.left / (self.spent / span)
-                projected = iso(at)
+            if span >= 1.0 and self.spent > 0 and company != UNKNOWN_COMPANY:
+                projected = iso(self.last + self.left / (self.spent / span))
         return {
             "company": company,
-            "day": date,
+            "day_started": f"{date}T00:00:00Z" if date != "unknown" else None,
+            "resets_at": None,
+            "limit": None,
+            "limit_from": None,
+            "share_tokens": None,
             "spent": self.spent,
-            "left": self.left,
+            "spent_here": self.spent,
+            "left": None,
+            "share_left": None,
+            "budget_left": self.left,
             "projected_exhaustion": projected,
+            "projected_in_seconds": None,
             "throttled": dict(sorted(self.throttled.items())),
-            "calls": sum(self.calls.values()),
-            "costliest": [
-                {"endpoint": name, "calls": self.calls[name], "token_cost": tokens}
-                for name, tokens in sorted(self.costs.items(), key=lambda i: (-i[1], i[0]))[
-                    :COSTLIEST
-                ]
-            ],
+            "calls": sum(calls for calls, _ in self.usage.values()),
+            "costliest": costliest(self.usage),
         }
 
 

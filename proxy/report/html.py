@@ -206,19 +206,28 @@ def _budget(section: Mapping[str, Any]) -> str:
     budget = section.get("budget")
     if budget is None:
         return ""
+
+    def shown(value: object) -> str:
+        return "?" if value is None else escape(str(value))
+
     rows = [
-        [escape(str(c["company"])), str(c["spent"]),
-         str(c["left"]) if c["left"] is not None else "?",
+        [escape(str(c["company"])), str(c["spent"]), shown(c.get("share_tokens")),
+         shown(c.get("budget_left")), shown(c.get("left")),
          escape(str(c["projected_exhaustion"] or "")),
          escape(", ".join(f"{n} {kind}" for kind, n in c["throttled"].items())),
          "<br>".join(escape(costliest_words(e)) for e in c["costliest"])]
         for c in budget["companies"]
     ]  # fmt: skip
+    refused = "would have refused" if budget["mode"] == "report" else "refused"
     return (
         f'<h2 id="budget">Daily token budget</h2><p class="meta">Governor: '
         f"<b>{escape(str(budget['mode']))}</b></p>"
-        + _table(["company", "spent", "left", "runs out at", "refused", "costliest"], rows, {1, 2})
-    )
+        + _table(
+            ["company", "spent", "share", "may still spend", "Pipedrive says left",
+             "runs out at", refused, "costliest"],
+            rows, {1, 2, 3, 4},
+        )
+    )  # fmt: skip
 
 
 def render_html(report: Mapping[str, Any]) -> str:

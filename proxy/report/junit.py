@@ -73,7 +73,8 @@ def render_junit(report: Mapping[str, Any]) -> str:
     budget = overall.get("budget") or {"companies": []}
     throttled_companies = 0
     for company in budget["companies"]:
-        said, name = budget_sentence(company), escape(str(company["company"]), quote=True)
+        said = budget_sentence(company, budget.get("mode"))
+        name = escape(str(company["company"]), quote=True)
         if company.get("throttled"):
             throttled_companies += 1
             cases.append(

@@ -77,12 +77,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ]
     budget = overall.get("budget")
     if budget is not None:
+        refused = "would have refused" if budget["mode"] == "report" else "refused"
         lines += ["", f"**Daily token budget** (governor: {budget['mode']}):", "",
-                  "| company | spent | left | runs out at | refused | costliest |",
-                  "|---|---:|---:|---|---|---|"]  # fmt: skip
+                  f"| company | spent | may still spend | Pipedrive says left | runs out at "
+                  f"| {refused} | costliest |",
+                  "|---|---:|---:|---:|---|---|---|"]  # fmt: skip
         lines += [
-            f"| {c['company']} | {c['spent']} | {c['left'] if c['left'] is not None else '?'} | "
-            f"{c['projected_exhaustion'] or ''} | "
+            f"| {c['company']} | {c['spent']} | {_unknown(c['budget_left'])} | "
+            f"{_unknown(c['left'])} | {c['projected_exhaustion'] or ''} | "
             + ", ".join(f"{n} {kind}" for kind, n in c["throttled"].items())
             + " | "
             + "<br>".join(costliest_words(e) for e in c["costliest"])
@@ -111,6 +113,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
+
+
+def _unknown(value: object) -> str:
+    return "?" if value is None else str(value)
 
 
 def _md_scopes(names: list[str] | None) -> str:

@@ -122,24 +122,32 @@ def plain_decision(decision: str) -> str:
     )
 
 
-def budget_sentence(company: Mapping[str, Any]) -> str:
-    """One company's day of the budget, in words: spent, left, when it runs out, refused."""
+def budget_sentence(company: Mapping[str, Any], mode: str | None = None) -> str:
+    """One company's day of the budget, in words: spent, what may still be spent, what
+    Pipedrive says is left, when it runs out, what was refused (or, in report mode, would have
+    been)."""
     words = f"{company['company']}: spent {company['spent']} tokens"
     if company.get("share_tokens") is not None:
         words += f" of a share of {company['share_tokens']}"
-    left = company.get("left")
-    words += f", {left} left" if left is not None else ", left unknown (no answer said yet)"
+    if company.get("budget_left") is not None:
+        words += f", {company['budget_left']} more may be spent"
+    if company.get("left") is not None:
+        words += f" (Pipedrive says {company['left']} left)"
     if company.get("projected_exhaustion"):
-        words += f", runs out at {company['projected_exhaustion']} at this rate"
+        words += f", runs out at {company['projected_exhaustion']} at the rate seen"
     throttled = company.get("throttled") or {}
     if throttled:
-        words += "; refused " + ", ".join(f"{n} {kind}" for kind, n in throttled.items())
+        verb = "would have refused" if mode == "report" else "refused"
+        words += f"; {verb} " + ", ".join(f"{n} ({kind})" for kind, n in throttled.items())
     return words
 
 
 def costliest_words(entry: Mapping[str, Any]) -> str:
-    """A costly endpoint, and what its v2 replacement costs per call."""
-    words = f"{entry['endpoint']}: {entry['token_cost']} tokens in {entry['calls']} calls"
+    """A costly endpoint: its tokens in all, its calls, and what its v2 replacement costs."""
+    words = (
+        f"{entry['endpoint']}: {entry['tokens']} tokens in {entry['calls']} calls "
+        f"({entry['token_cost']} each)"
+    )
     if entry.get("replacement"):
-        words += f" (v2 {entry['replacement']}: {entry['replacement_token_cost']} per call)"
+        words += f"; v2 {entry['replacement']} costs {entry['replacement_token_cost']} each"
     return words

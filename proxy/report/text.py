@@ -61,7 +61,7 @@ def render_text(report: Mapping[str, Any]) -> str:
     if budget is not None:
         lines += ["", f"daily token budget (governor: {budget['mode']}):"]
         for company in budget["companies"] or [{"company": "(no calls yet)", "spent": 0}]:
-            lines.append(f"  {budget_sentence(company)}")
+            lines.append(f"  {budget_sentence(company, budget['mode'])}")
             lines += [f"      {costliest_words(e)}" for e in company.get("costliest", ())]
     moving = overall["migration"]
     if moving["endpoints"]:
