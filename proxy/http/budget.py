@@ -66,6 +66,8 @@ class Budget:
         self.monotonic = monotonic
         self._away_until = 0.0  # the store failed a draw: not tried again before then
         self._draws: dict[str, asyncio.Future[None]] = {}
+        self._limit_text: str | None = None  # the last limit header read, and its number
+        self._limit: int | None = None
         metrics.budget_rows = self.rows
 
     @property
@@ -168,7 +170,10 @@ class Budget:
         if not reached or status == 429:
             governor.refund(charge)
         if reached and ledger.company is not None:
-            limit = _integer(headers.get(LIMIT_HEADER))
+            said_limit = headers.get(LIMIT_HEADER)
+            if said_limit != self._limit_text:  # the same on every answer, mostly: read once
+                self._limit_text, self._limit = said_limit, _integer(said_limit)
+            limit = self._limit
             remaining = _integer(headers.get(REMAINING_HEADER))
             if limit is not None or remaining is not None:
                 said = governor.said(ledger, limit, remaining, self.clock())
