@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -422,6 +424,68 @@ def print_replay(figures: dict[str, dict[str, float]]) -> None:
         print(f"| {label:34} | " + " | ".join(f"{c:>8}" for c in cells) + " |")
 
 
+def instructions(folder: Path, upstream: int, rounds: int, count: int) -> dict[str, float]:
+    """Instructions per call of the proxy, governor off and on (memory store), each under
+    valgrind's callgrind, ``count`` calls one after the other on one connection, after 300 to
+    warm it: a count, which what else the machine does leaves alone. The median of the rounds."""
+    request = (
+        f"GET /v1/deals/17 HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {BULK}\r\n\r\n"
+    ).encode()
+
+    def send(port: int, number: int) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            pending = b""
+            for _ in range(number):
+                connection.sendall(request)
+                while True:
+                    head_end = pending.find(b"\r\n\r\n")
+                    if head_end >= 0:
+                        head = pending[:head_end].lower()
+                        length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+                        if len(pending) >= head_end + 4 + length:
+                            if not head.startswith(b"http/1.1 200 "):
+                                sys.exit(f"bench: answered {head[:40]!r}")
+                            pending = pending[head_end + 4 + length :]
+                            break
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        sys.exit("bench: the proxy closed the connection")
+                    pending += chunk
+
+    found: dict[str, list[float]] = {"off": [], "on": []}
+    with ExitStack() as stack:
+        ports, pids = {}, {}
+        for name in found:
+            port = ports[name] = free_port()
+            config = folder / f"counted-{name}.yaml"
+            mode = "off" if name == "off" else "enforce"
+            config.write_text(
+                yaml.safe_dump(document(port, upstream, folder, "memory", mode, True))
+            )
+            out = folder / f"callgrind-{name}.out"
+            pids[name] = stack.enter_context(background(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+                 "-m", "proxy", "serve", "--config", str(config)])).pid  # fmt: skip
+        for port in ports.values():
+            wait_ready(f"http://127.0.0.1:{port}/_proxy/health", 120)
+            send(port, 300)
+        for number in range(rounds):
+            for name in ("off", "on") if number % 2 == 0 else ("on", "off"):
+                subprocess.run(["callgrind_control", "--zero", str(pids[name])], check=True,
+                               capture_output=True)  # fmt: skip
+                send(ports[name], count)
+                subprocess.run(["callgrind_control", "--dump", str(pids[name])], check=True,
+                               capture_output=True)  # fmt: skip
+                dumped = sorted(folder.glob(f"callgrind-{name}.out*"),
+                                key=lambda p: p.stat().st_mtime)  # fmt: skip
+                totals = next(int(line.split()[1]) for line in dumped[-1].read_text().splitlines()
+                              if line.startswith("totals:"))  # fmt: skip
+                found[name].append(totals / count)
+            print(f"  round {number + 1}/{rounds}: off {found['off'][-1] / 1000:.1f}k, "
+                  f"on {found['on'][-1] / 1000:.1f}k instructions per call")  # fmt: skip
+    return {name: statistics.median(values) for name, values in found.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="the replayed day's length")
@@ -478,6 +542,8 @@ def main() -> int:
                 pin(process.pid, {1})
             urls = {name: f"http://127.0.0.1:{port}/v1/deals/17" for name, port in ports.items()}
             load = throughput(urls, pids, rounds, round_seconds)
+            print("instructions per call, governor off and on (under callgrind) ...")
+            counted = instructions(folder, nginx_port, 2 if args.quick else 4, 2000)
     alone = governor_alone()
     print()
     print(f"| {'requests/s (x off)':34} | {'':>8} | {load['off']['rate']:>8.0f} | "
@@ -489,6 +555,13 @@ def main() -> int:
     print(
         f"\noff against itself (the noise): {again['ratio']:.3f}x, "
         f"{again['cpu_added_us']:+.1f} us per call"
+    )
+    added = counted["on"] - counted["off"]
+    added_us = added * load["off"]["cpu_us"] / counted["off"]  # at the machine's pace, off's
+    print(
+        f"instructions per call: off {counted['off'] / 1000:.1f}k, on "
+        f"{counted['on'] / 1000:.1f}k (+{added / 1000:.1f}k, {added / counted['off']:+.1%}, "
+        f"about {added_us:.1f} us at off's CPU per call)"
     )
     print(f"\ngovernor alone: {alone:.2f} us per call (charge and read back, memory store)")
     on = figures["on"]

@@ -174,7 +174,10 @@ class Budget:
             if said_limit != self._limit_text:  # the same on every answer, mostly: read once
                 self._limit_text, self._limit = said_limit, _integer(said_limit)
             limit = self._limit
-            remaining = _integer(headers.get(REMAINING_HEADER))
+            text = headers.get(REMAINING_HEADER)  # read inline: on every call
+            remaining = (
+                int(text) if text is not None and text.isdigit() and len(text) < 16 else None
+            )
             if limit is not None or remaining is not None:
                 said = governor.said(ledger, limit, remaining, self.clock())
                 if said is not ledger:  # a new day at Pipedrive: this call was its first
@@ -184,7 +187,7 @@ class Budget:
                 wait = _integer(headers.get("Retry-After"))
                 if remaining == 0 or (wait is not None and wait > 2):
                     governor.exhausted(ledger, wait, self.clock())
-        return self.left(ledger)
+        return governor.budget_left(ledger)
 
     def left(self, ledger: Ledger) -> int | None:
         """What the app may still spend of the company's day (``Governor.budget_left``)."""

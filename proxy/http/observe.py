@@ -375,15 +375,15 @@ def _finish(
     response: web.StreamResponse | None = None,
 ) -> None:
     agent = request.headers.get(_USER_AGENT)
+    app = request.app
     budget = None
     note = request.get(BUDGET_NOTE)
     if note is not None:
-        check = request.raw_path.startswith(CHECK_PATH)
-        if check or response is None:
-            left = request.app[BUDGET].left(note.ledger)
+        if response is None or request.raw_path.startswith(CHECK_PATH):
+            left = app[BUDGET].left(note.ledger)
         else:  # Pipedrive's answer, or the failure that stood for it
             failed = isinstance(refusal, UpstreamFailure) and refusal.kind == "connect"
-            left = request.app[BUDGET].answered(note, status, response.headers, not failed)
+            left = app[BUDGET].answered(note, status, response.headers, not failed)
         budget = (note.ledger.company, left, note.throttled)
     elif isinstance(refusal, BudgetExceeded):
         budget = (refusal.company, refusal.left, str(refusal.reason))
@@ -406,7 +406,7 @@ def _finish(
         request.get(UPSTREAM_SECONDS),
         budget,
     )
-    record(request.app, outcome)
+    record(app, outcome)
 
 
 def _peer(transport: Any) -> str | None:
