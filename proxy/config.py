@@ -668,10 +668,8 @@ def parse_config(
         public_url = _url(public_url, "public_url")
     log_raw = _mapping(top.get("logging"), "logging", {"format", "level"})
     logging = Logging(
-        _choice(log_raw.get("format", "json"), "logging.format", ("json", "console")),
-        _choice(
-            log_raw.get("level", "info"), "logging.level", ("debug", "info", "warning", "error")
-        ),
+        _choice(log_raw.get("format", "json"), "logging.format", LOG_FORMATS),
+        _choice(log_raw.get("level", "info"), "logging.level", LOG_LEVELS),
     )
     return Config(
         listen=listen,
@@ -715,6 +713,8 @@ ENV_SCHEMA: dict[str, Any] = {
                "reserve": "number", "critical": "list",
                "burst": {"oauth": "number", "api_token": "number"}},
 }  # fmt: skip
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 _FLAGS = {"true": True, "yes": True, "on": True, "1": True,
           "false": False, "no": False, "off": False, "0": False}  # fmt: skip
 
@@ -897,3 +897,135 @@ def load(
         return config, catalogue_for(config)
     except ConfigError as error:  # a scope name the environment gave, say
         raise _named(error, config.environment) from None
+
+
+# What each key of the config does, as the configuration reference says
+# (docs/reference/configuration.md, written from this table by tools/reference.py and
+# checked in CI; a key of the schema missing here fails a test).
+MEANINGS: dict[str, str] = {
+    "listen.host": ("the address the proxy listens on"),
+    "listen.port": ("the port it listens on"),
+    "upstream.api_url": (
+        "where API calls go: this origin + the request's path and query, byte for byte. An "
+        "origin only: `https://api.pipedrive.com/v1` is a config error, not a doubled "
+        "`/v1/v1/...`"
+    ),
+    "upstream.oauth_url": (
+        "where `POST /oauth/token` and `/oauth/revoke` go, and where `GET /oauth/authorize` "
+        "redirects; an origin too"
+    ),
+    "upstream.connect_timeout": ("seconds to connect before answering 502"),
+    "upstream.proxy": (
+        "a forward proxy for upstream calls: not set, the environment's (`HTTPS_PROXY`, "
+        "`HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, the lower-case spellings first, as curl and "
+        "requests read them); `none`, none whatever the environment says; or "
+        "`http://[user:password@]host:port` (an https upstream goes through it with `CONNECT`, "
+        "end to end TLS)"
+    ),
+    "upstream.read_timeout": (
+        "seconds without upstream bytes before answering 504 (checked a few times per timeout: "
+        "it may fire up to a quarter of it, at most 1 s, late)"
+    ),
+    "mode": (
+        "`enforce` refuses out-of-scope calls; `report` forwards them marked "
+        "`X-Scope-Proxy-Decision: report`"
+    ),
+    "app_scopes": (
+        "the scopes the app declares in Developer Hub; when set it is a ceiling: a call must be"
+        " accepted by one of these too"
+    ),
+    "tokens": (
+        "static grants: `{name, sha256: <SHA-256 of the token>, scopes}` or `{name, token_env: "
+        "VAR, scopes}` (either may name its `company`, the API host `acme.pipedrive.com`) (the "
+        "token is read from that environment variable and only its digest is kept)"
+    ),
+    "unknown_tokens": (
+        "a Bearer token the proxy does not know: `deny` (401) or `app_scopes` (treat it as "
+        "holding the app's declared scopes)"
+    ),
+    "api_tokens": (
+        "personal API tokens (`x-api-token`, `?api_token=`) are not scoped: `deny` (403 saying "
+        "so) or `app_scopes`"
+    ),
+    "unknown_endpoints": (
+        "a path under an API prefix that no catalogue entry matches: `deny` (404, reason "
+        "`unknown_endpoint`; a known path called with a method it does not take too) or `allow`"
+        " (forward it)"
+    ),
+    "store": (
+        "where learned tokens live: `memory`, `sqlite:///path/file.db` or `redis://host:6379/0`"
+    ),
+    "public_url": (
+        "how apps reach the proxy (used when rewriting OAuth responses); default: the request's"
+        " scheme and Host"
+    ),
+    "rewrite_api_domain": ("point `api_domain` in token responses at the proxy"),
+    "catalog_extra": ("extra catalogue files, relative to the config file (see Catalogue)"),
+    "logging.format": ("`json` lines, or `console` for people"),
+    "logging.level": ("`debug`, `info`, `warning` or `error`"),
+    "limits.header_timeout": (
+        "seconds for a client to send a whole request head (from its connection, or from the "
+        "first byte of a later request); then 408 and closed (slowloris)"
+    ),
+    "limits.keepalive_timeout": ("seconds an idle client connection stays open"),
+    "limits.body_timeout": (
+        "seconds without request-body bytes before 408, the upstream call cancelled with it "
+        "(slow POST)"
+    ),
+    "limits.max_connections": (
+        "client connections per process; one more gets 503 (`too_many_connections`) and is "
+        "closed at once, the others served as ever"
+    ),
+    "limits.max_checked_body": (
+        "bytes (1024 to 1073741824): the largest form (or body with no `Content-Type`, whatever"
+        " the method), multipart or JSON request body, read whole (once the call is authorized)"
+        " and checked for a method override or a credential before it is forwarded; over it: "
+        "413. Bodies of other types stream unread, whatever their size. Raise it for larger "
+        "file uploads (`POST /v1/files` is multipart): each upload in flight holds up to this "
+        "much memory"
+    ),
+    "warmup": (
+        "`true` (one token lifetime, 3600 s) or a number of seconds: for that long after the "
+        "process starts, a token the proxy does not know is taken to hold `app_scopes` (set "
+        "them: without, the config is refused), then refused again; see Restarts and rollouts"
+    ),
+    "limits.report_tokens": (
+        "tokens with a report section of their own, the busiest; the rest are counted together "
+        "as `other`"
+    ),
+    "budget.mode": (
+        "the budget governor: `off`, `report` (count what it would refuse) or `enforce`; see "
+        "The daily token budget"
+    ),
+    "budget.app": (
+        "this app's name for its count in a shared store (apps sharing a Redis keep apart)"
+    ),
+    "budget.daily_tokens": (
+        "a company's daily budget until Pipedrive's `x-daily-ratelimit-token-limit` says otherwise"
+    ),
+    "budget.share": ("the part (0 to 1) of each company's daily budget this app may spend"),
+    "budget.reserve": ("the part (0 to 1) of that share kept for `budget.critical`"),
+    "budget.critical": (
+        'endpoints named as the report names them (`"GET /v1/users/me"`) that may spend the '
+        "reserve; checked against the catalogue"
+    ),
+    "listen.tls.cert_file": (
+        "with `listen.tls.key_file`: the certificate chain and its key (PEM, relative to the "
+        "config file): serve HTTPS (TLS 1.2 and later); both are read again on `SIGHUP` (a "
+        "renewed certificate, in place)"
+    ),
+    "listen.tls.key_file": ("the private key of `listen.tls.cert_file`"),
+    "admin_listen.host": (
+        "with `admin_listen.port`: serve `/_proxy/*` there instead of on the main port (the "
+        "host defaults to `127.0.0.1`)"
+    ),
+    "admin_listen.port": ("the admin listener's port"),
+    "admin_listen.tls.cert_file": ("as `listen.tls.cert_file`, for the admin listener"),
+    "admin_listen.tls.key_file": ("as `listen.tls.key_file`, for the admin listener"),
+    "budget.burst.oauth": (
+        "calls an OAuth token may make in any 2-second span (Pipedrive's Lite plan: 80)"
+    ),
+    "budget.burst.api_token": (
+        "calls a personal API token may make in any 2-second span (Lite: 20)"
+    ),
+}

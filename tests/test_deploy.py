@@ -22,6 +22,7 @@ from proxy.config import parse_config
 from proxy.core.canonical import _WATCHED
 from proxy.core.catalog import AUTHZ_PREFIX
 from proxy.envoy.bootstrap import Origin, bootstrap, parse_listen
+from tests.docs import page
 from tests.processes import ROOT, envoy_validate, run
 from tests.tables import APP_LINES, STACKS
 
@@ -283,7 +284,7 @@ def test_the_kubernetes_sidecar_agrees_with_its_config(variant: str) -> None:
         secret = secrets[f"Secret/{reference['name']}"]
         env[variable["name"]] = secret["stringData"][reference["key"]]
         command = f"kubectl create secret generic {reference['name']} --from-literal="
-        assert f"{command}{reference['key']}=..." in readme_section("Deploying")
+        assert f"{command}{reference['key']}=..." in page("deployment.md")
     checked = run("check", "--config", str(folder / "proxy.yaml"), env=env)
     assert checked.returncode == 0, checked.stderr
     config = parse_config(yaml.safe_load((folder / "proxy.yaml").read_text()), env=env)
@@ -366,12 +367,6 @@ def readme_memory_figures() -> list[float]:
     return [float(figure) for figure in figures]
 
 
-def readme_section(title: str) -> str:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index(f"\n## {title}\n")
-    return readme[start : readme.index("\n## ", start + 1)]
-
-
 def code_blocks(text: str, language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
 
@@ -383,7 +378,7 @@ def commands(block: str) -> list[list[str]]:
 
 
 def test_every_file_the_deploy_section_names_exists() -> None:
-    section = readme_section("Deploying")
+    section = page("deployment.md")
     named = set(re.findall(r"`((?:config|deploy|tests|bench)/[\w./-]+|docker-compose[\w.]*\.yml"
                            r"|Dockerfile)`", section))  # fmt: skip
     named |= set(re.findall(r"\b((?:config|deploy)/[\w./-]+\w)", section))
@@ -396,7 +391,7 @@ def test_every_command_the_deploy_section_shows_is_the_one_the_tests_run() -> No
     """The Deploy section's commands, each matched to what a test does with it: the image
     (tests/test_image.py builds and runs this Dockerfile), compose (tests/test_compose.py runs
     these files) and Kubernetes (the kustomizations checked above)."""
-    section = readme_section("Deploying")
+    section = page("deployment.md")
     shown = [argv for block in code_blocks(section, "sh") for argv in commands(block)]
     seen = set()
     for argv in shown:

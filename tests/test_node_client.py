@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ProxyFactory
+from tests.docs import DOCS
 from tests.fakes import FakeOAuth, FakePipedrive
-from tests.processes import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,7 @@ async def test_official_node_client_authorizes_and_calls_through_the_proxy(
 
 
 def readme_snippet() -> str:
-    readme = (ROOT / "README.md").read_text()
+    readme = DOCS
     [block] = re.findall(r"^```js\n(.*?)^```$", readme, re.MULTILINE | re.DOTALL)
     return str(block)
 

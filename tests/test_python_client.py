@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
+from tests.docs import DOCS
 from tests.fakes import FakeOAuth, FakePipedrive
-from tests.processes import ROOT, serving, wait_ready, write_config
+from tests.processes import serving, wait_ready, write_config
 
 pytestmark = pytest.mark.slow
 
 
 def readme_snippet() -> str:
-    readme = (ROOT / "README.md").read_text()
+    readme = DOCS
     [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
                  if "class Pipedrive" in block]  # fmt: skip
     return str(snippet)

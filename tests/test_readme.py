@@ -27,10 +27,11 @@ from proxy.core.reasons import Reason
 from proxy.http.observe import Outcome
 from proxy.report.model import Call, build_report
 from tests.conftest import CATALOGUE, free_port
+from tests.docs import DOCS
 from tests.fakes import FakePipedrive
 from tests.processes import ROOT, certificate, run, serving, wait_ready
 
-README = (ROOT / "README.md").read_text()
+README = DOCS  # the README and the pages of docs/
 # Fenced blocks, also those indented under a list item.
 BLOCKS = [
     (match.group(2), textwrap.dedent(match.group(3)), README[: match.start()].count("\n") + 1)

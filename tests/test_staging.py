@@ -24,12 +24,13 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
+from tests.docs import DOCS
 from tests.fakes import FakePipedrive, ScopedPipedrive
 from tests.processes import ROOT, run, serving, wait_ready
 
 pytestmark = pytest.mark.slow
 
-README = (ROOT / "README.md").read_text()
+README = DOCS  # the README and the pages of docs/
 
 
 def readme_config() -> dict[str, Any]:
