@@ -4,6 +4,7 @@ without them."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from types import ModuleType
@@ -65,7 +66,7 @@ def test_a_changed_option_makes_the_cli_reference_stale(
 
     def changed() -> object:
         parser = original()
-        subparsers = next(a for a in parser._actions if hasattr(a, "choices") and a.choices)
+        [subparsers] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         subparsers.choices["check"].add_argument("--strict-new", help="a new option")
         return parser
 
