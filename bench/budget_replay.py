@@ -574,7 +574,8 @@ def main() -> int:
          f"{on['wrongly_refused']:.2%}"),
         ("projection within 10%", on.get("projection_error", 1.0) <= 0.10,
          f"{on.get('projection_error', float('nan')):.1%}"),
-        ("governor CPU <= 3 us per call", alone <= 3.0, f"{alone:.2f} us"),
+        ("governor CPU <= 3 us per call (end to end, from instructions)", added_us <= 3.0,
+         f"{added_us:.1f} us; its own code alone {alone:.2f} us"),
         ("throughput on >= 0.95x off", load["on"]["ratio"] >= 0.95, f"{load['on']['ratio']:.3f}x"),
     ]  # fmt: skip
     print()
