@@ -114,14 +114,14 @@ def cli() -> str:
     parser = build_parser()
     out = [GENERATED, "", "# Command-line reference", "",
            f"`{parser.prog}` [`--version`] *command* ...: {parser.description}", ""]  # fmt: skip
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
-    helps = {choice.dest: choice.help for choice in subparsers._choices_actions}  # noqa: SLF001
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {choice.dest: choice.help for choice in subparsers._choices_actions}
     for name, command in subparsers.choices.items():
         out += [f"## `{name}`", "", f"{helps.get(name) or ''}".strip() + ".", ""]
         out += ["```", command.format_usage().strip().removeprefix("usage: "), "```", ""]
         rows = ["| argument | what it does |", "|---|---|"]
-        for action in command._actions:  # noqa: SLF001
-            if isinstance(action, argparse._HelpAction):  # noqa: SLF001
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
                 continue
             label = ", ".join(f"`{o}`" for o in action.option_strings) or f"`{action.dest}`"
             if action.option_strings and action.nargs != 0:
