@@ -48,6 +48,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "budget.mode": BUDGET_MODES,
 }
 KINDS = {"text": "text", "number": "number", "list": "list", "flag": "true or false"}
+# Where the schema's kind (how the environment's text is read) says less than the file takes.
+TYPES = {"warmup": "true, false or seconds"}
+DEFAULTS = {"warmup": "off"}
 GENERATED = "<!-- Written by tools/reference.py from the code: edit the code, then run it. -->"
 
 
@@ -94,8 +97,9 @@ def configuration() -> str:
         reload = "restart" if top in RESTART_ONLY else "applied"
         if key.startswith(("listen.tls", "admin_listen.tls")):
             reload = "files read again"
-        default = shown_default(key, shown)
-        cells = [f"`{key}`", KINDS.get(kind, kind), default, allowed, variable, reload,
+        default = DEFAULTS.get(key) or shown_default(key, shown)
+        cells = [f"`{key}`", TYPES.get(key) or KINDS.get(kind, kind), default, allowed, variable,
+                 reload,
                  meaning.replace("|", "\\|")]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join([

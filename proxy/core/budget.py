@@ -3,7 +3,7 @@ windows per token. Pure: no I/O. The HTTP layer draws chunks of the app's shared
 the store (``Draw``), hands back what Pipedrive's answers say (``said``, ``exhausted``) and
 asks, for each call, whether it may go (``burst``, ``admit``).
 
-The written semantics (README, "The budget governor"):
+The written semantics (docs/budget.md):
 
 - A company's day has a ``limit``: ``daily_tokens`` until Pipedrive's
   ``x-daily-ratelimit-token-limit`` says otherwise. The app may spend ``share x limit``

@@ -109,7 +109,7 @@ class Outcome(NamedTuple):
         return self.logged()[1]
 
     def fields(self) -> dict[str, Any]:
-        """The request event's fields (their names are a contract: see README, "Decision log")."""
+        """The request event's fields (their names are a contract: docs/operations.md)."""
         return self.logged()[0]
 
     def logged(self) -> tuple[dict[str, Any], Call | None]:

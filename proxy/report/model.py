@@ -140,7 +140,7 @@ class Call:
 
 def logged(decision: Decision) -> dict[str, Any]:
     """What the decision log says of a decision, under the names ``Call.read`` reads (the
-    request event's fields: see README, "Decision log")."""
+    request event's fields: see docs/operations.md, "Decision log")."""
     endpoint, grant = decision.endpoint, decision.grant
     lifecycle = {"lifecycle": endpoint.state} if endpoint and endpoint.lifecycle else {}
     return {
@@ -526,7 +526,7 @@ def build_report(
     unknown_tokens: int | None = None,
     budget: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report document (its keys are a contract: see README, "The report"). At most
+    """The report document (its keys are a contract: see docs/staging.md, "The report"). At most
     ``max_tokens`` tokens have a section of their own; the rest share one, ``other``. Refusals
     made before the scope check are counted apart, by reason, and requests that are no API
     calls (``GET /``, a load balancer's probe) apart again. With the ``catalogue``, the
