@@ -17,7 +17,6 @@ import asyncio
 import hashlib
 import json
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from harness import (
     proxy,
     require,
     schedule,
+    sequential_calls,
     wait_ready,
     wrk,
 )
@@ -433,24 +433,7 @@ def instructions(folder: Path, upstream: int, rounds: int, count: int) -> dict[s
     ).encode()
 
     def send(port: int, number: int) -> None:
-        with socket.create_connection(("127.0.0.1", port)) as connection:
-            pending = b""
-            for _ in range(number):
-                connection.sendall(request)
-                while True:
-                    head_end = pending.find(b"\r\n\r\n")
-                    if head_end >= 0:
-                        head = pending[:head_end].lower()
-                        length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
-                        if len(pending) >= head_end + 4 + length:
-                            if not head.startswith(b"http/1.1 200 "):
-                                sys.exit(f"bench: answered {head[:40]!r}")
-                            pending = pending[head_end + 4 + length :]
-                            break
-                    chunk = connection.recv(65536)
-                    if not chunk:
-                        sys.exit("bench: the proxy closed the connection")
-                    pending += chunk
+        sequential_calls(port, request, number)
 
     found: dict[str, list[float]] = {"off": [], "on": []}
     with ExitStack() as stack:

@@ -83,6 +83,30 @@ def proxy(
                 process.stderr.close()
 
 
+def sequential_calls(port: int, request: bytes, count: int) -> None:
+    """``count`` calls of ``request`` (a whole HTTP/1.1 request), one after the other, on one
+    kept-alive connection; each must be answered 200, or the benchmark stops saying what came."""
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        pending = b""
+        for _ in range(count):
+            connection.sendall(request)
+            while True:
+                head_end = pending.find(b"\r\n\r\n")
+                if head_end >= 0:
+                    head = pending[:head_end]
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    end = head_end + 4 + length
+                    if len(pending) >= end:
+                        if not head.startswith(b"HTTP/1.1 200 "):
+                            sys.exit(f"bench: answered {head[:40]!r}")
+                        pending = pending[end:]
+                        break
+                chunk = connection.recv(65536)
+                if not chunk:
+                    sys.exit("bench: the proxy closed the connection")
+                pending += chunk
+
+
 def children(pid: int) -> list[int]:
     """The process and its descendants (a supervisor and its workers)."""
     found = [pid]

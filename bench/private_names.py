@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from harness import ROOT, cpu_seconds, free_port, require, schedule, wait_ready, wrk
+from harness import (
+    ROOT,
+    cpu_seconds,
+    free_port,
+    require,
+    schedule,
+    sequential_calls,
+    wait_ready,
+    wrk,
+)
 
 sys.path.insert(0, str(ROOT))
 from proxy.http import private
@@ -166,25 +174,7 @@ REQUEST = (
 
 def calls(port: int, count: int) -> None:
     """``count`` calls, one after the other, on one kept-alive connection; each must be a 200."""
-    with socket.create_connection(("127.0.0.1", port)) as connection:
-        pending = b""
-        for _ in range(count):
-            connection.sendall(REQUEST)
-            while True:
-                head_end = pending.find(b"\r\n\r\n")
-                if head_end >= 0:
-                    head = pending[:head_end]
-                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                    end = head_end + 4 + length
-                    if len(pending) >= end:
-                        if not head.startswith(b"HTTP/1.1 200 "):
-                            sys.exit(f"bench: answered {head[:40]!r}")
-                        pending = pending[end:]
-                        break
-                chunk = connection.recv(65536)
-                if not chunk:
-                    sys.exit("bench: the proxy closed the connection")
-                pending += chunk
+    sequential_calls(port, REQUEST, count)
 
 
 def instructions(

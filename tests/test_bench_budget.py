@@ -3,7 +3,6 @@ it judges a run, on made-up runs whose right answers are known."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,21 +10,15 @@ from types import ModuleType
 
 import pytest
 
+from tests.processes import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def replay() -> ModuleType:
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(
-        "budget_replay", ROOT / "bench" / "budget_replay.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(ROOT / "bench"))  # it imports bench/harness.py
+    return load_script(ROOT / "bench" / "budget_replay.py", "budget_replay")
 
 
 def test_the_day_is_the_same_each_run_and_bursts_past_every_limit(replay: ModuleType) -> None:

@@ -5,8 +5,6 @@ without them."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from types import ModuleType
 
 import pytest
@@ -14,17 +12,12 @@ import pytest
 from proxy.cli.parser import build_parser
 from proxy.config import ENV_SCHEMA, MEANINGS
 from tests.docs import DOC_FILES, ROOT
+from tests.processes import load_script
 
 
 @pytest.fixture(scope="module")
 def reference() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reference", ROOT / "tools" / "reference.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "tools" / "reference.py", "reference")
 
 
 def test_the_readme_is_read_in_ten_minutes() -> None:

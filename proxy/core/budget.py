@@ -245,7 +245,8 @@ class Governor:
                 return self.refuse(ledger, critical, now, pipedrive=True)
             ledger.probe_at = now + PROBE_SECONDS  # this one goes, to hear Pipedrive again
         held = ledger.held
-        if held >= cost:  # the common case: charged from what this process holds
+        if held >= cost:  # the common case, inline (a third of the governor's instructions
+            # per call: bench/budget_replay.py): charged from what this process holds
             ledger.held = held - cost
             ledger.spent += cost
             if left is not None:
@@ -320,20 +321,15 @@ class Governor:
         counted in it (the answer's remaining says it was spent already)."""
         if ledger is charge.ledger:
             return
-        ledger.spent += charge.cost
         if ledger.company is not None:
             ledger.unsynced += charge.cost
-        ledger.first_at = ledger.first_at or now
-        ledger.last_at = now
-        usage = ledger.usage.setdefault(charge.endpoint, [0, 0])
-        usage[0] += 1
-        usage[1] += charge.cost
+        self._count(ledger, charge.cost, now, charge.endpoint)
 
     def said(self, ledger: Ledger, limit: int | None, remaining: int | None, now: float) -> Ledger:
         """What a Pipedrive answer's ``x-daily-ratelimit-token-*`` headers say; the ledger in
         effect after it (a new one when they show that a new day began at Pipedrive)."""
         left = ledger.left
-        if (  # the common case: the limit as it was, what is left lower or about the same
+        if (  # the common case, first: the limit as it was, what is left lower or about the same
             limit == ledger.limit
             and remaining is not None
             and left is not None
@@ -432,9 +428,15 @@ class Governor:
             take = min(ledger.held, cost)
             ledger.held -= take
             ledger.held_reserve -= cost - take
-        ledger.spent += cost
         if ledger.left is not None:
             ledger.left -= cost
+        self._count(ledger, cost, now, endpoint)
+        return Charge(ledger, cost, endpoint)
+
+    @staticmethod
+    def _count(ledger: Ledger, cost: int, now: float, endpoint: str) -> None:
+        """Count a call in its company's day: what it spent, when, and on which endpoint."""
+        ledger.spent += cost
         if ledger.first_at is None:
             ledger.first_at = now
         ledger.last_at = now
@@ -443,7 +445,6 @@ class Governor:
             usage = ledger.usage[endpoint] = [0, 0]
         usage[0] += 1
         usage[1] += cost
-        return Charge(ledger, cost, endpoint)
 
     def refuse(
         self, ledger: Ledger, critical: bool, now: float, pipedrive: bool = False
@@ -462,10 +463,7 @@ class Governor:
         proxy does not know (never refused on budget)."""
         if ledger.company is None:
             return None
-        full = ledger.caps(self.policy)[1]
-        spent = ledger.drawn - ledger.held - ledger.held_reserve
-        share_left = full - (spent if spent > 0 else 0) - ledger.unsynced
-        share_left = share_left if share_left > 0 else 0
+        share_left = max(0, ledger.caps(self.policy)[1] - ledger.shared_spent)
         left = ledger.left
         if left is None or left >= share_left:
             return share_left

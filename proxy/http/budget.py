@@ -70,10 +70,6 @@ class Budget:
         self._limit: int | None = None
         metrics.budget_rows = self.rows
 
-    @property
-    def policy(self) -> BudgetPolicy:
-        return self.governor.policy
-
     def reconfigure(self, policy: BudgetPolicy) -> None:
         """A reload: the new share, reserve and limits hold from the next call on; what was
         spent and drawn today stays (the count is the app's, whatever its share)."""
@@ -174,10 +170,7 @@ class Budget:
             if said_limit != self._limit_text:  # the same on every answer, mostly: read once
                 self._limit_text, self._limit = said_limit, _integer(said_limit)
             limit = self._limit
-            text = headers.get(REMAINING_HEADER)  # read inline: on every call
-            remaining = (
-                int(text) if text is not None and text.isdigit() and len(text) < 16 else None
-            )
+            remaining = _integer(headers.get(REMAINING_HEADER))
             if limit is not None or remaining is not None:
                 said = governor.said(ledger, limit, remaining, self.clock())
                 if said is not ledger:  # a new day at Pipedrive: this call was its first

@@ -376,10 +376,11 @@ def _finish(
 ) -> None:
     agent = request.headers.get(_USER_AGENT)
     app = request.app
+    check = decision is not None and request.raw_path.startswith(CHECK_PATH)
     budget = None
     note = request.get(BUDGET_NOTE)
     if note is not None:
-        if response is None or request.raw_path.startswith(CHECK_PATH):
+        if response is None or check:  # no answer of Pipedrive's to read
             left = app[BUDGET].left(note.ledger)
         else:  # Pipedrive's answer, or the failure that stood for it
             failed = isinstance(refusal, UpstreamFailure) and refusal.kind == "connect"
@@ -394,7 +395,7 @@ def _finish(
         status,
         time.perf_counter() - started,
         cut_off,
-        decision is not None and request.raw_path.startswith(CHECK_PATH),
+        check,
         printable(request_id[:_ID_LENGTH]),
         printable(correlation[:_ID_LENGTH]) if correlation is not None else None,
         api_version(request.raw_path) if decision is None else None,
