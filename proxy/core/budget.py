@@ -24,10 +24,16 @@ The written semantics (docs/budget.md):
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    from proxy.core.catalog import Endpoint
+    from proxy.core.decision import Decision
 
 BudgetMode = Literal["off", "report", "enforce"]
 BUDGET_MODES: tuple[BudgetMode, ...] = ("off", "report", "enforce")
@@ -37,15 +43,23 @@ BURST_SECONDS = 2.0
 # reach Pipedrive after a delay that differs from one call to the next, and a window of exactly
 # 2 s at the proxy could put one call too many into one of Pipedrive's.
 BURST_GUARD = 0.05
+_SPAN = BURST_SECONDS + BURST_GUARD
 DAY = 86_400.0
 HOUR = 3_600.0
 CHUNKS = 10  # a draw takes at most this fraction (1/CHUNKS) of the app's share
+DEFAULT_COST = 10  # an endpoint whose cost Pipedrive's files do not give: their commonest cost
 UNKNOWN_COMPANY = "(unknown)"  # how reports and metrics name the company of unknown tokens
 UNCAPPED = 2**62  # a draw that only counts (report mode, spend made while the store was away)
+# Pipedrive's budget headers are read on one answer in READ_EVERY of a company's while what it
+# says is left is above 1/QUIET_PART of the limit (and on every answer below that, every 429,
+# and the first answer of a company's day): what the app spends is counted all the same; what
+# the company's other apps and users spend shows a few answers later.
+READ_EVERY = 8
+QUIET_PART = 10
 NEW_DAY_RISE = 0.1  # a rise in Pipedrive's remaining of more than this part of the limit
 DAILY_RETRY_AFTER = 2.0  # a 429 asking to wait longer than this is the day's budget, not a burst
 PROBE_SECONDS = 60.0  # with what Pipedrive said is left spent, one call a minute goes through
-_PRUNE_EVERY = 4096  # calls between sweeps of idle burst windows
+_PRUNE_EVERY = 4096  # burst windows begun between sweeps of the idle ones
 _PRUNE_LEDGERS = 10_000  # companies' days held before the days that are over are dropped
 
 
@@ -100,6 +114,37 @@ class Charge(NamedTuple):
     cost: int
     endpoint: str
     throttled: Throttle | None = None
+    source: Endpoint | None = None  # the catalogue's entry charged, when one matched
+
+
+_new = tuple.__new__  # a NamedTuple made without the Python frame of its __new__
+# The burst window of every token of a kind with no burst limit: it keeps no call.
+_NO_WINDOW: deque[float] = deque(maxlen=0)
+
+
+class Usage:
+    """An endpoint's calls in a company's day, and the charge that serves for each."""
+
+    __slots__ = ("calls", "charge", "tokens")
+
+    def __init__(self, charge: Charge) -> None:
+        self.calls = 0
+        self.tokens = 0
+        self.charge = charge
+
+
+def quietly(charge: Charge, status: int, reached: bool) -> int:
+    """The common case of Pipedrive's answer to a charged call: answered (not 429), with much
+    left, and not the answer in ``READ_EVERY`` whose headers are read. Returns what the app
+    may still spend (``Governor.budget_left``), or -1 when the answer must be read."""
+    ledger = charge[0]
+    if reached and status != 429:
+        unread = ledger.unread - 1
+        if unread and ledger.fast < ledger.quiet:
+            ledger.unread = unread
+            left = ledger.share_room - ledger.fast
+            return left if left > 0 else 0
+    return -1
 
 
 def utc_day_start(now: float) -> float:
@@ -116,13 +161,24 @@ def iso(moment: float) -> str:
 
 
 class Ledger:
-    """One company's day, as this process knows it."""
+    """One company's day, as this process knows it.
+
+    The calls charged on the fast path (``Governor.take``) only add their cost to ``fast``:
+    what is held, what Pipedrive said is left and what was spent are kept less (or plus) that,
+    and read through properties that apply it, so that every other path reads and writes them
+    as plain numbers. ``room`` is how far ``fast`` may grow before a call must go the whole
+    way (what is held, or what Pipedrive said is left, whichever is less), ``share_room``
+    what the app may still spend at ``fast`` 0 (``Governor.budget_left``), and ``quiet`` how
+    far ``fast`` may grow while what Pipedrive said is left stays above a tenth of the limit
+    (its answers need not all be read meanwhile): all are worked out again whenever one of
+    the numbers they come from is set.
+    """
 
     __slots__ = (
-        "_caps", "_caps_limit", "_caps_policy", "app", "company", "drawn", "first_at", "held",
-        "held_reserve", "key", "last_at", "left", "limit", "limit_said", "probe_at", "resets_at",
-        "said_first",
-        "said_last", "spent", "start", "throttled", "unsynced", "usage",
+        "_caps", "_caps_limit", "_caps_policy", "_drawn", "_full", "_held", "_left",
+        "_reserve", "_spent", "_unsynced", "app", "company", "fast", "first_at", "key",
+        "limit", "limit_said", "probe_at", "quiet", "resets_at", "room", "said_first",
+        "said_last", "share_room", "start", "throttled", "unread", "usage",
     )  # fmt: skip
 
     def __init__(self, app: str, company: str | None, start: float, limit: int) -> None:
@@ -132,31 +188,114 @@ class Ledger:
         self.resets_at = start + DAY
         self.limit = limit  # the company's daily budget
         self.limit_said = False  # whether Pipedrive said it
-        self.left: float | None = None  # Pipedrive's remaining less the spend since; None: unsaid
-        self.held = 0  # drawn from the shared count, not spent yet
-        self.held_reserve = 0  # drawn past the normal cap: for critical endpoints only
-        self.drawn = 0  # the shared count after this process's last draw
-        self.spent = 0  # what this process's calls cost this day
-        self.unsynced = 0  # spent while the shared count could not be reached
+        self.fast = 0  # what the calls charged on the fast path cost
+        self._left: int | None = None  # Pipedrive's remaining less the spend since (left)
+        self._held = 0  # drawn from the shared count, not spent yet (held)
+        self._reserve = 0  # drawn past the normal cap: for critical endpoints only
+        self._drawn = 0  # the shared count after this process's last draw
+        self._spent = 0  # what this process's calls cost this day (spent)
+        self._unsynced = 0  # spent while the shared count could not be reached
+        self._full = 0  # the app's share of the limit: caps()[1]
         self.probe_at = 0.0  # when a call may go to hear Pipedrive again, past what it said
-        self.first_at: float | None = None
-        self.last_at: float | None = None
+        self.first_at: float | None = None  # when the day's first call was charged
         self.said_first: tuple[float, int] | None = None  # (when, remaining): the company's rate
         self.said_last: tuple[float, int] | None = None
-        self.usage: dict[str, list[int]] = {}  # endpoint -> [calls, tokens]
+        self.usage: dict[str, Usage] = {}  # by endpoint, as the report names it
         self.throttled: Counter[str] = Counter()  # refusals (or would-be refusals) by kind
         self.key = f"{app}\t{company or UNKNOWN_COMPANY}\t{period_name(start)}"
         self._caps = (0, 0)
         self._caps_policy: BudgetPolicy | None = None
         self._caps_limit = 0
+        self.room = -1
+        self.share_room = 0
+        self.quiet = -1
+        self.unread = READ_EVERY  # answers until Pipedrive's headers are read again (quietly)
+        self._gate()
+
+    def _gate(self) -> None:
+        """Work out ``room`` and ``share_room`` again (see the class)."""
+        held, left = self._held, self._left
+        room = held if left is None or left > held else left
+        share = self._full - self._drawn + held + self._reserve - self._unsynced
+        if left is not None and left < share:
+            share = left
+        quiet = -1 if left is None else left - self.limit // QUIET_PART
+        if self.company is None or self._drawn - (held - self.fast) - self._reserve < 0:
+            room = quiet = -1  # never refused, or a count that reads less than nothing
+        self.room, self.share_room, self.quiet = room, share, quiet
+
+    @property
+    def held(self) -> int:
+        """Drawn from the shared count, not spent yet."""
+        return self._held - self.fast
+
+    @held.setter
+    def held(self, value: int) -> None:
+        self._held = value + self.fast
+        self._gate()
+
+    @property
+    def left(self) -> int | None:
+        """Pipedrive's latest remaining less the spend since; None until it has said."""
+        return None if self._left is None else self._left - self.fast
+
+    @left.setter
+    def left(self, value: int | None) -> None:
+        self._left = None if value is None else value + self.fast
+        self._gate()
+
+    @property
+    def spent(self) -> int:
+        """What this process's calls cost this day."""
+        return self._spent + self.fast
+
+    @spent.setter
+    def spent(self, value: int) -> None:
+        self._spent = value - self.fast
+
+    @property
+    def held_reserve(self) -> int:
+        """Drawn past the normal cap: for critical endpoints only."""
+        return self._reserve
+
+    @held_reserve.setter
+    def held_reserve(self, value: int) -> None:
+        self._reserve = value
+        self._gate()
+
+    @property
+    def drawn(self) -> int:
+        """The shared count after this process's last draw."""
+        return self._drawn
+
+    @drawn.setter
+    def drawn(self, value: int) -> None:
+        self._drawn = value
+        self._gate()
+
+    @property
+    def unsynced(self) -> int:
+        """Spent while the shared count could not be reached."""
+        return self._unsynced
+
+    @unsynced.setter
+    def unsynced(self, value: int) -> None:
+        self._unsynced = value
+        self._gate()
+
+    @property
+    def full(self) -> int:
+        """The app's share of the limit (``caps()[1]``)."""
+        return self._full
 
     def caps(self, policy: BudgetPolicy) -> tuple[int, int]:
         """The app's caps on the shared count: for other calls, and for critical ones (worked
         out again only when the policy or the limit changes)."""
         if self._caps_policy is not policy or self._caps_limit != self.limit:
-            full = int(policy.share * self.limit)
+            full = self._full = int(policy.share * self.limit)
             self._caps = (int(full * (1.0 - policy.reserve)), full)
             self._caps_policy, self._caps_limit = policy, self.limit
+            self._gate()
         return self._caps
 
     @property
@@ -169,11 +308,70 @@ class Ledger:
 class Governor:
     """Every company's day and every token's burst window, in this process."""
 
-    def __init__(self, policy: BudgetPolicy) -> None:
+    def __init__(
+        self,
+        policy: BudgetPolicy,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.policy = policy
+        self.clock = clock  # UNIX time: the days
+        self.monotonic = monotonic  # the burst windows
         self.ledgers: dict[str | None, Ledger] = {}
-        self.windows: dict[str, deque[float]] = {}
-        self._calls = 0
+        # Each token's burst window, keyed by its credential (kind, digest): the times of its
+        # latest calls, at most its limit of them (a full window drops its oldest as it takes
+        # a call); _NO_WINDOW for a kind with no limit.
+        self.windows: dict[tuple[str, str], deque[float]] = {}
+        self._begun = 0  # windows begun since the last sweep of idle ones
+
+    def reconfigure(self, policy: BudgetPolicy) -> None:
+        """A reload of the same app's policy: the new share, reserve and limits hold from the
+        next call on; the burst windows keep their calls (to the new limits)."""
+        self.policy = policy
+        for ledger in self.ledgers.values():
+            ledger.caps(policy)
+        self.windows = {
+            key: _NO_WINDOW if limit is None else deque(window, maxlen=limit)
+            for key, window in self.windows.items()
+            for limit in (policy.burst_limit(key[0]),)
+        }
+
+    def take(self, decision: Decision) -> Charge | None:
+        """The common case of ``burst`` and ``admit`` at once, for the call ``decision``
+        allowed: its company's day is under way and its endpoint was charged in it before,
+        its token's burst window has room, and this process holds enough of the share (and of
+        what Pipedrive said is left) for its cost. Then the call is counted in the window and
+        charged (the charge of the endpoint's earlier calls serves again); else nothing is
+        changed and None returned: the call goes the whole way (``ledger``, ``burst``,
+        ``admit``). Every call pays for this one, so it is written for the interpreter
+        (bench/budget_replay.py counts its instructions)."""
+        _, _, _, _, endpoint, credential, grant, _, _ = decision
+        if grant is None or endpoint is None:
+            return None
+        ledger = self.ledgers.get(grant.company)
+        if ledger is None or self.clock() >= ledger.resets_at:
+            return None
+        usage = ledger.usage.get(endpoint.name)
+        if usage is None:
+            return None
+        charge = usage.charge
+        if charge[4] is not endpoint:  # a catalogue reloaded since
+            return None
+        cost = charge[1]
+        fast = ledger.fast + cost
+        if fast > ledger.room:  # more than is held, or than Pipedrive said is left
+            return None
+        window = self.windows.get(credential)  # type: ignore[arg-type]
+        if window is None:
+            return None
+        moment = self.monotonic()
+        if len(window) == window.maxlen and window and window[0] > moment - _SPAN:
+            return None  # its limit of calls within the span
+        window.append(moment)  # a full window drops its oldest; _NO_WINDOW keeps nothing
+        ledger.fast = fast
+        usage.calls += 1
+        usage.tokens += cost
+        return charge
 
     def ledger(self, company: str | None, now: float) -> Ledger:
         """The company's ledger of the day ``now`` falls in (a new one when the day is over)."""
@@ -181,6 +379,7 @@ class Governor:
         if ledger is None or now >= ledger.resets_at:
             start = utc_day_start(now) if ledger is None else _next_start(ledger, now)
             ledger = Ledger(self.policy.app, company, start, self.policy.daily_tokens)
+            ledger.caps(self.policy)
             if len(self.ledgers) >= _PRUNE_LEDGERS:
                 self.prune(now)
             self.ledgers[company] = ledger
@@ -190,35 +389,34 @@ class Governor:
         """Whether the token may make one more call now: at most its limit in any 2-second
         span (a sliding window: where Pipedrive's windows start cannot be known). ``now`` is
         monotonic time. The call is counted in the window when it may go."""
-        policy = self.policy
-        limit = policy.burst_oauth if kind == "oauth" else policy.burst_api_token
+        limit = self.policy.burst_limit(kind)
+        key = (kind, digest)
+        window = self.windows.get(key)
+        if window is None:
+            self._begun += 1
+            if self._begun >= _PRUNE_EVERY:
+                self.prune_windows(now)
+            window = self.windows[key] = _NO_WINDOW if limit is None else deque(maxlen=limit)
         if limit is None:
             return None
-        self._calls += 1
-        if self._calls % _PRUNE_EVERY == 0:
-            self.prune_windows(now)
-        window = self.windows.get(digest)
-        if window is None:
-            window = self.windows[digest] = deque()
-        edge = now - BURST_SECONDS - BURST_GUARD
-        while window and window[0] <= edge:
-            window.popleft()
-        if len(window) >= limit:
-            wait = window[0] + BURST_SECONDS + BURST_GUARD - now
+        if len(window) == limit and window[0] > now - _SPAN:  # its limit within the span
+            wait = window[0] + _SPAN - now
             return Throttled("burst_limit", max(1, min(2, math.ceil(wait))), None, None, None)
-        window.append(now)
+        window.append(now)  # a full window drops its oldest call, out of the span by now
         return None
 
-    def unburst(self, digest: str) -> None:
+    def unburst(self, digest: str, kind: str) -> None:
         """Take back the last call counted in the token's window (refused after all)."""
-        window = self.windows.get(digest)
+        window = self.windows.get((kind, digest))
         if window:
             window.pop()
 
     def prune_windows(self, now: float) -> None:
-        edge = now - BURST_SECONDS - BURST_GUARD
-        for digest in [d for d, w in self.windows.items() if not w or w[-1] <= edge]:
-            del self.windows[digest]
+        """Drop the windows of tokens that made no call within the span."""
+        self._begun = 0
+        edge = now - _SPAN
+        for key in [k for k, w in self.windows.items() if not w or w[-1] <= edge]:
+            del self.windows[key]
 
     def admit(
         self,
@@ -229,6 +427,7 @@ class Governor:
         drew: bool,
         shared: bool,
         endpoint: str,
+        source: Endpoint | None = None,
     ) -> Charge | Throttled | Draw:
         """Whether a call to ``endpoint`` costing ``cost`` may go: charged, refused, or first a
         ``Draw`` (``drew``: one was made for this call already; ``shared``: the shared count
@@ -236,7 +435,7 @@ class Governor:
         all the same (``PROBE_SECONDS``): its answer says whether the company's budget was
         topped up or reset, which no refused call could learn."""
         if ledger.company is None:  # never refused on budget: only counted
-            return self._charge(ledger, cost, now, endpoint, apart=True)
+            return self._charge(ledger, cost, now, endpoint, source, apart=True)
         left = ledger.left
         if shared and left is not None and cost > left:
             if not ledger.probe_at:  # spent just now: a call goes to hear Pipedrive in a minute
@@ -245,26 +444,11 @@ class Governor:
                 return self.refuse(ledger, critical, now, pipedrive=True)
             ledger.probe_at = now + PROBE_SECONDS  # this one goes, to hear Pipedrive again
         held = ledger.held
-        if held >= cost:  # the common case, inline (a third of the governor's instructions
-            # per call: bench/budget_replay.py): charged from what this process holds
-            ledger.held = held - cost
-            ledger.spent += cost
-            if left is not None:
-                ledger.left = left - cost
-            if ledger.first_at is None:
-                ledger.first_at = now
-            ledger.last_at = now
-            usage = ledger.usage.get(endpoint)
-            if usage is None:
-                usage = ledger.usage[endpoint] = [0, 0]
-            usage[0] += 1
-            usage[1] += cost
-            return Charge(ledger, cost, endpoint)
         pool = held + (ledger.held_reserve if critical else 0)
         if pool >= cost:
-            return self._charge(ledger, cost, now, endpoint)
+            return self._charge(ledger, cost, now, endpoint, source)
         if not shared:  # the shared count is away: counted, added to it once it answers
-            return self.overdraw(ledger, cost, critical, now, endpoint)
+            return self.overdraw(ledger, cost, critical, now, endpoint, source)
         if not drew:
             normal, full = ledger.caps(self.policy)
             want = max(cost - pool, max(1, full // CHUNKS))
@@ -272,7 +456,13 @@ class Governor:
         return self.refuse(ledger, critical, now)
 
     def overdraw(
-        self, ledger: Ledger, cost: int, critical: bool, now: float, endpoint: str
+        self,
+        ledger: Ledger,
+        cost: int,
+        critical: bool,
+        now: float,
+        endpoint: str,
+        source: Endpoint | None = None,
     ) -> Charge:
         """Charge a call that goes whatever its budget says (report mode, or the shared count
         away): from what is held, the rest counted to be added to the shared count later."""
@@ -284,7 +474,7 @@ class Governor:
             take += extra
         if ledger.company is not None:
             ledger.unsynced += cost - take
-        return self._charge(ledger, cost, now, endpoint, apart=True)
+        return self._charge(ledger, cost, now, endpoint, source, apart=True)
 
     def drew(self, ledger: Ledger, granted: int, total: int, policy: BudgetPolicy) -> None:
         """A draw's result: ``granted`` tokens, the shared count now ``total``. What lies past
@@ -306,14 +496,15 @@ class Governor:
         longer counted among the day's calls."""
         ledger, cost = charge.ledger, charge.cost
         ledger.spent -= cost
-        ledger.held += cost
+        if ledger.company is not None:  # what a company's calls spend is drawn: held again
+            ledger.held += cost
         if ledger.left is not None:
             ledger.left += cost
         usage = ledger.usage.get(charge.endpoint)
         if usage is not None:
-            usage[0] -= 1
-            usage[1] -= cost
-            if usage[0] <= 0:
+            usage.calls -= 1
+            usage.tokens -= cost
+            if usage.calls <= 0:
                 del ledger.usage[charge.endpoint]
 
     def carried(self, ledger: Ledger, charge: Charge, now: float) -> None:
@@ -323,7 +514,7 @@ class Governor:
             return
         if ledger.company is not None:
             ledger.unsynced += charge.cost
-        self._count(ledger, charge.cost, now, charge.endpoint)
+        self._count(ledger, charge.cost, now, charge.endpoint, charge.source)
 
     def said(self, ledger: Ledger, limit: int | None, remaining: int | None, now: float) -> Ledger:
         """What a Pipedrive answer's ``x-daily-ratelimit-token-*`` headers say; the ledger in
@@ -344,6 +535,7 @@ class Governor:
         if limit is not None and limit > 0:
             topped_up = ledger.limit_said and limit != ledger.limit
             ledger.limit, ledger.limit_said = limit, True
+            ledger.caps(self.policy)
         if remaining is None:
             return ledger
         if left is None or topped_up:
@@ -414,14 +606,22 @@ class Governor:
                     if projected is not None
                     else None,
                     "throttled": dict(sorted(ledger.throttled.items())),
-                    "calls": sum(calls for calls, _ in ledger.usage.values()),
-                    "costliest": costliest(ledger.usage),
+                    "calls": sum(usage.calls for usage in ledger.usage.values()),
+                    "costliest": costliest(
+                        (name, usage.calls, usage.tokens) for name, usage in ledger.usage.items()
+                    ),
                 }
             )
         return entries
 
     def _charge(
-        self, ledger: Ledger, cost: int, now: float, endpoint: str, apart: bool = False
+        self,
+        ledger: Ledger,
+        cost: int,
+        now: float,
+        endpoint: str,
+        source: Endpoint | None = None,
+        apart: bool = False,
     ) -> Charge:
         """Charge a call: from what is held (ordinary chunks first), unless ``apart``."""
         if not apart:
@@ -430,21 +630,25 @@ class Governor:
             ledger.held_reserve -= cost - take
         if ledger.left is not None:
             ledger.left -= cost
-        self._count(ledger, cost, now, endpoint)
-        return Charge(ledger, cost, endpoint)
+        return self._count(ledger, cost, now, endpoint, source)
 
     @staticmethod
-    def _count(ledger: Ledger, cost: int, now: float, endpoint: str) -> None:
-        """Count a call in its company's day: what it spent, when, and on which endpoint."""
+    def _count(
+        ledger: Ledger, cost: int, now: float, endpoint: str, source: Endpoint | None = None
+    ) -> Charge:
+        """Count a call in its company's day: what it spent, when, and on which endpoint; its
+        charge (kept for the endpoint's next calls, which ``take`` charges alike)."""
         ledger.spent += cost
         if ledger.first_at is None:
             ledger.first_at = now
-        ledger.last_at = now
         usage = ledger.usage.get(endpoint)
         if usage is None:
-            usage = ledger.usage[endpoint] = [0, 0]
-        usage[0] += 1
-        usage[1] += cost
+            usage = ledger.usage[endpoint] = Usage(Charge(ledger, cost, endpoint, None, source))
+        elif usage.charge.source is not source or usage.charge.cost != cost:
+            usage.charge = Charge(ledger, cost, endpoint, None, source)
+        usage.calls += 1
+        usage.tokens += cost
+        return usage.charge
 
     def refuse(
         self, ledger: Ledger, critical: bool, now: float, pipedrive: bool = False
@@ -463,15 +667,17 @@ class Governor:
         proxy does not know (never refused on budget)."""
         if ledger.company is None:
             return None
-        share_left = max(0, ledger.caps(self.policy)[1] - ledger.shared_spent)
+        spent = ledger.drawn - ledger.held - ledger.held_reserve  # shared_spent, inline
+        share_left = ledger.full - (spent if spent > 0 else 0) - ledger.unsynced
         left = ledger.left
         if left is None or left >= share_left:
-            return share_left
-        return int(left) if left > 0 else 0
+            return share_left if share_left > 0 else 0
+        return left if left > 0 else 0
 
     def _new_day(self, ledger: Ledger, start: float) -> Ledger:
         fresh = Ledger(self.policy.app, ledger.company, start, ledger.limit)
         fresh.limit_said = ledger.limit_said
+        fresh.caps(self.policy)
         self.ledgers[ledger.company] = fresh
         return fresh
 
@@ -488,15 +694,13 @@ class Governor:
 COSTLIEST = 5  # endpoints named per company, costliest first
 
 
-def costliest(usage: dict[str, list[int]]) -> list[dict[str, object]]:
-    """The endpoints that cost the most tokens in all: each with its calls, its tokens in all
-    and its cost per call."""
+def costliest(usage: Iterable[tuple[str, int, int]]) -> list[dict[str, object]]:
+    """The endpoints that cost the most tokens in all, of (endpoint, calls, tokens): each with
+    its calls, its tokens in all and its cost per call."""
     return [
         {"endpoint": name, "calls": calls, "tokens": tokens,
          "token_cost": tokens // calls if calls else None}
-        for name, (calls, tokens) in sorted(
-            usage.items(), key=lambda item: (-item[1][1], item[0])
-        )[:COSTLIEST]
+        for name, calls, tokens in sorted(usage, key=lambda item: (-item[2], item[0]))[:COSTLIEST]
         if calls > 0
     ]  # fmt: skip
 

@@ -54,7 +54,6 @@ from proxy.http.observe import observe
 from proxy.http.recorder import Recorder
 from proxy.http.state import (
     BUDGET,
-    BUDGET_NOTE,
     CLOCK,
     LISTENERS,
     MADE_REQUEST_ID,
@@ -105,15 +104,18 @@ async def handle(request: web.Request) -> Handled:
         decision = await authorize_call(request, runtime, canonical, route)
         held = await read_checked(request, runtime, decision, found) if found else None
         budget = app[BUDGET]
-        if budget.governor.policy.mode != "off":  # charged now that nothing else refuses it
-            note = budget.admit(decision, check=False)
-            request[BUDGET_NOTE] = note if isinstance(note, Charge) else await note
+        note = None
+        if budget.on:  # charged now that nothing else refuses it
+            note = budget.take(decision)
+            if note is None:  # not the common case: the whole way, perhaps a draw first
+                admitted = budget.admit(decision, check=False)
+                note = admitted if isinstance(admitted, Charge) else await admitted
         url = runtime.config.upstream.api_url + canonical.target
         made_id = request.get(MADE_REQUEST_ID)
         forwarding = app[UPSTREAM].forward(
             request, url, made_id, decision.verdict, peeks(decision), held
         )
-        return Handled(decision, forwarding)
+        return Handled(decision, forwarding, note)
     if canonical.path in OAUTH_PATHS or canonical.path == oauth.AUTHORIZE_PATH:
         try:
             if canonical.path == oauth.AUTHORIZE_PATH:
@@ -192,10 +194,13 @@ async def handle_check(request: web.Request, runtime: Runtime, target: str) -> H
         partial = request.headers.get(_BODY_STREAM_HEADER, "").lower() == "true"
         await read_checked(request, runtime, decision, found, partial)
     budget = request.app[BUDGET]
-    if budget.governor.policy.mode != "off":  # counted, never refused: no answer comes back
-        note = budget.admit(decision, check=True)
-        request[BUDGET_NOTE] = note if isinstance(note, Charge) else await note
-    return Handled(decision, answered(web.Response()))
+    note = None
+    if budget.on:  # counted, never refused: no answer comes back
+        note = budget.take(decision)
+        if note is None:
+            admitted = budget.admit(decision, check=True)
+            note = admitted if isinstance(admitted, Charge) else await admitted
+    return Handled(decision, answered(web.Response()), note)
 
 
 _BODY_STREAM = b"x-envoy-auth-partial-body"

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.core.budget import (
     DAY,
+    DEFAULT_COST,
+    READ_EVERY,
     UNCAPPED,
     UNKNOWN_COMPANY,
     BudgetPolicy,
@@ -28,6 +30,7 @@ from proxy.core.budget import (
     Ledger,
     Throttled,
     iso,
+    quietly,
 )
 from proxy.core.decision import Decision
 from proxy.core.errors import BudgetExceeded
@@ -37,9 +40,17 @@ from proxy.http.metrics import Metrics
 from proxy.stores import Clock, Store, StoreError
 
 RETRY_SECONDS = 5.0  # after the store failed a draw, how long calls go on without trying again
-DEFAULT_COST = 10  # an endpoint whose cost Pipedrive's files do not give: their commonest cost
 LIMIT_HEADER = "x-daily-ratelimit-token-limit"
 REMAINING_HEADER = "x-daily-ratelimit-token-remaining"
+
+
+class Answer(Protocol):
+    """What ``Budget.answered`` reads of an answer: its headers (read only when it must)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
 _KINDS = {"budget_exhausted": Reason.BUDGET_EXHAUSTED, "burst_limit": Reason.BURST_LIMIT}
 
 
@@ -59,11 +70,14 @@ class Budget:
         clock: Clock = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.governor = Governor(policy)
-        self.store = store
-        self.metrics = metrics
         self.clock = clock
         self.monotonic = monotonic
+        self.governor = Governor(policy, clock, monotonic)
+        self.on = policy.on  # whether calls are charged (the policy's mode is not off)
+        # The common case, a call charged at once: None when it must go the whole way (admit)
+        self.take = self.governor.take
+        self.store = store
+        self.metrics = metrics
         self._away_until = 0.0  # the store failed a draw: not tried again before then
         self._draws: dict[str, asyncio.Future[None]] = {}
         self._limit_text: str | None = None  # the last limit header read, and its number
@@ -73,16 +87,19 @@ class Budget:
     def reconfigure(self, policy: BudgetPolicy) -> None:
         """A reload: the new share, reserve and limits hold from the next call on; what was
         spent and drawn today stays (the count is the app's, whatever its share)."""
-        if policy.app != self.governor.policy.app:
-            self.governor = Governor(policy)  # another app's count: start it afresh
+        self.on = policy.on
+        if policy.app != self.governor.policy.app:  # another app's count: start it afresh
+            self.governor = Governor(policy, self.clock, self.monotonic)
+            self.take = self.governor.take
         else:
-            self.governor.policy = policy
+            self.governor.reconfigure(policy)
 
     def admit(self, decision: Decision, check: bool) -> Note | Awaitable[Note]:
         """Charge a call in scope, or raise its refusal (``BudgetExceeded``, carrying the
         decision turned to ``deny``). ``check``: Envoy's check, which only reports. A call
         this process holds enough of the share for is decided at once (a ``Note``); one that
-        must first draw a chunk from the store is decided once it is drawn (await it)."""
+        must first draw a chunk from the store is decided once it is drawn (await it). The
+        common case is ``take``'s, which callers try first."""
         governor, policy = self.governor, self.governor.policy
         credential, grant, endpoint = decision.credential, decision.grant, decision.endpoint
         company = grant.company if grant is not None else None
@@ -103,8 +120,8 @@ class Budget:
                     raise self._refusal(decision, throttled, ledger)
         critical = label in policy.critical
         shared = now >= self._away_until
-        result = governor.admit(ledger, cost, critical, now, False, shared, label)
-        if type(result) is Charge and throttled is None:  # the common case
+        result = governor.admit(ledger, cost, critical, now, False, shared, label, endpoint)
+        if type(result) is Charge and throttled is None:
             return result
         if isinstance(result, Draw):
             return self._drawn(decision, ledger, result, cost, critical, label, report, throttled)
@@ -125,7 +142,9 @@ class Budget:
         await asyncio.shield(self._draw(ledger, draw))
         now = self.clock()
         shared = now >= self._away_until
-        result = self.governor.admit(ledger, cost, critical, now, True, shared, label)
+        result = self.governor.admit(
+            ledger, cost, critical, now, True, shared, label, decision.endpoint
+        )
         if isinstance(result, Draw):  # never after a draw; refused, should it ever be
             result = self.governor.refuse(ledger, critical, now)
         return self._settle(decision, ledger, result, cost, critical, label, report, throttled)
@@ -148,24 +167,32 @@ class Budget:
             credential = decision.credential
             if not report:
                 if credential is not None and throttled is None:
-                    governor.unburst(credential.digest)  # it made no call after all
+                    governor.unburst(credential.digest, credential.kind)  # no call after all
                 raise self._refusal(decision, result, ledger)
             throttled = throttled or result
-            result = governor.overdraw(ledger, cost, critical, self.clock(), label)
+            result = governor.overdraw(
+                ledger, cost, critical, self.clock(), label, decision.endpoint
+            )
         return result if throttled is None else result._replace(throttled=throttled.kind)
 
-    def answered(
-        self, note: Note, status: int, headers: Mapping[str, str], reached: bool
-    ) -> int | None:
-        """Read Pipedrive's answer to a charged call: its budget headers, a 429 for the day's
-        budget; give the cost back if the call never reached Pipedrive (``reached`` false) or
-        Pipedrive refused it with 429. Returns what is left for the app (its log field)."""
-        charge = note
-        ledger = charge.ledger
+    def answered(self, note: Note, status: int, answer: Answer, reached: bool) -> int | None:
+        """Read Pipedrive's answer to a charged call: its budget headers (on one answer in
+        ``READ_EVERY`` of a company's while what Pipedrive said is left is above a tenth of
+        the limit, else on each: ``quietly``), a 429 for the day's budget; give the cost back
+        if the call never reached Pipedrive (``reached`` false) or Pipedrive refused it with
+        429. Returns what is left for the app (its log field)."""
+        left = quietly(note, status, reached)
+        return left if left >= 0 else self.read(note, status, answer, reached)
+
+    def read(self, note: Note, status: int, answer: Answer, reached: bool) -> int | None:
+        """``answered``, past ``quietly``: the answer read."""
+        ledger = note.ledger
+        ledger.unread = READ_EVERY
         governor = self.governor
         if not reached or status == 429:
-            governor.refund(charge)
+            governor.refund(note)
         if reached and ledger.company is not None:
+            headers = answer.headers
             said_limit = headers.get(LIMIT_HEADER)
             if said_limit != self._limit_text:  # the same on every answer, mostly: read once
                 self._limit_text, self._limit = said_limit, _integer(said_limit)
@@ -174,7 +201,7 @@ class Budget:
             if limit is not None or remaining is not None:
                 said = governor.said(ledger, limit, remaining, self.clock())
                 if said is not ledger:  # a new day at Pipedrive: this call was its first
-                    governor.carried(said, charge, self.clock())
+                    governor.carried(said, note, self.clock())
                     ledger = said
             if status == 429:
                 wait = _integer(headers.get("Retry-After"))

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
+from proxy.core.budget import quietly
 from proxy.core.canonical import canonicalize
 from proxy.core.catalog import CHECK_PATH, api_version
 from proxy.core.decision import Decision, Verdict
@@ -31,6 +32,7 @@ from proxy.core.errors import (
     UpstreamFailure,
 )
 from proxy.core.reasons import DECIDED, Reason
+from proxy.http.budget import Note
 from proxy.http.forward import PEEKED, UPSTREAM_SECONDS, StreamAborted
 from proxy.http.logs import get_logger, log_request, printable, timestamp
 from proxy.http.private import (
@@ -43,7 +45,7 @@ from proxy.http.private import (
     PayloadEncodingError,
 )
 from proxy.http.responses import DECISION_HEADER, error_response
-from proxy.http.state import BUDGET, BUDGET_NOTE, MADE_REQUEST_ID, METRICS, RECORDER, Handled
+from proxy.http.state import BUDGET, MADE_REQUEST_ID, METRICS, RECORDER, Handled
 from proxy.report.model import Call, logged
 
 _LOG = get_logger()  # bound once configured; cheap on the hot path
@@ -254,8 +256,9 @@ async def observe(
     decision: Decision | None = None
     refusal: ProxyError | None = None
     cut_off: str | None = None
+    note: Note | None = None
     try:
-        decision, answer = await handler(request)
+        decision, answer, note = await handler(request)
         response = await answer
     except StreamAborted as aborted:
         response, cut_off = aborted.response, aborted.kind  # the client sees a truncated answer
@@ -270,7 +273,7 @@ async def observe(
         refusal = _from_http(request, error)
         response = error_response(refusal)
     except asyncio.CancelledError:
-        _finish(request, decision, request_id, None, _CLIENT_GONE, started, "client_gone")
+        _finish(request, decision, note, request_id, None, _CLIENT_GONE, started, "client_gone")
         raise
     except Exception as error:  # the safety net: any surprise is a refusal, never a forward
         _log_unhandled(error)
@@ -285,8 +288,8 @@ async def observe(
         else None
     )
     _finish(
-        request, decision, request_id, refusal, response.status, started, cut_off, correlation,
-        drifted, response,
+        request, decision, note, request_id, refusal, response.status, started, cut_off,
+        correlation, drifted, response,
     )  # fmt: skip
     return response
 
@@ -365,6 +368,7 @@ _ID_LENGTH = 200  # what a log line keeps of an id a client or Pipedrive sent
 def _finish(
     request: web.Request,
     decision: Decision | None,
+    note: Note | None,
     request_id: str,
     refusal: ProxyError | None,
     status: int,
@@ -377,15 +381,17 @@ def _finish(
     agent = request.headers.get(_USER_AGENT)
     app = request.app
     check = decision is not None and request.raw_path.startswith(CHECK_PATH)
-    budget = None
-    note = request.get(BUDGET_NOTE)
+    budget: tuple[str | None, int | None, str | None] | None = None
     if note is not None:
         if response is None or check:  # no answer of Pipedrive's to read
             left = app[BUDGET].left(note.ledger)
         else:  # Pipedrive's answer, or the failure that stood for it
             failed = isinstance(refusal, UpstreamFailure) and refusal.kind == "connect"
-            left = app[BUDGET].answered(note, status, response.headers, not failed)
-        budget = (note.ledger.company, left, note.throttled)
+            reached = not failed
+            left = quietly(note, status, reached)  # the common case, without the governor
+            if left < 0:
+                left = app[BUDGET].read(note, status, response, reached)
+        budget = (note[0].company, left, note[3])  # the company, left, throttled
     elif isinstance(refusal, BudgetExceeded):
         budget = (refusal.company, refusal.left, str(refusal.reason))
     outcome = Outcome(

@@ -74,6 +74,7 @@ class Handled(NamedTuple):
 
     decision: Decision
     answer: Awaitable[web.StreamResponse]
+    note: Note | None = None  # what the budget governor charged the call
 
 
 async def answered(response: web.StreamResponse) -> web.StreamResponse:
@@ -84,8 +85,6 @@ async def answered(response: web.StreamResponse) -> web.StreamResponse:
 # The request id the proxy made up for a request without X-Request-Id (``proxy.http.observe``),
 # sent upstream with the call; None when the client sent one.
 MADE_REQUEST_ID = web.RequestKey("made_request_id", str)
-# What the budget governor made of a call it charged (``proxy.http.budget``).
-BUDGET_NOTE = web.RequestKey("budget_note", Note)
 
 
 def store_failed(app: web.Application, operation: str, problem: str) -> None:

@@ -126,7 +126,9 @@ class _Day:
             "projected_in_seconds": None,
             "throttled": dict(sorted(self.throttled.items())),
             "calls": sum(calls for calls, _ in self.usage.values()),
-            "costliest": costliest(self.usage),
+            "costliest": costliest(
+                (name, calls, tokens) for name, (calls, tokens) in self.usage.items()
+            ),
         }
 
 
