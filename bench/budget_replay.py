@@ -16,12 +16,14 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import (
     ROOT,
-    cpu_seconds,
+    cpu_times,
     free_port,
     pin,
     proxy,
@@ -299,8 +301,9 @@ def document(
 
 
 @contextmanager
-def background(args: list[str]) -> Any:
-    child = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def background(args: list[str], env: dict[str, str] | None = None) -> Any:
+    child = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env={**os.environ, **env} if env else None)  # fmt: skip
     try:
         yield child
     finally:
@@ -377,25 +380,29 @@ def throughput(
     script = f'wrk.headers["Authorization"] = "Bearer {BULK}"\nwrk.path = "/v1/deals/17"\n'
     for url in urls.values():
         wrk(url, 32, 1, script=script)  # warm up
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in urls}
+    # each round's requests/s, CPU time per call (us) and of that the time in user space
+    samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in urls}
     names = list(urls)
     for number in range(rounds):
         # every target in every place of the order alike: what runs just before one shows
         shift = number % len(names)
         order = names[shift:] + names[:shift]
         for name in order if number // len(names) % 2 == 0 else reversed(order):
-            before = cpu_seconds(pids[name])
+            user, system = cpu_times(pids[name])
             load = wrk(urls[name], 32, seconds, script=script, cpus={0}, batch=True)
-            used = cpu_seconds(pids[name]) - before
+            user_after, system_after = cpu_times(pids[name])
             if set(load.statuses) != {"200"}:
                 sys.exit(f"bench: {name} answered {load.statuses}")
-            samples[name].append((load.rate, used / load.requests * 1e6))
+            per_call = 1e6 / load.requests
+            used = (user_after - user + system_after - system) * per_call
+            samples[name].append((load.rate, used, (user_after - user) * per_call))
         print(f"  round {number + 1}/{rounds}: " + ", ".join(
             f"{name} {samples[name][-1][0]:.0f}/s" for name in names))  # fmt: skip
     return {
         name: {
             "rate": statistics.median(s[0] for s in values),
             "cpu_us": statistics.median(s[1] for s in values),
+            "user_us": statistics.median(s[2] for s in values),
             "ratio": statistics.median(
                 s[0] / off[0] for s, off in zip(values, samples["off"], strict=True)
             ),
@@ -430,49 +437,62 @@ def print_replay(figures: dict[str, dict[str, float]]) -> None:
         print(f"| {label:34} | " + " | ".join(f"{c:>8}" for c in cells) + " |")
 
 
-def instructions(folder: Path, upstream: int, rounds: int, count: int) -> dict[str, float]:
+def instructions(folder: Path, upstream: int, pairs: int, count: int) -> dict[str, Any]:
     """Instructions per call of the proxy, governor off and on (memory store), each under
     valgrind's callgrind, ``count`` calls one after the other on one connection, after 300 to
-    warm it: a count, which what else the machine does leaves alone. The median of the rounds."""
+    warm it: a count, which what else the machine does leaves alone. A process's count moves
+    with where its objects fall (Python's string hashes are seeded anew in each), so ``pairs``
+    pairs of processes are counted, an off and an on one sharing a seed in each: the median of
+    the pairs' differences, and each pair's."""
     request = (
         f"GET /v1/deals/17 HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {BULK}\r\n\r\n"
     ).encode()
-
-    def send(port: int, number: int) -> None:
-        sequential_calls(port, request, number)
-
     found: dict[str, list[float]] = {"off": [], "on": []}
-    with ExitStack() as stack:
-        ports, pids = {}, {}
-        for name in found:
-            port = ports[name] = free_port()
-            config = folder / f"counted-{name}.yaml"
-            mode = "off" if name == "off" else "enforce"
-            config.write_text(
-                yaml.safe_dump(document(port, upstream, folder, "memory", mode, True))
-            )
-            out = folder / f"callgrind-{name}.out"
-            pids[name] = stack.enter_context(background(
-                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-                 "-m", "proxy", "serve", "--config", str(config)])).pid  # fmt: skip
-        for port in ports.values():
-            wait_ready(f"http://127.0.0.1:{port}/_proxy/health", 120)
-            send(port, 300)
-        for number in range(rounds):
-            for name in ("off", "on") if number % 2 == 0 else ("on", "off"):
-                subprocess.run(["callgrind_control", "--zero", str(pids[name])], check=True,
-                               capture_output=True)  # fmt: skip
-                send(ports[name], count)
-                subprocess.run(["callgrind_control", "--dump", str(pids[name])], check=True,
-                               capture_output=True)  # fmt: skip
-                dumped = sorted(folder.glob(f"callgrind-{name}.out*"),
-                                key=lambda p: p.stat().st_mtime)  # fmt: skip
-                totals = next(int(line.split()[1]) for line in dumped[-1].read_text().splitlines()
-                              if line.startswith("totals:"))  # fmt: skip
-                found[name].append(totals / count)
-            print(f"  round {number + 1}/{rounds}: off {found['off'][-1] / 1000:.1f}k, "
-                  f"on {found['on'][-1] / 1000:.1f}k instructions per call")  # fmt: skip
-    return {name: statistics.median(values) for name, values in found.items()}
+    for pair in range(1, pairs + 1):
+        with ExitStack() as stack:
+            ports, pids = {}, {}
+            for name in found:
+                port = ports[name] = free_port()
+                config = folder / f"counted-{name}.yaml"
+                mode = "off" if name == "off" else "enforce"
+                config.write_text(
+                    yaml.safe_dump(document(port, upstream, folder, "memory", mode, True))
+                )
+                out = folder / f"callgrind-{pair}-{name}.out"
+                pids[name] = stack.enter_context(background(
+                    ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                     sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+                    {"PYTHONHASHSEED": str(pair)})).pid  # fmt: skip
+            for port in ports.values():
+                wait_ready(f"http://127.0.0.1:{port}/_proxy/health", 180)
+                sequential_calls(port, request, 300)
+
+            with ThreadPoolExecutor(2) as pool:  # each process on its own CPU
+                off, on = pool.map(
+                    _counted,
+                    [folder / f"callgrind-{pair}-{name}.out" for name in ("off", "on")],
+                    [pids["off"], pids["on"]], [ports["off"], ports["on"]],
+                    [request] * 2, [count] * 2,
+                )  # fmt: skip
+            found["off"].append(off)
+            found["on"].append(on)
+        print(f"  pair {pair}/{pairs}: off {off / 1000:.1f}k, on {on / 1000:.1f}k instructions "
+              f"per call (+{(on - off) / 1000:.1f}k)")  # fmt: skip
+    added = [on - off for off, on in zip(found["off"], found["on"], strict=True)]
+    return {"off": statistics.median(found["off"]), "on": statistics.median(found["on"]),
+            "added": statistics.median(added), "pairs": added}  # fmt: skip
+
+
+def _counted(out: Path, pid: int, port: int, request: bytes, count: int) -> float:
+    """The instructions per call of the callgrind process ``pid`` (writing ``out``) over
+    ``count`` calls of ``request``."""
+    subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
+    sequential_calls(port, request, count)
+    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+    dumped = sorted(out.parent.glob(f"{out.name}*"), key=lambda p: p.stat().st_mtime)
+    totals = next(int(line.split()[1]) for line in dumped[-1].read_text().splitlines()
+                  if line.startswith("totals:"))  # fmt: skip
+    return totals / count
 
 
 def main() -> int:
@@ -532,7 +552,7 @@ def main() -> int:
             urls = {name: f"http://127.0.0.1:{port}/v1/deals/17" for name, port in ports.items()}
             load = throughput(urls, pids, rounds, round_seconds)
             print("instructions per call, governor off and on (under callgrind) ...")
-            counted = instructions(folder, nginx_port, 2 if args.quick else 4, 2000)
+            counted = instructions(folder, nginx_port, 2 if args.quick else 5, 1500)
     alone = governor_alone()
     print()
     print(f"| {'requests/s (x off)':34} | {'':>8} | {load['off']['rate']:>8.0f} | "
@@ -545,12 +565,17 @@ def main() -> int:
         f"\noff against itself (the noise): {again['ratio']:.3f}x, "
         f"{again['cpu_added_us']:+.1f} us per call"
     )
-    added = counted["on"] - counted["off"]
-    added_us = added * load["off"]["cpu_us"] / counted["off"]  # at the machine's pace, off's
+    added = counted["added"]
+    # at the pace off's counted instructions ran: its time in user space per call (callgrind
+    # counts the process's instructions, not the kernel's work for it, which the governor adds
+    # nothing to)
+    added_us = added * load["off"]["user_us"] / counted["off"]
+    pairs = ", ".join(f"{a / 1000:+.1f}k" for a in counted["pairs"])
     print(
         f"instructions per call: off {counted['off'] / 1000:.1f}k, on "
         f"{counted['on'] / 1000:.1f}k (+{added / 1000:.1f}k, {added / counted['off']:+.1%}, "
-        f"about {added_us:.1f} us at off's CPU per call)"
+        f"about {added_us:.1f} us at the pace of off's {load['off']['user_us']:.1f} us in user "
+        f"space per call; the pairs: {pairs})"
     )
     print(f"\ngovernor alone: {alone:.2f} us per call (charge and read back, memory store)")
     on = figures["on"]

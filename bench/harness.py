@@ -149,15 +149,22 @@ def rss_mib(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of a process and its descendants so far."""
-    total = 0
+    return sum(cpu_times(pid))
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """CPU time of a process and its descendants so far: in user space (the process's own
+    instructions, those valgrind counts) and in the kernel on its behalf."""
+    user = system = 0
     for each in children(pid):
         try:
             with open(f"/proc/{each}/stat") as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except OSError:
             pass
-    return total / TICKS
+    return user / TICKS, system / TICKS
 
 
 def open_descriptors(pid: int) -> int:

@@ -19,6 +19,7 @@ from proxy.core.budget import (
     BudgetPolicy,
     Charge,
     Governor,
+    Ledger,
     Throttled,
     utc_day_start,
 )
@@ -93,8 +94,21 @@ async def call(budget: Budget, decision: Decision, fast: bool) -> Charge | str:
         return str(refused.reason)
 
 
+def budget_left(ledger: Ledger) -> int | None:
+    """What the app may still spend, as docs/budget.md writes it: what is left of its share,
+    the reserve included, or less when Pipedrive says less is left."""
+    if ledger.company is None:
+        return None
+    share_left = ledger.full - ledger.shared_spent
+    if ledger.left is not None:
+        share_left = min(share_left, ledger.left)
+    return max(0, share_left)
+
+
 def state(budget: Budget) -> object:
     governor = budget.governor
+    for ledger in governor.ledgers.values():
+        assert governor.budget_left(ledger) == budget_left(ledger)
     return (
         sorted(
             (ledger.company or "", ledger.spent, ledger.held, ledger.held_reserve, ledger.left,
@@ -111,16 +125,18 @@ def state(budget: Budget) -> object:
 # a wait, Pipedrive's answer to the last call (a tokens fewer left at Pipedrive, status b), or
 # no answer (the call never reached it).
 Event = tuple[str, int, int, bool, float]
+calls = st.tuples(st.just("call"), st.integers(0, len(PATHS) - 1),
+                  st.integers(0, len(TOKENS) - 1), st.booleans(), st.just(0.0))  # fmt: skip
 events = st.lists(
     st.one_of(
-        st.tuples(st.just("call"), st.integers(0, len(PATHS) - 1),
-                  st.integers(0, len(TOKENS) - 1), st.booleans(), st.just(0.0)),
+        calls, calls, calls, calls,  # most events are calls
         st.tuples(st.just("wait"), st.just(0), st.just(0), st.just(False), st.floats(0.0, 1.5)),
         st.tuples(st.just("answer"), st.integers(0, 300), st.sampled_from([200, 200, 429]),
                   st.just(True), st.just(0.0)),
         st.tuples(st.just("unreached"), st.just(0), st.just(502), st.just(False), st.just(0.0)),
     ),
-    max_size=120,
+    min_size=20,
+    max_size=200,
 )  # fmt: skip
 
 

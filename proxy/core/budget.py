@@ -214,13 +214,14 @@ class Ledger:
 
     def _gate(self) -> None:
         """Work out ``room`` and ``share_room`` again (see the class)."""
-        held, left = self._held, self._left
+        held, left, fast = self._held, self._left, self.fast
         room = held if left is None or left > held else left
-        share = self._full - self._drawn + held + self._reserve - self._unsynced
+        spent = self._drawn - (held - fast) - self._reserve  # shared_spent, but the unsynced
+        share = self._full - (spent if spent > 0 else 0) - self._unsynced + fast
         if left is not None and left < share:
             share = left
         quiet = -1 if left is None else left - self.limit // QUIET_PART
-        if self.company is None or self._drawn - (held - self.fast) - self._reserve < 0:
+        if self.company is None or spent < 0:
             room = quiet = -1  # never refused, or a count that reads less than nothing
         self.room, self.share_room, self.quiet = room, share, quiet
 
@@ -667,11 +668,7 @@ class Governor:
         proxy does not know (never refused on budget)."""
         if ledger.company is None:
             return None
-        spent = ledger.drawn - ledger.held - ledger.held_reserve  # shared_spent, inline
-        share_left = ledger.full - (spent if spent > 0 else 0) - ledger.unsynced
-        left = ledger.left
-        if left is None or left >= share_left:
-            return share_left if share_left > 0 else 0
+        left = ledger.share_room - ledger.fast  # worked out as the numbers were set (_gate)
         return left if left > 0 else 0
 
     def _new_day(self, ledger: Ledger, start: float) -> Ledger:
