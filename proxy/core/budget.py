@@ -23,6 +23,7 @@ The written semantics (docs/budget.md):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import Counter, deque
@@ -177,8 +178,8 @@ class Ledger:
     __slots__ = (
         "_caps", "_caps_limit", "_caps_policy", "_drawn", "_full", "_held", "_left",
         "_reserve", "_spent", "_unsynced", "app", "company", "fast", "first_at", "key",
-        "limit", "limit_said", "probe_at", "quiet", "resets_at", "room", "said_first",
-        "said_last", "share_room", "start", "throttled", "unread", "usage",
+        "limit", "limit_said", "probe_at", "quiet", "resets_at", "returning", "room",
+        "said_first", "said_last", "share_room", "start", "throttled", "unread", "usage",
     )  # fmt: skip
 
     def __init__(self, app: str, company: str | None, start: float, limit: int) -> None:
@@ -196,6 +197,7 @@ class Ledger:
         self._spent = 0  # what this process's calls cost this day (spent)
         self._unsynced = 0  # spent while the shared count could not be reached
         self._full = 0  # the app's share of the limit: caps()[1]
+        self.returning = 0  # drawn past lowered caps: to be given back to the shared count
         self.probe_at = 0.0  # when a call may go to hear Pipedrive again, past what it said
         self.first_at: float | None = None  # when the day's first call was charged
         self.said_first: tuple[float, int] | None = None  # (when, remaining): the company's rate
@@ -294,8 +296,21 @@ class Ledger:
         out again only when the policy or the limit changes)."""
         if self._caps_policy is not policy or self._caps_limit != self.limit:
             full = self._full = int(policy.share * self.limit)
-            self._caps = (int(full * (1.0 - policy.reserve)), full)
+            normal = int(full * (1.0 - policy.reserve))
+            self._caps = (normal, full)
             self._caps_policy, self._caps_limit = policy, self.limit
+            # Lowered caps (a reload, a smaller limit said): what is held past them is not
+            # spent, but given back to the shared count at the next draw (``returning``).
+            held = self.held
+            spent = max(0, self._drawn - held - self._reserve) + self._unsynced
+            kept = min(held, max(0, normal - spent))
+            kept_reserve = min(self._reserve, max(0, full - spent - kept))
+            trimmed = held - kept + self._reserve - kept_reserve
+            if trimmed:
+                self._held -= held - kept
+                self._reserve = kept_reserve
+                self._drawn -= trimmed
+                self.returning += trimmed
             self._gate()
         return self._caps
 
@@ -406,11 +421,13 @@ class Governor:
         window.append(now)  # a full window drops its oldest call, out of the span by now
         return None
 
-    def unburst(self, digest: str, kind: str) -> None:
-        """Take back the last call counted in the token's window (refused after all)."""
+    def unburst(self, digest: str, kind: str, moment: float) -> None:
+        """Take back the call counted in the token's window at ``moment`` (refused after all;
+        the token's other calls meanwhile stay counted)."""
         window = self.windows.get((kind, digest))
         if window:
-            window.pop()
+            with contextlib.suppress(ValueError):  # dropped already, by a full window
+                window.remove(moment)
 
     def prune_windows(self, now: float) -> None:
         """Drop the windows of tokens that made no call within the span."""
@@ -543,6 +560,9 @@ class Governor:
             ledger.left = remaining
             ledger.probe_at = 0.0
         elif remaining > left + NEW_DAY_RISE * ledger.limit:  # a new day at Pipedrive
+            current = self.ledgers.get(ledger.company)
+            if current is not None and current is not ledger:  # a day begun here meanwhile
+                return self.said(current, limit, remaining, now)
             ledger = self._new_day(ledger, now - now % HOUR)
             ledger.left = remaining
         else:

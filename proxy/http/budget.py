@@ -89,8 +89,11 @@ class Budget:
         spent and drawn today stays (the count is the app's, whatever its share)."""
         self.on = policy.on
         if policy.app != self.governor.policy.app:  # another app's count: start it afresh
-            self.governor = Governor(policy, self.clock, self.monotonic)
-            self.take = self.governor.take
+            fresh = Governor(policy, self.clock, self.monotonic)
+            fresh.windows = self.governor.windows  # a token's calls, whatever the app's name
+            fresh.reconfigure(policy)
+            self.governor = fresh
+            self.take = fresh.take
         else:
             self.governor.reconfigure(policy)
 
@@ -111,8 +114,9 @@ class Budget:
         cost = endpoint.token_cost if endpoint is not None and endpoint.token_cost else DEFAULT_COST
         report = check or policy.mode == "report"
         throttled: Throttled | None = None
+        moment = self.monotonic()
         if credential is not None:
-            throttled = governor.burst(credential.digest, credential.kind, self.monotonic())
+            throttled = governor.burst(credential.digest, credential.kind, moment)
             if throttled is not None:
                 self.metrics.budget_throttled.labels(throttled.kind).inc()
                 governor.noted(ledger, throttled.kind)
@@ -124,8 +128,12 @@ class Budget:
         if type(result) is Charge and throttled is None:
             return result
         if isinstance(result, Draw):
-            return self._drawn(decision, ledger, result, cost, critical, label, report, throttled)
-        return self._settle(decision, ledger, result, cost, critical, label, report, throttled)
+            return self._drawn(
+                decision, ledger, result, cost, critical, label, report, throttled, moment
+            )
+        return self._settle(
+            decision, ledger, result, cost, critical, label, report, throttled, moment
+        )
 
     async def _drawn(
         self,
@@ -137,6 +145,7 @@ class Budget:
         label: str,
         report: bool,
         throttled: Throttled | None,
+        moment: float,
     ) -> Note:
         # Shielded: a client that leaves meanwhile must not lose what the store granted.
         await asyncio.shield(self._draw(ledger, draw))
@@ -147,7 +156,9 @@ class Budget:
         )
         if isinstance(result, Draw):  # never after a draw; refused, should it ever be
             result = self.governor.refuse(ledger, critical, now)
-        return self._settle(decision, ledger, result, cost, critical, label, report, throttled)
+        return self._settle(
+            decision, ledger, result, cost, critical, label, report, throttled, moment
+        )
 
     def _settle(
         self,
@@ -159,6 +170,7 @@ class Budget:
         label: str,
         report: bool,
         throttled: Throttled | None,
+        moment: float,
     ) -> Note:
         governor = self.governor
         if isinstance(result, Throttled):
@@ -167,7 +179,7 @@ class Budget:
             credential = decision.credential
             if not report:
                 if credential is not None and throttled is None:
-                    governor.unburst(credential.digest, credential.kind)  # no call after all
+                    governor.unburst(credential.digest, credential.kind, moment)  # no call
                 raise self._refusal(decision, result, ledger)
             throttled = throttled or result
             result = governor.overdraw(
@@ -187,7 +199,6 @@ class Budget:
     def read(self, note: Note, status: int, answer: Answer, reached: bool) -> int | None:
         """``answered``, past ``quietly``: the answer read."""
         ledger = note.ledger
-        ledger.unread = READ_EVERY
         governor = self.governor
         if not reached or status == 429:
             governor.refund(note)
@@ -198,6 +209,8 @@ class Budget:
                 self._limit_text, self._limit = said_limit, _integer(said_limit)
             limit = self._limit
             remaining = _integer(headers.get(REMAINING_HEADER))
+            if remaining is not None:  # heard: the next READ_EVERY - 1 quiet answers unread
+                ledger.unread = READ_EVERY
             if limit is not None or remaining is not None:
                 said = governor.said(ledger, limit, remaining, self.clock())
                 if said is not ledger:  # a new day at Pipedrive: this call was its first
@@ -246,14 +259,14 @@ class Budget:
         """Give back what this process drew and did not spend, so that the next one (a
         rollout, a restart) may spend it."""
         for ledger in list(self.governor.ledgers.values()):
-            unspent = ledger.held + ledger.held_reserve
+            unspent = ledger.held + ledger.held_reserve + ledger.returning
             if ledger.company is None or unspent <= 0:
                 continue
             try:
                 await self.store.give_back_budget(ledger.key, unspent)
             except StoreError:
                 return
-            ledger.held = ledger.held_reserve = 0
+            ledger.held = ledger.held_reserve = ledger.returning = 0
 
     async def _draw(self, ledger: Ledger, draw: Draw) -> None:
         """Draw a chunk (one draw per count at a time: other calls wait for it)."""
@@ -265,6 +278,10 @@ class Budget:
         self._draws[draw.key] = future
         try:
             ttl = max(60.0, ledger.resets_at - self.clock() + DAY)
+            if ledger.returning:  # held past lowered caps: given back first
+                returning = ledger.returning
+                await self.store.give_back_budget(draw.key, returning)
+                ledger.returning -= returning
             if ledger.unsynced:  # spent while the store was away: counted first
                 unsynced = ledger.unsynced
                 _, total = await self.store.draw_budget(draw.key, unsynced, UNCAPPED, ttl)
