@@ -502,7 +502,7 @@ def main() -> int:
     args = parser.parse_args()
     seconds = 30.0 if args.quick else args.seconds
     rounds, round_seconds = (8, 2) if args.quick else (24, 2)
-    require("wrk", "redis-server", "nginx", "valgrind", "callgrind_control")
+    require("wrk", "redis-server", "nginx", "valgrind")
     calls = day_of_calls(seconds)
     print(f"replaying {len(calls)} calls over {seconds:g} s, {len(TOKENS)} tokens")
     with tempfile.TemporaryDirectory(prefix="budget-replay-") as name, ExitStack() as stack:
