@@ -118,7 +118,6 @@ class Charge(NamedTuple):
     source: Endpoint | None = None  # the catalogue's entry charged, when one matched
 
 
-_new = tuple.__new__  # a NamedTuple made without the Python frame of its __new__
 # The burst window of every token of a kind with no burst limit: it keeps no call.
 _NO_WINDOW: deque[float] = deque(maxlen=0)
 
