@@ -503,11 +503,6 @@ class Governor:
         ledger.held += granted - reserved
         ledger.drawn = total
 
-    def synced(self, ledger: Ledger, total: int) -> None:
-        """The spend counted apart has been added to the shared count, now ``total``."""
-        ledger.unsynced = 0
-        ledger.drawn = total
-
     def refund(self, charge: Charge) -> None:
         """A charged call never reached Pipedrive: its cost is held again, and it is no
         longer counted among the day's calls."""

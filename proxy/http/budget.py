@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from proxy.core.budget import (
     DAY,
@@ -52,6 +52,19 @@ class Answer(Protocol):
 
 
 _KINDS = {"budget_exhausted": Reason.BUDGET_EXHAUSTED, "burst_limit": Reason.BURST_LIMIT}
+
+
+class _Asked(NamedTuple):
+    """A call the governor decides the whole way (``Budget.admit``), perhaps after a draw."""
+
+    decision: Decision
+    ledger: Ledger
+    cost: int
+    critical: bool  # its endpoint is named in budget.critical
+    label: str  # its endpoint, as the report names it
+    report: bool  # counted, never refused (report mode, or Envoy's check)
+    throttled: Throttled | None  # the burst refusal it would have met (report)
+    moment: float  # when it was counted in its token's burst window (monotonic)
 
 
 # What the governor made of one call: its charge (the company's day, the cost, and in report
@@ -108,9 +121,7 @@ class Budget:
         company = grant.company if grant is not None else None
         now = self.clock()
         label = endpoint.name if endpoint is not None else decision.shape or "(unknown endpoint)"
-        ledger = governor.ledgers.get(company)  # the day's ledger: looked up, or begun
-        if ledger is None or now >= ledger.resets_at:
-            ledger = governor.ledger(company, now)
+        ledger = governor.ledger(company, now)  # the day's ledger: looked up, or begun
         cost = endpoint.token_cost if endpoint is not None and endpoint.token_cost else DEFAULT_COST
         report = check or policy.mode == "report"
         throttled: Throttled | None = None
@@ -122,68 +133,43 @@ class Budget:
                 governor.noted(ledger, throttled.kind)
                 if not report:
                     raise self._refusal(decision, throttled, ledger)
-        critical = label in policy.critical
+        asked = _Asked(decision, ledger, cost, label in policy.critical, label, report,
+                       throttled, moment)  # fmt: skip
         shared = now >= self._away_until
-        result = governor.admit(ledger, cost, critical, now, False, shared, label, endpoint)
+        result = governor.admit(ledger, cost, asked.critical, now, False, shared, label, endpoint)
         if type(result) is Charge and throttled is None:
             return result
         if isinstance(result, Draw):
-            return self._drawn(
-                decision, ledger, result, cost, critical, label, report, throttled, moment
-            )
-        return self._settle(
-            decision, ledger, result, cost, critical, label, report, throttled, moment
-        )
+            return self._drawn(asked, result)
+        return self._settle(asked, result)
 
-    async def _drawn(
-        self,
-        decision: Decision,
-        ledger: Ledger,
-        draw: Draw,
-        cost: int,
-        critical: bool,
-        label: str,
-        report: bool,
-        throttled: Throttled | None,
-        moment: float,
-    ) -> Note:
+    async def _drawn(self, asked: _Asked, draw: Draw) -> Note:
         # Shielded: a client that leaves meanwhile must not lose what the store granted.
-        await asyncio.shield(self._draw(ledger, draw))
+        await asyncio.shield(self._draw(asked.ledger, draw))
         now = self.clock()
         shared = now >= self._away_until
         result = self.governor.admit(
-            ledger, cost, critical, now, True, shared, label, decision.endpoint
-        )
+            asked.ledger, asked.cost, asked.critical, now, True, shared, asked.label,
+            asked.decision.endpoint,
+        )  # fmt: skip
         if isinstance(result, Draw):  # never after a draw; refused, should it ever be
-            result = self.governor.refuse(ledger, critical, now)
-        return self._settle(
-            decision, ledger, result, cost, critical, label, report, throttled, moment
-        )
+            result = self.governor.refuse(asked.ledger, asked.critical, now)
+        return self._settle(asked, result)
 
-    def _settle(
-        self,
-        decision: Decision,
-        ledger: Ledger,
-        result: Charge | Throttled,
-        cost: int,
-        critical: bool,
-        label: str,
-        report: bool,
-        throttled: Throttled | None,
-        moment: float,
-    ) -> Note:
-        governor = self.governor
+    def _settle(self, asked: _Asked, result: Charge | Throttled) -> Note:
+        governor, ledger, decision = self.governor, asked.ledger, asked.decision
+        throttled = asked.throttled
         if isinstance(result, Throttled):
             self.metrics.budget_throttled.labels(result.kind).inc()
             governor.noted(ledger, result.kind)
             credential = decision.credential
-            if not report:
-                if credential is not None and throttled is None:
-                    governor.unburst(credential.digest, credential.kind, moment)  # no call
+            if not asked.report:
+                if credential is not None and throttled is None:  # no call after all
+                    governor.unburst(credential.digest, credential.kind, asked.moment)
                 raise self._refusal(decision, result, ledger)
             throttled = throttled or result
             result = governor.overdraw(
-                ledger, cost, critical, self.clock(), label, decision.endpoint
+                ledger, asked.cost, asked.critical, self.clock(), asked.label, decision.endpoint
             )
         return result if throttled is None else result._replace(throttled=throttled.kind)
 
