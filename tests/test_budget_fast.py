@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.core.budget import _SPAN as SPAN
 from proxy.core.budget import (
     DAY,
     READ_EVERY,
@@ -21,6 +24,7 @@ from proxy.core.budget import (
     Governor,
     Ledger,
     Throttled,
+    Window,
     utc_day_start,
 )
 from proxy.core.catalog import Catalogue, api_route
@@ -262,3 +266,74 @@ def test_a_reload_keeps_each_tokens_calls_in_its_burst_window() -> None:
     governor.reconfigure(BudgetPolicy("enforce", burst_oauth=1))
     assert governor.burst("t", "oauth", 0.6) is None  # none counted while there was no limit
     assert isinstance(governor.burst("t", "oauth", 0.7), Throttled)
+
+
+class _DequeWindow:
+    """The burst window as a deque would keep it: the reference ``Window`` must agree with."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.moments: deque[float] = deque(maxlen=limit)
+
+    def admits(self, now: float) -> bool:
+        return len(self.moments) < self.limit or self.moments[0] <= now - SPAN
+
+    def add(self, now: float) -> None:
+        self.moments.append(now)
+
+    def remove(self, moment: float) -> None:
+        if moment in self.moments:
+            self.moments.remove(moment)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limit=st.integers(1, 6),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["call", "call", "call", "undo", "reload"]),
+            st.floats(0.0, 1.5),
+            st.integers(1, 6),
+        ),
+        max_size=60,
+    ),
+)
+def test_the_ring_window_admits_and_keeps_what_a_deque_would(
+    limit: int, steps: list[tuple[str, float, int]]
+) -> None:
+    """The ring (``Window``) against a plain deque of the latest calls: the same calls
+    admitted, the same moments kept in the same order, through calls, calls taken back and
+    reloads that change the limit."""
+    ring, reference = Window(limit), _DequeWindow(limit)
+    now, taken = 0.0, []
+    for action, gap, number in steps:
+        now += gap
+        if action == "call":
+            admitted = ring.admits(now)
+            assert admitted == reference.admits(now)
+            if admitted:
+                ring.add(now)
+                reference.add(now)
+                taken.append(now)
+            else:
+                assert 0 < ring.wait(now) <= SPAN + 1e-9
+        elif action == "undo" and taken:
+            moment = taken[-number % len(taken)]
+            ring.remove(moment)
+            reference.remove(moment)
+        elif action == "reload":
+            limit = number
+            ring, reference_moments = Window(limit, ring), list(reference.moments)
+            reference = _DequeWindow(limit)
+            reference.moments.extend(reference_moments)
+        assert list(ring) == list(reference.moments)
+        assert ring.newest() == (reference.moments[-1] if reference.moments else -math.inf)
+
+
+def test_a_window_holds_no_more_places_than_calls_were_made() -> None:
+    """A window's ring grows with its token's calls: a high limit costs nothing up front."""
+    window = Window(100_000)
+    for moment in range(3):
+        window.add(float(moment))
+    assert len(window.ring) == 3
+    assert list(window) == [0.0, 1.0, 2.0]

@@ -23,11 +23,10 @@ The written semantics (docs/budget.md):
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -107,9 +106,11 @@ class Draw(NamedTuple):
     cap: int
 
 
-class Charge(NamedTuple):
+@dataclass(frozen=True, slots=True, eq=False)
+class Charge:
     """What a call was charged, and in whose day: given back (``refund``) if it never reached
-    Pipedrive. ``throttled``: in report mode, the refusal the call would have met."""
+    Pipedrive. ``throttled``: in report mode, the refusal the call would have met. (A class
+    with slots: its fields are read on every call, quicker than a named tuple's.)"""
 
     ledger: Ledger
     cost: int
@@ -118,8 +119,59 @@ class Charge(NamedTuple):
     source: Endpoint | None = None  # the catalogue's entry charged, when one matched
 
 
+class Window:
+    """A token's burst window: the moments (monotonic time) of its latest calls, at most its
+    limit of them, in a ring that grows to its limit as calls come. Full, ``ring[at]`` is the
+    oldest and the place the next call takes: a call may go when that one lies out of the
+    span. Not full yet, ``at`` is its length: a call goes, at its end. Checking and taking a
+    call cost a list subscript or two, the quickest the interpreter has (``Governor.take``)."""
+
+    __slots__ = ("at", "last", "ring")
+
+    def __init__(self, limit: int, moments: Iterable[float] = ()) -> None:
+        self.ring = list(moments)[-limit:] if limit > 0 else []
+        self.last = limit - 1  # the ring's last place, after which ``at`` goes back to 0
+        self.at = len(self.ring) if len(self.ring) < limit else 0
+
+    def __iter__(self) -> Iterator[float]:
+        """The moments of its calls, oldest first."""
+        return iter(self.ring[self.at :] + self.ring[: self.at])
+
+    def admits(self, now: float) -> bool:
+        """Whether a call at ``now`` stays within the limit: fewer calls than the limit, or the
+        oldest out of the span (a window of no places, for a kind without a limit, admits
+        every call)."""
+        return self.at == len(self.ring) or self.ring[self.at] <= now - _SPAN
+
+    def add(self, now: float) -> None:
+        """Count a call at ``now``: at the ring's end, or in place of the oldest."""
+        at = self.at
+        if self.last < 0:
+            return
+        if at == len(self.ring):
+            self.ring.append(now)
+        else:
+            self.ring[at] = now
+        self.at = at + 1 if at < self.last else 0
+
+    def wait(self, now: float) -> float:
+        """How long until a call at ``now`` would be admitted."""
+        return 0.0 if self.admits(now) else self.ring[self.at] + _SPAN - now
+
+    def newest(self) -> float:
+        """The moment of its latest call (-inf if none)."""
+        return self.ring[self.at - 1] if self.ring else -math.inf
+
+    def remove(self, moment: float) -> None:
+        """Take back the call counted at ``moment``, if the window still holds it."""
+        moments = list(self)
+        if moment in moments:
+            moments.remove(moment)
+            self.ring, self.at = moments, len(moments)
+
+
 # The burst window of every token of a kind with no burst limit: it keeps no call.
-_NO_WINDOW: deque[float] = deque(maxlen=0)
+_NO_WINDOW = Window(0)
 
 
 class Usage:
@@ -137,7 +189,7 @@ def quietly(charge: Charge, status: int, reached: bool) -> int:
     """The common case of Pipedrive's answer to a charged call: answered (not 429), with much
     left, and not the answer in ``READ_EVERY`` whose headers are read. Returns what the app
     may still spend (``Governor.budget_left``), or -1 when the answer must be read."""
-    ledger = charge[0]
+    ledger = charge.ledger
     if reached and status != 429:
         unread = ledger.unread - 1
         if unread and ledger.fast < ledger.quiet:
@@ -334,9 +386,9 @@ class Governor:
         self.monotonic = monotonic  # the burst windows
         self.ledgers: dict[str | None, Ledger] = {}
         # Each token's burst window, keyed by its credential (kind, digest): the times of its
-        # latest calls, at most its limit of them (a full window drops its oldest as it takes
-        # a call); _NO_WINDOW for a kind with no limit.
-        self.windows: dict[tuple[str, str], deque[float]] = {}
+        # latest calls, at most its limit of them (a call takes the place of the oldest);
+        # _NO_WINDOW for a kind with no limit.
+        self.windows: dict[tuple[str, str], Window] = {}
         self._begun = 0  # windows begun since the last sweep of idle ones
 
     def reconfigure(self, policy: BudgetPolicy) -> None:
@@ -346,7 +398,7 @@ class Governor:
         for ledger in self.ledgers.values():
             ledger.caps(policy)
         self.windows = {
-            key: _NO_WINDOW if limit is None else deque(window, maxlen=limit)
+            key: _NO_WINDOW if limit is None else Window(limit, window)
             for key, window in self.windows.items()
             for limit in (policy.burst_limit(key[0]),)
         }
@@ -360,29 +412,37 @@ class Governor:
         changed and None returned: the call goes the whole way (``ledger``, ``burst``,
         ``admit``). Every call pays for this one, so it is written for the interpreter
         (bench/budget_replay.py counts its instructions)."""
-        _, _, _, _, endpoint, credential, grant, _, _ = decision
+        grant, endpoint = decision.grant, decision.endpoint
         if grant is None or endpoint is None:
             return None
         ledger = self.ledgers.get(grant.company)
-        if ledger is None or self.clock() >= ledger.resets_at:
+        clock = self.clock  # read, then called: the interpreter's quick way to an attribute
+        if ledger is None or clock() >= ledger.resets_at:
             return None
         usage = ledger.usage.get(endpoint.name)
         if usage is None:
             return None
         charge = usage.charge
-        if charge[4] is not endpoint:  # a catalogue reloaded since
+        if charge.source is not endpoint:  # a catalogue reloaded since
             return None
-        cost = charge[1]
+        cost = charge.cost
         fast = ledger.fast + cost
         if fast > ledger.room:  # more than is held, or than Pipedrive said is left
             return None
-        window = self.windows.get(credential)  # type: ignore[arg-type]
+        window = self.windows.get(decision.credential)  # type: ignore[arg-type]
         if window is None:
             return None
-        moment = self.monotonic()
-        if len(window) == window.maxlen and window and window[0] > moment - _SPAN:
-            return None  # its limit of calls within the span
-        window.append(moment)  # a full window drops its oldest; _NO_WINDOW keeps nothing
+        if window is not _NO_WINDOW:  # Window.admits and Window.add, written out
+            monotonic = self.monotonic
+            moment = monotonic()
+            ring, at = window.ring, window.at
+            if at == len(ring):  # fewer calls than its limit yet
+                ring.append(moment)
+            elif ring[at] > moment - _SPAN:
+                return None  # its limit of calls within the span
+            else:
+                ring[at] = moment
+            window.at = at + 1 if at < window.last else 0
         ledger.fast = fast
         usage.calls += 1
         usage.tokens += cost
@@ -411,28 +471,25 @@ class Governor:
             self._begun += 1
             if self._begun >= _PRUNE_EVERY:
                 self.prune_windows(now)
-            window = self.windows[key] = _NO_WINDOW if limit is None else deque(maxlen=limit)
-        if limit is None:
-            return None
-        if len(window) == limit and window[0] > now - _SPAN:  # its limit within the span
-            wait = window[0] + _SPAN - now
+            window = self.windows[key] = _NO_WINDOW if limit is None else Window(limit)
+        if not window.admits(now):  # its limit within the span
+            wait = window.wait(now)
             return Throttled("burst_limit", max(1, min(2, math.ceil(wait))), None, None, None)
-        window.append(now)  # a full window drops its oldest call, out of the span by now
+        window.add(now)  # in place of its oldest call, out of the span by now
         return None
 
     def unburst(self, digest: str, kind: str, moment: float) -> None:
         """Take back the call counted in the token's window at ``moment`` (refused after all;
         the token's other calls meanwhile stay counted)."""
         window = self.windows.get((kind, digest))
-        if window:
-            with contextlib.suppress(ValueError):  # dropped already, by a full window
-                window.remove(moment)
+        if window is not None:
+            window.remove(moment)  # unless dropped already, by calls since
 
     def prune_windows(self, now: float) -> None:
         """Drop the windows of tokens that made no call within the span."""
         self._begun = 0
         edge = now - _SPAN
-        for key in [k for k, w in self.windows.items() if not w or w[-1] <= edge]:
+        for key in [k for k, w in self.windows.items() if w.newest() <= edge]:
             del self.windows[key]
 
     def admit(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, NamedTuple, Protocol
 
 from proxy.core.budget import (
@@ -171,7 +172,7 @@ class Budget:
             result = governor.overdraw(
                 ledger, asked.cost, asked.critical, self.clock(), asked.label, decision.endpoint
             )
-        return result if throttled is None else result._replace(throttled=throttled.kind)
+        return result if throttled is None else replace(result, throttled=throttled.kind)
 
     def answered(self, note: Note, status: int, answer: Answer, reached: bool) -> int | None:
         """Read Pipedrive's answer to a charged call: its budget headers (on one answer in

@@ -391,7 +391,7 @@ def _finish(
             left = quietly(note, status, reached)  # the common case, without the governor
             if left < 0:
                 left = app[BUDGET].read(note, status, response, reached)
-        budget = (note[0].company, left, note[3])  # the company, left, throttled
+        budget = (note.ledger.company, left, note.throttled)
     elif isinstance(refusal, BudgetExceeded):
         budget = (refusal.company, refusal.left, str(refusal.reason))
     outcome = Outcome(
