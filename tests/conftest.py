@@ -31,6 +31,16 @@ from tests.processes import certificate
 
 CATALOGUE = load_catalogue()  # the shipped one, compiled once for the whole run
 
+# The property tests draw their full count of examples where PROXY_TESTS=thorough (.ci/run
+# sets it) and a quarter of it otherwise, so that plain `pytest` after a change stays quick.
+THOROUGH = os.environ.get("PROXY_TESTS") == "thorough"
+
+
+def examples(full: int) -> int:
+    """How many examples a property test draws: ``full`` where the tests run thorough."""
+    return full if THOROUGH else max(25, full // 4)
+
+
 AiohttpServer = Callable[..., Awaitable[TestServer]]
 AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 

@@ -34,7 +34,7 @@ from proxy.core.errors import BudgetExceeded
 from proxy.http.budget import Budget
 from proxy.http.metrics import Metrics
 from proxy.stores import MemoryStore
-from tests.conftest import CATALOGUE
+from tests.conftest import CATALOGUE, examples
 
 NOON = utc_day_start(1_800_000_000.0) + DAY / 2
 ACME = "acme.pipedrive.com"
@@ -286,7 +286,7 @@ class _DequeWindow:
             self.moments.remove(moment)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     limit=st.integers(1, 6),
     steps=st.lists(

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from proxy.core.canonical import _PLAIN_PATH, canonicalize, check_path_fully
 from proxy.core.errors import AmbiguousRequest, ProxyError
+from tests.conftest import examples
 
 # Path material that stresses the checks: separators, dots, escapes of all kinds, letters.
 PIECES = st.sampled_from(
@@ -17,7 +18,7 @@ PIECES = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(st.lists(PIECES, min_size=1, max_size=12))
 def test_an_accepted_path_decodes_to_the_same_segments(pieces: list[str]) -> None:
     target = "/" + "".join(pieces)
@@ -49,7 +50,7 @@ def test_query_is_forwarded_as_sent_or_refused(query: str) -> None:
     assert request.query == query
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(st.lists(PIECES, min_size=1, max_size=12))
 def test_the_plain_path_shortcut_accepts_only_what_every_rule_accepts(pieces: list[str]) -> None:
     path = "/" + "".join(pieces)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from proxy.core.errors import AmbiguousRequest
 from proxy.core.matching import AmbiguousTemplates, Router, Segment, split_template
-from tests.conftest import CATALOGUE
+from tests.conftest import CATALOGUE, examples
 
 
 def router(*templates: str) -> Router[str]:
@@ -102,7 +102,7 @@ V1_GET_TRIE = Router((t, t) for t in V1_GET)
 WORDS = sorted({part for t in V1_GET for part in t.split("/") if part and "{" not in part})
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.lists(st.sampled_from([*WORDS, "42", "by-user", "x"]), min_size=1, max_size=5))
 def test_trie_agrees_with_a_plain_scan_on_the_real_catalogue(parts: list[str]) -> None:
     path = tuple(parts)

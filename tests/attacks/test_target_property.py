@@ -32,7 +32,7 @@ from proxy.core.decision import accepts
 from proxy.core.errors import ProxyError
 from proxy.http.app import create_app
 from proxy.http.server import ProxyRunner
-from tests.conftest import CATALOGUE, build_config, grants
+from tests.conftest import CATALOGUE, build_config, examples, grants
 
 GRANTED = frozenset({"deals:read"})
 RISKY = "ABCXYZabcxyz0189%./;\\#?~-+[]"
@@ -163,7 +163,9 @@ def endpoints_read(catalogue: Catalogue, path: str) -> list[str]:
 
 
 @settings(
-    max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(600),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(TARGETS)
 def test_a_target_is_refused_or_reaches_the_upstream_as_authorized(live: Live, text: str) -> None:
