@@ -628,7 +628,7 @@ class Governor:
         ``retry_after`` seconds from now when it says so."""
         ledger.left = 0
         if retry_after is not None and retry_after > 0:  # to the minute: replicas agree on it
-            ledger.resets_at = round((now + retry_after) / 60) * 60
+            ledger.resets_at = float(round((now + retry_after) / 60) * 60)
         ledger.probe_at = ledger.resets_at  # Pipedrive said when: no call goes before
 
     def projected(self, ledger: Ledger, now: float) -> float | None:
