@@ -321,7 +321,7 @@ def governor_alone(calls: int = 200_000) -> float:
     from proxy.core.budget import BudgetPolicy, quietly
     from proxy.core.credentials import Credential
     from proxy.core.decision import Grant, Policy, authorize
-    from proxy.http.budget import Budget, Note
+    from proxy.http.budget import Budget
     from proxy.http.metrics import Metrics
     from proxy.stores import MemoryStore
 
@@ -339,10 +339,7 @@ def governor_alone(calls: int = 200_000) -> float:
     async def run(count: int) -> float:
         started = time.process_time()
         for _ in range(count):
-            note = budget.take(decision)
-            if note is None:  # the first calls only
-                admitted = budget.admit(decision, False)
-                note = admitted if isinstance(admitted, Note) else await admitted
+            note = budget.take(decision) or await budget.admitted(decision, False)  # as served
             if quietly(note, 200, True) < 0:  # as the server reads an answer
                 budget.read(note, 200, said, True)
         return time.process_time() - started

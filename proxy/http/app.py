@@ -21,7 +21,6 @@ from aiohttp import HttpVersion10, HttpVersion11, web
 from proxy import __version__
 from proxy.config import Config
 from proxy.core import bodies, oauth
-from proxy.core.budget import Charge
 from proxy.core.canonical import BODYLESS_METHODS, CanonicalRequest, canonicalize
 from proxy.core.catalog import (
     API_PREFIXES,
@@ -105,11 +104,8 @@ async def handle(request: web.Request) -> Handled:
         held = await read_checked(request, runtime, decision, found) if found else None
         budget = app[BUDGET]
         note = None
-        if budget.on:  # charged now that nothing else refuses it
-            note = budget.take(decision)
-            if note is None:  # not the common case: the whole way, perhaps a draw first
-                admitted = budget.admit(decision, check=False)
-                note = admitted if isinstance(admitted, Charge) else await admitted
+        if budget.on:  # charged now that nothing else refuses it (take: the common case)
+            note = budget.take(decision) or await budget.admitted(decision, check=False)
         url = runtime.config.upstream.api_url + canonical.target
         made_id = request.get(MADE_REQUEST_ID)
         forwarding = app[UPSTREAM].forward(
@@ -196,10 +192,7 @@ async def handle_check(request: web.Request, runtime: Runtime, target: str) -> H
     budget = request.app[BUDGET]
     note = None
     if budget.on:  # counted, never refused: no answer comes back
-        note = budget.take(decision)
-        if note is None:
-            admitted = budget.admit(decision, check=True)
-            note = admitted if isinstance(admitted, Charge) else await admitted
+        note = budget.take(decision) or await budget.admitted(decision, check=True)
     return Handled(decision, answered(web.Response()), note)
 
 

@@ -116,7 +116,7 @@ class Budget:
         decision turned to ``deny``). ``check``: Envoy's check, which only reports. A call
         this process holds enough of the share for is decided at once (a ``Note``); one that
         must first draw a chunk from the store is decided once it is drawn (await it). The
-        common case is ``take``'s, which callers try first."""
+        common case is ``take``'s, which callers try first (``admitted``, past it)."""
         governor, policy = self.governor, self.governor.policy
         credential, grant, endpoint = decision.credential, decision.grant, decision.endpoint
         company = grant.company if grant is not None else None
@@ -143,6 +143,12 @@ class Budget:
         if isinstance(result, Draw):
             return self._drawn(asked, result)
         return self._settle(asked, result)
+
+    async def admitted(self, decision: Decision, check: bool) -> Note:
+        """``admit``, drawn first when it must be: the call ``take`` left to the whole way.
+        Callers write ``budget.take(decision) or await budget.admitted(decision, check)``."""
+        admitted = self.admit(decision, check)
+        return admitted if isinstance(admitted, Charge) else await admitted
 
     async def _drawn(self, asked: _Asked, draw: Draw) -> Note:
         # Shielded: a client that leaves meanwhile must not lose what the store granted.
@@ -175,16 +181,17 @@ class Budget:
         return result if throttled is None else replace(result, throttled=throttled.kind)
 
     def answered(self, note: Note, status: int, answer: Answer, reached: bool) -> int | None:
-        """Read Pipedrive's answer to a charged call: its budget headers (on one answer in
-        ``READ_EVERY`` of a company's while what Pipedrive said is left is above a tenth of
-        the limit, else on each: ``quietly``), a 429 for the day's budget; give the cost back
-        if the call never reached Pipedrive (``reached`` false) or Pipedrive refused it with
-        429. Returns what is left for the app (its log field)."""
+        """Read Pipedrive's answer to a charged call: ``quietly`` in the common case, else
+        ``read`` (the server calls the two itself, sparing a call on every answer)."""
         left = quietly(note, status, reached)
         return left if left >= 0 else self.read(note, status, answer, reached)
 
     def read(self, note: Note, status: int, answer: Answer, reached: bool) -> int | None:
-        """``answered``, past ``quietly``: the answer read."""
+        """Read Pipedrive's answer to a charged call, once ``quietly`` said it must be read (on
+        one answer in ``READ_EVERY`` of a company's while what Pipedrive said is left is above
+        a tenth of the limit, else on each): its budget headers, a 429 for the day's budget;
+        give the cost back if the call never reached Pipedrive (``reached`` false) or Pipedrive
+        refused it with 429. Returns what is left for the app (its log field)."""
         ledger = note.ledger
         governor = self.governor
         if not reached or status == 429:
